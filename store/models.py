@@ -1,0 +1,216 @@
+"""The schema at a glance (DESIGN section 6), and the queries more than one caller needs."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import peewee
+
+from store.db import database
+
+ROLES = ("admin", "faculty", "staff", "student")
+ROLE_WEIGHTS = {"admin": 10.0, "faculty": 3.0, "staff": 2.0, "student": 1.0}
+ENGINES = ("ollama", "vllm")
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+class LongTextField(peewee.TextField):
+    """Prompts and responses with inline images outgrow MySQL's 64 KiB TEXT; SQLite reads it as TEXT."""
+
+    field_type = "LONGTEXT"
+
+
+class BaseModel(peewee.Model):
+    class Meta:
+        database = database
+        legacy_table_names = False
+
+
+class User(BaseModel):
+    username = peewee.CharField(max_length=64, unique=True)
+    role = peewee.CharField(max_length=16, choices=[(r, r) for r in ROLES])
+    weight_override = peewee.FloatField(null=True)
+    token_budget_override = peewee.BigIntegerField(null=True)
+    rpm_override = peewee.IntegerField(null=True)
+    max_concurrent_override = peewee.IntegerField(null=True)
+    active = peewee.BooleanField(default=True)
+    password_hash = peewee.CharField(max_length=255, null=True)
+    email = peewee.CharField(max_length=255, null=True)
+    created_at = peewee.DateTimeField(default=utcnow)
+
+    @property
+    def weight(self) -> float:
+        return self.weight_override if self.weight_override is not None else ROLE_WEIGHTS[self.role]
+
+
+class ApiKey(BaseModel):
+    user = peewee.ForeignKeyField(User, backref="api_keys", on_delete="CASCADE")
+    prefix = peewee.CharField(max_length=16, unique=True)
+    key_hash = peewee.CharField(max_length=255)
+    label = peewee.CharField(max_length=128, default="")
+    status = peewee.CharField(max_length=16, default="active", index=True)  # active | revoked
+    expires_at = peewee.DateTimeField(null=True)
+    last_used_at = peewee.DateTimeField(null=True)
+    request_count = peewee.BigIntegerField(default=0)
+    rpm_override = peewee.IntegerField(null=True)
+    created_at = peewee.DateTimeField(default=utcnow)
+    revoked_at = peewee.DateTimeField(null=True)
+
+
+class Quota(BaseModel):
+    user = peewee.ForeignKeyField(User, backref="quotas", on_delete="CASCADE")
+    period = peewee.CharField(max_length=7)  # "YYYY-MM"
+    budget = peewee.BigIntegerField()
+    used = peewee.BigIntegerField(default=0)
+    reserved = peewee.BigIntegerField(default=0)
+
+    class Meta:
+        indexes = ((("user", "period"), True),)
+
+
+class QuotaRequest(BaseModel):
+    user = peewee.ForeignKeyField(User, backref="quota_requests", on_delete="CASCADE")
+    amount = peewee.BigIntegerField()
+    reason = peewee.TextField(default="")
+    status = peewee.CharField(max_length=16, default="pending", index=True)  # pending | approved | denied
+    decided_by = peewee.ForeignKeyField(User, null=True, backref="quota_decisions", on_delete="SET NULL")
+    decided_at = peewee.DateTimeField(null=True)
+    decision_note = peewee.TextField(default="")
+    created_at = peewee.DateTimeField(default=utcnow)
+
+
+class Backend(BaseModel):
+    name = peewee.CharField(max_length=128, unique=True)
+    url = peewee.CharField(max_length=512)
+    engine = peewee.CharField(max_length=16, choices=[(e, e) for e in ENGINES])
+    max_concurrent = peewee.IntegerField(default=4)
+    gpu_memory_gb = peewee.FloatField(null=True)
+    enabled = peewee.BooleanField(default=True)
+    draining = peewee.BooleanField(default=False)
+    health = peewee.CharField(max_length=16, default="unknown")  # unknown | healthy | unhealthy
+    priority = peewee.IntegerField(default=0)
+    latency_ema_ms = peewee.FloatField(null=True)
+    last_checked_at = peewee.DateTimeField(null=True)
+    last_error = peewee.TextField(default="")
+    created_at = peewee.DateTimeField(default=utcnow)
+
+
+class BackendModel(BaseModel):
+    backend = peewee.ForeignKeyField(Backend, backref="models", on_delete="CASCADE")
+    name = peewee.CharField(max_length=255)
+    resident = peewee.BooleanField(default=False)
+    size_bytes = peewee.BigIntegerField(null=True)
+    vram_bytes = peewee.BigIntegerField(null=True)
+    capabilities = peewee.TextField(default="[]")  # JSON list: completion, vision, tools, thinking, embedding
+    context_length = peewee.IntegerField(null=True)
+    updated_at = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("backend", "name"), True),)
+
+
+class TelemetrySample(BaseModel):
+    backend = peewee.ForeignKeyField(Backend, backref="telemetry", on_delete="CASCADE")
+    taken_at = peewee.DateTimeField(default=utcnow, index=True)
+    models_loaded = peewee.IntegerField(null=True)
+    requests_running = peewee.IntegerField(null=True)
+    requests_waiting = peewee.IntegerField(null=True)
+    kv_cache_usage = peewee.FloatField(null=True)
+    gpu_utilization = peewee.FloatField(null=True)
+    gpu_memory_used_bytes = peewee.BigIntegerField(null=True)
+    gpu_memory_total_bytes = peewee.BigIntegerField(null=True)
+    details = peewee.TextField(default="{}")  # JSON: whatever else the poll reported
+
+
+class Request(BaseModel):
+    """One audit row per request through the gateway."""
+
+    request_id = peewee.CharField(max_length=32, unique=True)
+    user = peewee.ForeignKeyField(User, null=True, backref="requests", on_delete="SET NULL")
+    api_key = peewee.ForeignKeyField(ApiKey, null=True, backref="requests", on_delete="SET NULL")
+    endpoint = peewee.CharField(max_length=64)
+    client_dialect = peewee.CharField(max_length=16)
+    backend_dialect = peewee.CharField(max_length=16, null=True)
+    model = peewee.CharField(max_length=255, null=True, index=True)
+    backend = peewee.ForeignKeyField(Backend, null=True, backref="requests", on_delete="SET NULL")
+    status = peewee.IntegerField(null=True, index=True)
+    stream = peewee.BooleanField(default=False)
+    queue_ms = peewee.FloatField(null=True)
+    ttft_ms = peewee.FloatField(null=True)
+    total_ms = peewee.FloatField(null=True)
+    prompt_tokens = peewee.IntegerField(null=True)
+    completion_tokens = peewee.IntegerField(null=True)
+    client_address = peewee.CharField(max_length=64, null=True)
+    error = peewee.TextField(default="")
+    created_at = peewee.DateTimeField(default=utcnow, index=True)
+
+
+class RequestBody(BaseModel):
+    request = peewee.ForeignKeyField(Request, unique=True, backref="bodies", on_delete="CASCADE")
+    prompt = LongTextField(default="")
+    response = LongTextField(default="")
+    validation = peewee.TextField(default="")  # JSON: structured-output validation result, if any
+
+
+class Artifact(BaseModel):
+    """An uploaded image or file, stored once by content under ARTIFACT_STORAGE_PATH."""
+
+    sha256 = peewee.CharField(max_length=64, unique=True)
+    content_type = peewee.CharField(max_length=128)
+    size_bytes = peewee.BigIntegerField()
+    path = peewee.CharField(max_length=512)
+    created_at = peewee.DateTimeField(default=utcnow)
+
+
+class RequestArtifact(BaseModel):
+    request = peewee.ForeignKeyField(Request, backref="artifacts", on_delete="CASCADE")
+    artifact = peewee.ForeignKeyField(Artifact, backref="requests", on_delete="CASCADE")
+
+    class Meta:
+        indexes = ((("request", "artifact"), True),)
+
+
+class AdminAction(BaseModel):
+    actor = peewee.ForeignKeyField(User, null=True, backref="admin_actions", on_delete="SET NULL")
+    action = peewee.CharField(max_length=64)
+    target = peewee.CharField(max_length=255, default="")
+    before = peewee.TextField(default="{}")
+    after = peewee.TextField(default="{}")
+    at = peewee.DateTimeField(default=utcnow, index=True)
+
+
+class QueueSnapshot(BaseModel):
+    """The live queue of one gateway process, replaced on every snapshot, read by the admin app."""
+
+    gateway = peewee.CharField(max_length=64, unique=True)
+    taken_at = peewee.DateTimeField(default=utcnow)
+    data = LongTextField(default="{}")
+
+
+ALL_MODELS = [
+    User,
+    ApiKey,
+    Quota,
+    QuotaRequest,
+    Backend,
+    BackendModel,
+    TelemetrySample,
+    Request,
+    RequestBody,
+    Artifact,
+    RequestArtifact,
+    AdminAction,
+    QueueSnapshot,
+]
+
+
+def active_key_by_prefix(prefix: str) -> ApiKey | None:
+    """The key row with this prefix joined to its user, whatever its status (the caller decides)."""
+    return ApiKey.select(ApiKey, User).join(User).where(ApiKey.prefix == prefix).first()
+
+
+def enabled_backends() -> list[Backend]:
+    return list(Backend.select().where(Backend.enabled == True).order_by(Backend.id))  # noqa: E712

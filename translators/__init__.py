@@ -1,0 +1,1 @@
+"""Dialect translation: pure functions and incremental stream converters, no I/O."""
