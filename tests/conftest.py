@@ -55,3 +55,14 @@ def migrated_db(any_database_url):
     migrations.upgrade(db)
     yield db
     db.close()
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory):
+    """Simulated Ollama and vLLM nodes, the admin app and the gateway, started as an operator would."""
+    from tests.support.cluster import start_cluster
+
+    work_dir = tmp_path_factory.mktemp("cluster")
+    running = start_cluster(work_dir, f"sqlite:///{work_dir / 'mindrouter.db'}")
+    yield running
+    running.stop()

@@ -1,0 +1,1 @@
+"""The gateway: small mitmproxy addons, one concern each, assembled in `addons/mindrouter.py`."""

@@ -1,0 +1,50 @@
+"""The typed state one request carries through the addons, kept in `flow.metadata`."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from mitmproxy import http
+
+if TYPE_CHECKING:
+    from addons.auth import Principal
+    from addons.registry import BackendView
+
+CONTEXT_KEY = "mindrouter"
+
+
+@dataclass(frozen=True)
+class Route:
+    """What a path is: who answers it, in which dialect, and whether it needs a key."""
+
+    kind: str  # inference | catalog | health | admin
+    dialect: str | None = None  # openai | ollama (None for health and admin paths)
+    endpoint: str = ""  # the client path, e.g. /v1/chat/completions
+    needs_key: bool = True
+
+
+@dataclass
+class RequestContext:
+    request_id: str
+    route: Route
+    client_address: str
+    received_at: float = field(default_factory=time.monotonic)
+    principal: Principal | None = None
+    body: dict[str, Any] | None = None
+    model: str | None = None
+    stream: bool = False
+    backend: BackendView | None = None
+    granted_at: float | None = None
+    first_byte_at: float | None = None
+    finished_at: float | None = None
+    error: str = ""
+
+    @property
+    def dialect(self) -> str | None:
+        return self.route.dialect
+
+
+def context_of(flow: http.HTTPFlow) -> RequestContext | None:
+    return flow.metadata.get(CONTEXT_KEY)

@@ -1,0 +1,98 @@
+"""Answers the paths the gateway serves itself: health, metrics and the model catalogs."""
+
+from __future__ import annotations
+
+import time
+
+from mitmproxy import http
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from addons.context import context_of
+from addons.metrics import BACKEND_UP
+from addons.registry import BackendRegistry
+from addons.replies import reply_json
+from translators import catalog
+
+# What an Ollama client is told when no Ollama node reports its version.
+FALLBACK_OLLAMA_VERSION = "0.0.0"
+
+
+def catalog_entries(registry: BackendRegistry) -> list[catalog.CatalogEntry]:
+    """One entry per model name across the backends that take requests; resident if resident anywhere."""
+    entries: dict[str, catalog.CatalogEntry] = {}
+    for view in registry.views.values():
+        if not view.accepts_requests:
+            continue
+        for model in view.models.values():
+            entry = entries.setdefault(model.name, catalog.CatalogEntry(
+                name=model.name, engine=view.engine, size_bytes=model.size_bytes, details=model.details,
+                context_length=model.context_length,
+            ))
+            if model.resident:
+                entry.resident = True
+                entry.vram_bytes = (entry.vram_bytes or 0) + (model.vram_bytes or 0)
+    return list(entries.values())
+
+
+def version_key(version: str) -> tuple[int, ...]:
+    """'0.10.1' sorts after '0.9.0'; anything after the numbers is ignored."""
+    numbers = []
+    for part in version.split("."):
+        digits = "".join(ch for ch in part if ch.isdigit())
+        if not digits:
+            break
+        numbers.append(int(digits))
+    return tuple(numbers)
+
+
+class Local:
+    """Answers health, metrics and catalog paths from the registry, without touching a backend."""
+
+    def __init__(self, registry: BackendRegistry) -> None:
+        self.registry = registry
+        self.answers = {
+            "/healthz": self.answer_healthz,
+            "/readyz": self.answer_readyz,
+            "/metrics": self.answer_metrics,
+            "/v1/models": self.answer_v1_models,
+            "/api/tags": self.answer_api_tags,
+            "/api/ps": self.answer_api_ps,
+            "/api/version": self.answer_api_version,
+        }
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        context = context_of(flow)
+        if flow.response or context is None or context.route.kind not in ("catalog", "health"):
+            return
+        self.answers[context.route.endpoint](flow)
+
+    def answer_healthz(self, flow: http.HTTPFlow) -> None:
+        reply_json(flow, 200, {"status": "ok"})
+
+    def answer_readyz(self, flow: http.HTTPFlow) -> None:
+        healthy = [view.name for view in self.registry.views.values() if view.accepts_requests]
+        ready = self.registry.database_ok and bool(healthy)
+        reply_json(flow, 200 if ready else 503, {
+            "status": "ready" if ready else "not ready",
+            "database": "ok" if self.registry.database_ok else "unavailable",
+            "healthy_backends": healthy,
+        })
+
+    def answer_metrics(self, flow: http.HTTPFlow) -> None:
+        for view in self.registry.views.values():
+            BACKEND_UP.labels(view.name).set(1 if view.healthy else 0)
+        flow.response = http.Response.make(200, generate_latest(), {"Content-Type": CONTENT_TYPE_LATEST})
+
+    def answer_v1_models(self, flow: http.HTTPFlow) -> None:
+        reply_json(flow, 200, catalog.openai_models(catalog_entries(self.registry), created=int(time.time())))
+
+    def answer_api_tags(self, flow: http.HTTPFlow) -> None:
+        reply_json(flow, 200, catalog.ollama_tags(catalog_entries(self.registry)))
+
+    def answer_api_ps(self, flow: http.HTTPFlow) -> None:
+        reply_json(flow, 200, catalog.ollama_ps(catalog_entries(self.registry)))
+
+    def answer_api_version(self, flow: http.HTTPFlow) -> None:
+        """The lowest Ollama version in the cluster: what an Ollama client may rely on."""
+        versions = [view.version for view in self.registry.views.values() if view.engine == "ollama" and view.version]
+        reply_json(flow, 200, {"version": min(versions, key=version_key, default=FALLBACK_OLLAMA_VERSION)})

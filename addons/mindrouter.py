@@ -1,0 +1,37 @@
+"""The gateway: `mitmdump -s addons/mindrouter.py`.
+
+A thin shim, so the journey of a request reads in one place: the addons run in this order for
+every request. Everything with state lives in the `addons` package, which a script reload does
+not re-import.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from addons.auth import Auth  # noqa: E402
+from addons.gate import Gate  # noqa: E402
+from addons.local import Local  # noqa: E402
+from addons.registry import BackendRegistry  # noqa: E402
+from addons.routing import Routing  # noqa: E402
+from addons.settings import Settings  # noqa: E402
+from addons.translate import Translate  # noqa: E402
+from addons.upstream import Upstream  # noqa: E402
+from addons.writer import StoreWriter  # noqa: E402
+
+settings = Settings()
+writer = StoreWriter()
+registry = BackendRegistry(writer)
+
+addons = [
+    settings,  # mitmproxy.conf, environment, schema check
+    writer,  # background database writes
+    registry,  # backends from the database, polled for health and models
+    Routing(settings.environment.admin_app_url),  # what the path is; dashboards go to the admin app
+    Auth(),  # API key → Principal
+    Local(registry),  # health, metrics and model catalogs answered here
+    Translate(),  # parse and check the caller's body
+    Gate(registry),  # wait for a slot on a backend that serves the model
+    Upstream(),  # rewrite the target, stream the answer back
+]

@@ -1,0 +1,86 @@
+"""Routing: decide what each path is before anything else looks at the request."""
+
+from __future__ import annotations
+
+import secrets
+from urllib.parse import urlsplit
+
+from mitmproxy import ctx, http
+
+from addons.context import CONTEXT_KEY, RequestContext, Route
+from addons.replies import reply_error
+from translators.errors import OLLAMA, OPENAI, GatewayError
+
+INFERENCE = "inference"
+CATALOG = "catalog"
+HEALTH = "health"
+ADMIN = "admin"
+UNSERVED = "unserved"  # under /v1 or /api, but not an endpoint we serve
+
+ROUTES: dict[tuple[str, str], Route] = {
+    ("POST", "/v1/chat/completions"): Route(INFERENCE, OPENAI, "/v1/chat/completions"),
+    ("POST", "/v1/completions"): Route(INFERENCE, OPENAI, "/v1/completions"),
+    ("POST", "/v1/embeddings"): Route(INFERENCE, OPENAI, "/v1/embeddings"),
+    ("GET", "/v1/models"): Route(CATALOG, OPENAI, "/v1/models"),
+    ("POST", "/api/chat"): Route(INFERENCE, OLLAMA, "/api/chat"),
+    ("POST", "/api/generate"): Route(INFERENCE, OLLAMA, "/api/generate"),
+    ("POST", "/api/embed"): Route(INFERENCE, OLLAMA, "/api/embed"),
+    ("POST", "/api/embeddings"): Route(INFERENCE, OLLAMA, "/api/embeddings"),
+    ("POST", "/api/show"): Route(INFERENCE, OLLAMA, "/api/show"),
+    ("GET", "/api/tags"): Route(CATALOG, OLLAMA, "/api/tags"),
+    ("GET", "/api/ps"): Route(CATALOG, OLLAMA, "/api/ps"),
+    ("GET", "/api/version"): Route(CATALOG, OLLAMA, "/api/version"),
+    ("GET", "/healthz"): Route(HEALTH, None, "/healthz", needs_key=False),
+    ("GET", "/readyz"): Route(HEALTH, None, "/readyz", needs_key=False),
+    ("GET", "/metrics"): Route(HEALTH, None, "/metrics", needs_key=False),
+}
+
+DIALECT_PREFIXES = {"/v1/": OPENAI, "/api/": OLLAMA}
+ADMIN_ROUTE = Route(ADMIN, None, needs_key=False)
+
+
+def route_for(method: str, path: str) -> Route:
+    route = ROUTES.get((method, path))
+    if route:
+        return route
+    for prefix, dialect in DIALECT_PREFIXES.items():
+        if path.startswith(prefix):
+            return Route(UNSERVED, dialect, path)
+    return ADMIN_ROUTE
+
+
+def unserved_error(method: str, path: str) -> GatewayError:
+    allowed = sorted(m for m, p in ROUTES if p == path)
+    if allowed:
+        return GatewayError(405, f"method {method} not allowed on {path} (use {', '.join(allowed)})",
+                            headers={"Allow": ", ".join(allowed)})
+    return GatewayError(404, f"unknown endpoint {path}")
+
+
+class Routing:
+    """Creates the request's context and sends dashboard and admin paths to the admin app."""
+
+    def __init__(self, admin_app_url: str) -> None:
+        self.admin_app = urlsplit(admin_app_url)
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        path = flow.request.path.split("?", 1)[0]
+        route = route_for(flow.request.method, path)
+        if route.kind == UNSERVED:
+            reply_error(flow, route.dialect, unserved_error(flow.request.method, path))
+            return
+        flow.metadata[CONTEXT_KEY] = RequestContext(
+            request_id=secrets.token_hex(12),
+            route=route,
+            client_address=flow.client_conn.peername[0] if flow.client_conn.peername else "",
+        )
+        if route.kind == ADMIN:
+            self.to_admin_app(flow)
+
+    def to_admin_app(self, flow: http.HTTPFlow) -> None:
+        flow.request.scheme = self.admin_app.scheme or "http"
+        flow.request.host = self.admin_app.hostname or "127.0.0.1"
+        flow.request.port = self.admin_app.port or (443 if flow.request.scheme == "https" else 80)
+        flow.request.headers["X-Forwarded-For"] = flow.client_conn.peername[0] if flow.client_conn.peername else ""
+        flow.request.headers["X-Forwarded-Proto"] = "http"
+        ctx.log.debug(f"admin path {flow.request.path} → {self.admin_app.geturl()}")
