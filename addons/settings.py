@@ -65,7 +65,8 @@ class Settings:
             "mindrouter_conf", str, str(DEFAULT_CONF),
             "mitmproxy options file the gateway applies at start-up; command-line options win.",
         )
-        self.apply_conf_file(ctx.options.deferred.get("mindrouter_conf") or str(DEFAULT_CONF))
+        ctx.options.process_deferred()  # a --set mindrouter_conf=... waits there until now
+        self.apply_conf_file(ctx.options.mindrouter_conf)
         self.require_current_schema()
 
     def apply_conf_file(self, path: str) -> None:

@@ -1,0 +1,139 @@
+"""The gateway process itself: start-up checks, mitmproxy.conf, key revocation, slot limits, secrets at rest."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import subprocess
+import time
+
+import httpx
+import pytest
+
+import migrations
+from store import init_database
+from store.models import ApiKey, User
+from tests.support.cluster import PYTHON
+from tests.support.processes import REPO_ROOT, VENV_BIN, Service, free_port, wait_until
+
+MITMDUMP = str(VENV_BIN / "mitmdump")
+
+
+def test_gateway_refuses_an_out_of_date_schema(tmp_path):
+    done = subprocess.run(
+        [MITMDUMP, "-s", "addons/mindrouter.py", "-p", str(free_port())], cwd=REPO_ROOT, timeout=60,
+        env={"DATABASE_URL": f"sqlite:///{tmp_path / 'empty.db'}", "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True,
+    )
+    assert done.returncode != 0
+    assert "flask --app admin_app db upgrade" in done.stderr
+
+
+def test_gateway_rejects_unknown_options(tmp_path):
+    db_url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    migrations.upgrade(init_database(db_url))
+    done = subprocess.run(
+        [MITMDUMP, "-s", "addons/mindrouter.py", "-p", str(free_port()), "--set", "gate_max_wiat_s=3"],
+        cwd=REPO_ROOT, timeout=60, env={"DATABASE_URL": db_url, "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True,
+    )
+    assert done.returncode != 0
+    assert "gate_max_wiat_s" in done.stdout + done.stderr
+
+
+def test_gateway_applies_mitmproxy_conf_and_the_command_line_wins(tmp_path):
+    db_url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    migrations.upgrade(init_database(db_url))
+    conf = tmp_path / "gateway.conf"
+    port_in_file, port_on_command_line = free_port(), free_port()
+    conf.write_text((REPO_ROOT / "mitmproxy.conf").read_text().replace("listen_port: 8000", f"listen_port: {port_in_file}"))
+    for args, port in (([], port_in_file), (["-p", str(port_on_command_line)], port_on_command_line)):
+        gateway = Service("gateway", [MITMDUMP, "-s", "addons/mindrouter.py", "--set", f"mindrouter_conf={conf}", *args],
+                          {"DATABASE_URL": db_url}, tmp_path)
+        try:
+            gateway.wait_http(f"http://127.0.0.1:{port}/healthz", accept=lambda r: r.status_code == 200)
+            # Reverse mode: an origin-form request is ours to route, so an unknown API path is a 404 in dialect.
+            assert httpx.get(f"http://127.0.0.1:{port}/api/nope").json() == {"error": "unknown endpoint /api/nope"}
+        finally:
+            gateway.stop()
+
+
+def test_keys_are_not_stored_in_plaintext(cluster):
+    database_file = cluster.env["DATABASE_URL"].removeprefix("sqlite:///")
+    raw = open(database_file, "rb").read() + open(database_file + "-wal", "rb").read()
+    connection = sqlite3.connect(database_file)
+    rows = [row for table in ("api_key", "user", "admin_action") for row in connection.execute(f"SELECT * FROM {table}")]
+    connection.close()
+    for key in cluster.keys.values():
+        secret = key.split("_", 2)[2]
+        assert secret.encode() not in raw
+        assert not any(secret in str(value) for row in rows for value in row)
+
+
+def test_revoked_key_and_disabled_user_stop_working_within_5_s(cluster):
+    url = f"{cluster.gateway_url}/api/tags"
+    db = init_database(cluster.env["DATABASE_URL"])
+    for revoke in (
+        lambda key: ApiKey.update(status="revoked").where(ApiKey.prefix == key.split("_")[1]).execute(),
+        lambda key: User.update(active=False).where(User.username == "staff1").execute(),
+    ):
+        key = cluster.new_key("staff1", "to be revoked")
+        headers = {"Authorization": f"Bearer {key}"}
+        assert httpx.get(url, headers=headers).status_code == 200
+        revoke(key)
+        revoked_at = time.monotonic()
+        wait_until(lambda: httpx.get(url, headers=headers).status_code == 401, 10, "the key to be refused")
+        assert time.monotonic() - revoked_at <= 5
+        User.update(active=True).where(User.username == "staff1").execute()
+    db.close()
+
+
+@pytest.fixture
+def limited_backend(cluster, tmp_path):
+    """One more node, with 8 slots of its own, registered with max_concurrent 2 under a model only it serves."""
+    port = free_port()
+    node = Service("ollama-limited", [PYTHON, "-m", "sim", "ollama", "--port", str(port), "--models", "tinyllama",
+                                      "--slots", "8", "--tokens-per-s", "50"], {}, tmp_path)
+    node.wait_http(f"http://127.0.0.1:{port}/api/version")
+    admin = {"Authorization": f"Bearer {cluster.keys['admin']}"}
+    registered = httpx.post(f"{cluster.gateway_url}/admin/backends/register", headers=admin, json={
+        "name": f"limited-{port}", "url": f"http://127.0.0.1:{port}", "engine": "ollama", "max_concurrent": 2})
+    assert registered.status_code == 201, registered.text
+    wait_until(lambda: "tinyllama:latest" in httpx.get(f"{cluster.gateway_url}/api/tags", headers=admin).text,
+               15, "the new backend's model in /api/tags")
+    yield f"http://127.0.0.1:{port}"
+    httpx.post(f"{cluster.gateway_url}/admin/backends/{registered.json()['id']}/disable", headers=admin)
+    node.stop()
+
+
+def test_a_backend_never_runs_more_than_its_max_concurrent(cluster, limited_backend):
+    headers = {"Authorization": f"Bearer {cluster.keys['faculty1']}"}
+    body = {"model": "tinyllama", "prompt": "tell me a long story", "stream": True}
+    peak = 0
+
+    async def one_request(client: httpx.AsyncClient) -> int:
+        async with client.stream("POST", f"{cluster.gateway_url}/api/generate", json=body, headers=headers) as response:
+            lines = [line async for line in response.aiter_lines()]
+        assert response.status_code == 200 and '"done": true' in lines[-1].replace('"done":true', '"done": true')
+        return len(lines)
+
+    async def watch_node(stop: asyncio.Event) -> None:
+        nonlocal peak
+        async with httpx.AsyncClient() as client:
+            while not stop.is_set():
+                stats = (await client.get(f"{limited_backend}/_sim/stats")).json()
+                peak = max(peak, stats["running"] + stats["waiting"])
+                await asyncio.sleep(0.01)
+
+    async def scenario() -> list[int]:
+        stop = asyncio.Event()
+        watcher = asyncio.create_task(watch_node(stop))
+        async with httpx.AsyncClient(timeout=60) as client:
+            results = await asyncio.gather(*(one_request(client) for _ in range(8)))
+        stop.set()
+        await watcher
+        return results
+
+    results = asyncio.run(scenario())
+    assert len(results) == 8 and all(count > 2 for count in results)
+    assert peak == 2  # the node had room for 8; the gateway held the rest back

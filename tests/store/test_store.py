@@ -1,0 +1,60 @@
+"""The store and its migrations behave the same on SQLite and MariaDB."""
+
+from __future__ import annotations
+
+import pytest
+
+import migrations
+from store import init_database
+from store.models import ALL_MODELS, ApiKey, Backend, BackendModel, Request, RequestBody, User, active_key_by_prefix
+
+
+def test_fresh_database_reports_pending_migrations(any_database_url):
+    db = init_database(any_database_url)
+    with pytest.raises(migrations.SchemaOutOfDate, match="flask --app admin_app db upgrade"):
+        migrations.require_current_schema(db)
+
+
+def test_upgrade_creates_every_table_and_is_idempotent(any_database_url):
+    db = init_database(any_database_url)
+    applied = migrations.upgrade(db)
+    assert [m.version for m in applied] == [m.version for m in migrations.available_migrations()]
+    assert migrations.upgrade(db) == []
+    migrations.require_current_schema(db)
+    assert {model._meta.table_name for model in ALL_MODELS} <= set(db.get_tables())
+
+
+def test_reapplying_a_migration_changes_nothing(migrated_db):
+    """Each migration checks before it creates, so a half-recorded run can be repeated safely."""
+    tables = set(migrated_db.get_tables())
+    for migration in migrations.available_migrations():
+        migration.module.upgrade(migrated_db, migrations.migrator_for(migrated_db))
+    assert set(migrated_db.get_tables()) == tables
+
+
+def test_key_lookup_by_prefix_joins_its_user(migrated_db):
+    user = User.create(username="ada", role="faculty")
+    ApiKey.create(user=user, prefix="abcdefgh", key_hash="$argon2id$…")
+    found = active_key_by_prefix("abcdefgh")
+    assert found.user.username == "ada" and found.user.weight == 3.0
+    assert active_key_by_prefix("zzzzzzzz") is None
+
+
+def test_weight_override_beats_the_role_weight(migrated_db):
+    assert User.create(username="bob", role="student", weight_override=2.5).weight == 2.5
+
+
+def test_backend_models_are_unique_per_backend(migrated_db):
+    backend = Backend.create(name="gpu-1", url="http://gpu-1:11434", engine="ollama")
+    BackendModel.create(backend=backend, name="llama3.2:latest")
+    with pytest.raises(Exception):
+        with migrated_db.atomic():
+            BackendModel.create(backend=backend, name="llama3.2:latest")
+
+
+def test_audit_bodies_hold_more_than_64_kib(migrated_db):
+    """A prompt with an inline image outgrows MySQL's TEXT; the body column must keep it whole."""
+    request = Request.create(request_id="r1", endpoint="/api/chat", client_dialect="ollama")
+    prompt = "x" * 300_000
+    RequestBody.create(request=request, prompt=prompt)
+    assert RequestBody.get(RequestBody.request == request).prompt == prompt
