@@ -9,7 +9,7 @@ from ruamel.yaml import YAML  # mitmproxy's own YAML library
 
 from tests.support.processes import REPO_ROOT
 
-README = (REPO_ROOT / "README.md").read_text()
+README = (REPO_ROOT / "README.md").read_text().replace('"', "")  # shell quoting aside
 
 
 def compose_command() -> list[str]:
