@@ -6,17 +6,30 @@ import os
 from pathlib import Path
 
 
-def load_dotenv(path: str | Path = ".env") -> None:
-    """Copy `NAME=value` lines of `path` into os.environ where NAME is not already set."""
-    env_file = Path(path)
-    if not env_file.is_file():
-        return
-    for line in env_file.read_text().splitlines():
+class EnvFileError(ValueError):
+    pass
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """`KEY=VALUE` lines of a `.env` file; blank lines, `# comments` and an `export ` prefix are allowed."""
+    if not path.is_file():
+        return {}
+    values = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
         line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
+        if not line or line.startswith("#"):
             continue
-        name, _, value = line.partition("=")
-        name, value = name.strip().removeprefix("export ").strip(), value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+        key, sep, value = line.removeprefix("export ").partition("=")
+        if not sep or not key.strip():
+            raise EnvFileError(f"{path}:{number}: expected KEY=VALUE, got {line!r}")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
             value = value[1:-1]
+        values[key.strip()] = value
+    return values
+
+
+def load_dotenv(path: str | Path = ".env") -> None:
+    """Copy the variables of `path` into os.environ where the environment does not set them."""
+    for name, value in read_env_file(Path(path)).items():
         os.environ.setdefault(name, value)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from admin_app import create_app
-from admin_app.config import ConfigError, read_env_file, settings_from_environment
+from admin_app.config import ConfigError, settings_from_environment
+from store.environment import EnvFileError, read_env_file
 
 
 def test_env_file_lines_are_read_with_comments_quotes_and_export(tmp_path):
@@ -19,7 +20,7 @@ def test_env_file_lines_are_read_with_comments_quotes_and_export(tmp_path):
 def test_a_malformed_env_file_line_names_the_file_and_line(tmp_path):
     env_file = tmp_path / ".env"
     env_file.write_text("SECRET_KEY=x\nthis is not a setting\n")
-    with pytest.raises(ConfigError, match=r"\.env:2"):
+    with pytest.raises(EnvFileError, match=r"\.env:2"):
         read_env_file(env_file)
 
 

@@ -1,0 +1,43 @@
+"""Configuration from the environment, with `.env` filling in what the environment leaves unset."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+
+from store.db import DEFAULT_DATABASE_URL
+from store.environment import read_env_file
+
+TRUTHY = {"1", "true", "yes", "on"}
+
+
+class ConfigError(RuntimeError):
+    pass
+
+
+def settings_from_environment(
+    environ: Mapping[str, str] | None = None, env_file: Path = Path(".env")
+) -> dict:
+    """The settings the admin app reads; a variable set in the environment wins over `.env`."""
+    env = {**read_env_file(env_file), **(os.environ if environ is None else environ)}
+    return {
+        "DATABASE_URL": env.get("DATABASE_URL") or DEFAULT_DATABASE_URL,
+        "SECRET_KEY": env.get("SECRET_KEY") or None,
+        "DEBUG": env.get("FLASK_DEBUG", "").lower() in TRUTHY,
+    }
+
+
+def ensure_secret_key(config) -> None:
+    """Sessions need a stable secret in production; development and tests may use a throwaway one."""
+    if config.get("SECRET_KEY"):
+        return
+    if config.get("DEBUG") or config.get("TESTING"):
+        config["SECRET_KEY"] = secrets.token_hex(32)
+        return
+    raise ConfigError(
+        "SECRET_KEY is not set: the admin app signs sessions with it. Set it in the environment or in .env "
+        "(generate one with `python -c 'import secrets; print(secrets.token_hex(32))'`), "
+        "or set FLASK_DEBUG=1 for development."
+    )
