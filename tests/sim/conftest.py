@@ -23,7 +23,9 @@ def start_node() -> Iterator[Callable[..., str]]:
 
     def starter(engine: str, **settings) -> str:
         settings = {"models": ("llama3.2",), "tokens_per_s": 0.0} | settings
-        runner, url = asyncio.run_coroutine_threadsafe(start(NodeConfig(engine=engine, **settings)), loop).result(5)
+        runner, url = asyncio.run_coroutine_threadsafe(
+            start(NodeConfig(engine=engine, **settings)), loop
+        ).result(5)
         runners.append(runner)
         return url
 

@@ -13,8 +13,9 @@ import httpx
 
 def launch(*args: str) -> tuple[subprocess.Popen, str, float]:
     started = time.monotonic()
-    process = subprocess.Popen([sys.executable, "-m", "sim", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sim", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     line = process.stdout.readline()
     match = re.fullmatch(r"sim (\w+) listening on (http://127\.0\.0\.1:\d+)\n", line)
     assert match, f"unexpected ready line {line!r}"
@@ -44,6 +45,11 @@ def test_sigint_stops_an_ollama_node_too():
 
 
 def test_bad_arguments_are_refused_with_usage():
-    result = subprocess.run([sys.executable, "-m", "sim", "vllm", "--models", "a", "--slots", "0"],
-                            capture_output=True, text=True, timeout=10)
+    result = subprocess.run(
+        [sys.executable, "-m", "sim", "vllm", "--models", "a", "--slots", "0"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
     assert result.returncode == 2 and "--slots" in result.stderr

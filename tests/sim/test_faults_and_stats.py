@@ -68,10 +68,12 @@ def test_drop_midstream_cuts_the_answer_after_it_started(node, stream):
     node.arm("drop_midstream")
     received = []
     body = {"model": "llama3.2", "messages": QUESTION, "stream": stream}
-    with pytest.raises(httpx.RemoteProtocolError):
-        with node.http.stream("POST", node.url + node.chat_path, json=body) as response:
-            assert response.status_code == 200
-            received.extend(response.iter_bytes())
+    with (
+        pytest.raises(httpx.RemoteProtocolError),
+        node.http.stream("POST", node.url + node.chat_path, json=body) as response,
+    ):
+        assert response.status_code == 200
+        received.extend(response.iter_bytes())
     assert received, "part of the answer arrives before the connection dies"
 
 

@@ -36,11 +36,20 @@ def test_chat_prompt_counts_words_message_overhead_images_and_tools():
 
 def test_openai_and_ollama_messages_reduce_to_the_same_turns():
     openai_messages = [
-        {"role": "user", "content": [{"type": "text", "text": "what is"}, {"type": "text", "text": "this"},
-                                     {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "what is"},
+                {"type": "text", "text": "this"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+            ],
+        },
         {"role": "assistant", "content": None, "tool_calls": []},
     ]
-    ollama_messages = [{"role": "user", "content": "what is\nthis", "images": ["AAAA"]}, {"role": "assistant"}]
+    ollama_messages = [
+        {"role": "user", "content": "what is\nthis", "images": ["AAAA"]},
+        {"role": "assistant"},
+    ]
     assert generation.turns_from_openai(openai_messages) == generation.turns_from_ollama(ollama_messages)
 
 
