@@ -7,7 +7,7 @@ import subprocess
 
 from ruamel.yaml import YAML  # mitmproxy's own YAML library
 
-from tests.support.processes import REPO_ROOT
+from sim.stack import REPO_ROOT
 
 README = (REPO_ROOT / "README.md").read_text().replace('"', "")  # shell quoting aside
 

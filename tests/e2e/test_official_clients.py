@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from sim import generation
-from tests.support.cluster import SIM_TOKENS_PER_S
+from sim.stack import TOKENS_PER_S
 
 OLLAMA_CHAT = "llama3.2"
 OLLAMA_EMBED = "nomic-embed-text"
@@ -151,7 +151,7 @@ def test_stream_reaches_the_client_as_the_node_paces_it(cluster):
         for _ in response.iter_lines():
             arrivals.append(time.monotonic() - started)
     assert len(arrivals) >= 10
-    paced_for = (len(arrivals) - 2) / SIM_TOKENS_PER_S  # one line per token, the last line has none
+    paced_for = (len(arrivals) - 2) / TOKENS_PER_S  # one line per token, the last line has none
     assert arrivals[-1] - arrivals[0] >= 0.5 * paced_for  # a buffered stream arrives all at once
 
 
@@ -168,10 +168,10 @@ def test_health_and_readiness(cluster):
     assert httpx.get(f"{cluster.gateway_url}/healthz").json() == {"status": "ok"}
     ready = httpx.get(f"{cluster.gateway_url}/readyz")
     assert ready.status_code == 200
-    assert set(ready.json()["healthy_backends"]) == {"ollama-1", "vllm-1"}
+    assert set(ready.json()["healthy_backends"]) == {"sim-ollama", "sim-vllm"}
 
 
 def test_public_page_is_served_by_the_admin_app_through_the_gateway(cluster):
     page = httpx.get(f"{cluster.gateway_url}/")
     assert page.status_code == 200
-    assert "ollama-1" in page.text and "vllm-1" in page.text
+    assert "sim-ollama" in page.text and "sim-vllm" in page.text

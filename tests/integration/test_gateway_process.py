@@ -13,10 +13,8 @@ import pytest
 import migrations
 from store import init_database
 from store.models import ApiKey, User
-from tests.support.cluster import PYTHON
-from tests.support.processes import REPO_ROOT, VENV_BIN, Service, free_port, wait_until
+from sim.stack import MITMDUMP, PYTHON, REPO_ROOT, Service, free_port, wait_until
 
-MITMDUMP = str(VENV_BIN / "mitmdump")
 
 
 def test_gateway_refuses_an_out_of_date_schema(tmp_path):

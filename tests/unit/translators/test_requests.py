@@ -1,5 +1,6 @@
 """Client requests: validation, sampling and limits, same-dialect pass-through, crossings, round trips."""
 
+import base64
 import json
 
 import pytest
@@ -91,12 +92,26 @@ def test_wrong_types_are_400_naming_the_field(path, body, field):
     [
         ("/v1/chat/completions", {**CHAT, "messages": []}),
         ("/v1/chat/completions", {**CHAT, "messages": [{"role": "wizard", "content": "x"}]}),
-        ("/v1/chat/completions", {**CHAT, "response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}),
-        ("/v1/chat/completions", {**CHAT, "response_format": {"type": "json_schema", "json_schema": {"schema": {"type": 5}}}}),
+        (
+            "/v1/chat/completions",
+            {**CHAT, "response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
+        ),
+        (
+            "/v1/chat/completions",
+            {**CHAT, "response_format": {"type": "json_schema", "json_schema": {"schema": {"type": 5}}}},
+        ),
         ("/api/chat", {**CHAT, "format": "yaml"}),
         ("/api/chat", {**CHAT, "think": "maximum"}),
         ("/api/chat", {**CHAT, "messages": [{"role": "user", "content": "x", "images": ["not base64!"]}]}),
-        ("/v1/chat/completions", {**CHAT, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "ftp://x"}}]}]}),
+        (
+            "/v1/chat/completions",
+            {
+                **CHAT,
+                "messages": [
+                    {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "ftp://x"}}]}
+                ],
+            },
+        ),
     ],
 )
 def test_invalid_values_are_422(path, body):
@@ -210,7 +225,12 @@ OLLAMA_DOCS_OPTIONS = {
 def test_ollama_options_reach_vllm_and_the_rest_is_dropped_with_a_note_each():
     req = parse(
         "/api/generate",
-        {"model": "llama3.2", "prompt": "Why is the sky blue?", "stream": False, "options": OLLAMA_DOCS_OPTIONS},
+        {
+            "model": "llama3.2",
+            "prompt": "Why is the sky blue?",
+            "stream": False,
+            "options": OLLAMA_DOCS_OPTIONS,
+        },
     )
     path, body = backend(req, "vllm")
     assert path == "/v1/chat/completions"
@@ -231,8 +251,19 @@ def test_ollama_options_reach_vllm_and_the_rest_is_dropped_with_a_note_each():
     assert dropped == {
         f"options.{name}"
         for name in OLLAMA_DOCS_OPTIONS
-        if name not in ("seed", "num_predict", "top_k", "top_p", "min_p", "temperature", "repeat_penalty",
-                        "presence_penalty", "frequency_penalty", "stop")
+        if name
+        not in (
+            "seed",
+            "num_predict",
+            "top_k",
+            "top_p",
+            "min_p",
+            "temperature",
+            "repeat_penalty",
+            "presence_penalty",
+            "frequency_penalty",
+            "stop",
+        )
     }
     assert any("num_ctx" in note and "--max-model-len" in note for note in req.notes)
 
@@ -246,7 +277,9 @@ def test_ollama_options_pass_through_to_ollama_untouched():
 
 def test_null_options_are_ignored_like_langchain_sends_them():
     options = {"num_ctx": None, "temperature": None, "mirostat": None, "stop": None}
-    req = parse("/api/embed", {"model": "nomic-embed-text", "input": ["a"], "options": options, "keep_alive": None})
+    req = parse(
+        "/api/embed", {"model": "nomic-embed-text", "input": ["a"], "options": options, "keep_alive": None}
+    )
     _, ollama_body = backend(req, "ollama")
     assert ollama_body == {"model": "nomic-embed-text", "input": ["a"], "options": {}}
     chat = parse("/api/chat", {**CHAT, "options": options})
@@ -289,7 +322,9 @@ def test_keep_alive_reaches_ollama_and_is_dropped_for_vllm():
 
 
 def test_openai_to_vllm_keeps_engine_specific_fields_and_rewrites_only_the_model():
-    req = parse("/v1/chat/completions", {**CHAT, "guided_regex": "[a-z]+", "n": 2, "logprobs": True, "user": "u"})
+    req = parse(
+        "/v1/chat/completions", {**CHAT, "guided_regex": "[a-z]+", "n": 2, "logprobs": True, "user": "u"}
+    )
     req.model = "meta-llama/Llama-3.2-3B-Instruct"
     path, body = backend(req, "vllm")
     assert path == "/v1/chat/completions"
@@ -306,7 +341,13 @@ def test_openai_to_vllm_keeps_engine_specific_fields_and_rewrites_only_the_model
 
 
 def test_ollama_to_ollama_keeps_engine_specific_fields():
-    original = {"model": "llama3.2", "prompt": "x", "template": "{{ .Prompt }}", "context": [1, 2], "raw": False}
+    original = {
+        "model": "llama3.2",
+        "prompt": "x",
+        "template": "{{ .Prompt }}",
+        "context": [1, 2],
+        "raw": False,
+    }
     _, body = backend(parse("/api/generate", original), "ollama")
     assert body == original
 
@@ -315,7 +356,9 @@ def test_ollama_to_ollama_keeps_engine_specific_fields():
 
 
 def test_openai_completions_become_a_raw_generate():
-    path, body = backend(parse("/v1/completions", {"model": "m", "prompt": ["Say this is a test"], "suffix": "!"}), "ollama")
+    path, body = backend(
+        parse("/v1/completions", {"model": "m", "prompt": ["Say this is a test"], "suffix": "!"}), "ollama"
+    )
     assert path == "/api/generate"
     assert body == {"model": "m", "prompt": "Say this is a test", "raw": True, "suffix": "!", "stream": False}
 
@@ -362,7 +405,9 @@ def test_response_formats_become_ollama_format():
     json_schema = {"type": "json_schema", "json_schema": {"name": "person", "schema": schema, "strict": True}}
     _, body = backend(parse("/v1/chat/completions", {**CHAT, "response_format": json_schema}), "ollama")
     assert body["format"] == schema
-    _, body = backend(parse("/v1/chat/completions", {**CHAT, "response_format": {"type": "json_object"}}), "ollama")
+    _, body = backend(
+        parse("/v1/chat/completions", {**CHAT, "response_format": {"type": "json_object"}}), "ollama"
+    )
     assert body["format"] == "json"
     _, body = backend(parse("/v1/chat/completions", {**CHAT, "response_format": {"type": "text"}}), "ollama")
     assert "format" not in body
@@ -426,7 +471,10 @@ WEATHER_TOOL = {
         "parameters": {
             "type": "object",
             "properties": {
-                "location": {"type": "string", "description": "The location to get the weather for, e.g. San Francisco, CA"},
+                "location": {
+                    "type": "string",
+                    "description": "The location to get the weather for, e.g. San Francisco, CA",
+                },
                 "format": {"type": "string", "enum": ["celsius", "fahrenheit"]},
             },
             "required": ["location", "format"],
@@ -439,7 +487,12 @@ OLLAMA_TOOL_HISTORY = [
         "role": "assistant",
         "content": "",
         "tool_calls": [
-            {"function": {"name": "get_current_weather", "arguments": {"format": "celsius", "location": "Paris, FR"}}}
+            {
+                "function": {
+                    "name": "get_current_weather",
+                    "arguments": {"format": "celsius", "location": "Paris, FR"},
+                }
+            }
         ],
     },
     {"role": "tool", "content": "22 degrees", "tool_name": "get_current_weather"},
@@ -447,7 +500,10 @@ OLLAMA_TOOL_HISTORY = [
 
 
 def test_ollama_tool_history_gets_ids_that_pair_calls_with_results_for_vllm():
-    _, body = backend(parse("/api/chat", {"model": "llama3.2", "messages": OLLAMA_TOOL_HISTORY, "tools": [WEATHER_TOOL]}), "vllm")
+    _, body = backend(
+        parse("/api/chat", {"model": "llama3.2", "messages": OLLAMA_TOOL_HISTORY, "tools": [WEATHER_TOOL]}),
+        "vllm",
+    )
     call = body["messages"][1]["tool_calls"][0]
     assert call["type"] == "function"
     assert call["id"].startswith("call_")
@@ -469,7 +525,11 @@ def test_openai_tool_results_get_the_tool_name_ollama_needs():
             "role": "assistant",
             "content": None,
             "tool_calls": [
-                {"id": "call_a", "type": "function", "function": {"name": "get_current_weather", "arguments": '{"location": "Paris"}'}},
+                {
+                    "id": "call_a",
+                    "type": "function",
+                    "function": {"name": "get_current_weather", "arguments": '{"location": "Paris"}'},
+                },
                 {"id": "call_b", "type": "function", "function": {"name": "get_time", "arguments": "{}"}},
             ],
         },
@@ -495,7 +555,11 @@ def test_a_chat_survives_openai_to_ollama_to_vllm():
                 "role": "assistant",
                 "content": "",
                 "tool_calls": [
-                    {"id": "call_1", "type": "function", "function": {"name": "get_current_weather", "arguments": '{"location": "Paris, FR"}'}}
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "get_current_weather", "arguments": '{"location": "Paris, FR"}'},
+                    }
                 ],
             },
             {"role": "tool", "content": "22 degrees", "tool_call_id": "call_1"},
@@ -510,7 +574,14 @@ def test_a_chat_survives_openai_to_ollama_to_vllm():
 
     def comparable(messages):
         return [
-            (m["role"], m["content"], [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in m.get("tool_calls", [])])
+            (
+                m["role"],
+                m["content"],
+                [
+                    (c["function"]["name"], json.loads(c["function"]["arguments"]))
+                    for c in m.get("tool_calls", [])
+                ],
+            )
             for m in messages
         ]
 
@@ -532,3 +603,60 @@ def test_generate_fields_vllm_cannot_take_are_noted(field):
     _, body = backend(req, "vllm")
     assert field not in body
     assert [note.split(":")[0] for note in req.notes] == [field]
+
+
+def test_token_id_prompts_are_estimated_by_their_length():
+    req = parse("/v1/completions", {"model": "m", "prompt": [[1, 2, 3, 4, 5, 6, 7, 8]]})
+    assert req.estimated_prompt_tokens == 8
+    assert parse("/v1/completions", {"model": "m", "prompt": [1, 2, 3]}).estimated_prompt_tokens == 3
+
+
+@pytest.mark.parametrize(("effort", "think"), [("minimal", "low"), ("none", False), ("medium", "medium")])
+def test_reasoning_efforts_map_to_ollama_think_levels(effort, think):
+    _, body = backend(parse("/v1/chat/completions", {**CHAT, "reasoning_effort": effort}), "ollama")
+    assert body["think"] == think
+
+
+def test_a_reasoning_effort_ollama_cannot_express_still_reaches_vllm():
+    req = parse("/v1/chat/completions", {**CHAT, "reasoning_effort": "xhigh"})
+    assert req.think is None
+    assert backend(req, "vllm")[1]["reasoning_effort"] == "xhigh"
+
+
+def test_keep_alive_of_the_wrong_type_is_400():
+    error = gateway_error("/v1/chat/completions", json.dumps({**CHAT, "keep_alive": ["5m"]}).encode())
+    assert (error.status, error.code) == (400, "invalid_type")
+
+
+def test_think_on_a_raw_prompt_is_noted_for_vllm():
+    req = parse("/api/generate", {"model": "m", "prompt": "x", "raw": True, "think": True})
+    _, body = backend(req, "vllm")
+    assert "chat_template_kwargs" not in body
+    assert [note.split(":")[0] for note in req.notes] == ["think"]
+
+
+def test_a_chat_survives_ollama_to_vllm_to_ollama():
+    png = base64.b64encode(b"\x89PNG\r\n\x1a\nrest").decode()
+    original = {
+        "model": "llava",
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "What is in this picture?", "images": [png]},
+            *OLLAMA_TOOL_HISTORY[1:],
+        ],
+        "options": {
+            "temperature": 0.3,
+            "num_predict": 64,
+            "top_k": 20,
+            "repeat_penalty": 1.1,
+            "stop": ["\n\n"],
+        },
+        "format": "json",
+        "think": True,
+        "stream": False,
+    }
+    _, vllm_body = backend(parse("/api/chat", original), "vllm")
+    _, ollama_body = backend(parse("/v1/chat/completions", vllm_body), "ollama")
+    assert ollama_body["messages"] == original["messages"]
+    assert ollama_body["options"] == original["options"]
+    assert (ollama_body["format"], ollama_body["think"], ollama_body["stream"]) == ("json", True, False)
