@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mitmproxy import http
 
 if TYPE_CHECKING:
     from addons.auth import Principal
     from addons.registry import BackendView
+    from translators.canonical import CanonicalRequest
+    from translators.pipeline import ResponseTranslator
 
 CONTEXT_KEY = "mindrouter"
 
@@ -32,7 +34,8 @@ class RequestContext:
     client_address: str
     received_at: float = field(default_factory=time.monotonic)
     principal: Principal | None = None
-    body: dict[str, Any] | None = None
+    canonical: CanonicalRequest | None = None
+    translator: ResponseTranslator | None = None
     model: str | None = None
     stream: bool = False
     backend: BackendView | None = None

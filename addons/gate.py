@@ -14,12 +14,9 @@ from addons.context import RequestContext, context_of
 from addons.metrics import IN_FLIGHT, QUEUE_WAIT, QUEUED
 from addons.registry import BackendRegistry, BackendView
 from addons.replies import reply_error
-from translators.errors import OLLAMA, OPENAI, GatewayError
+from translators.errors import GatewayError
 
 log = logging.getLogger(__name__)
-
-# Until cross-dialect translation lands, each dialect goes to the engine that speaks it.
-ENGINE_FOR_DIALECT = {OPENAI: "vllm", OLLAMA: "ollama"}
 
 
 @dataclass
@@ -46,11 +43,8 @@ class Gate:
         context = context_of(flow)
         if flow.response or context is None or context.route.kind != "inference":
             return
-        engine = ENGINE_FOR_DIALECT[context.dialect]
-        if not any(view.served_name(context.model) for view in self.registry.views.values()
-                   if view.enabled and view.engine == engine):
-            available = sorted({name for view in self.registry.views.values()
-                                if view.accepts_requests and view.engine == engine for name in view.models})
+        if not any(view.served_name(context.model) for view in self.registry.views.values() if view.enabled):
+            available = sorted(self.registry.known_models())
             reply_error(flow, context.dialect, GatewayError(
                 404, f"unknown model {context.model!r} (available: {', '.join(available) or 'none'})",
                 code="model_not_found"))
@@ -92,7 +86,7 @@ class Gate:
         """Grant every free slot to the oldest waiter for a model it serves (work-conserving)."""
         for model, queue in self.waiting.items():
             while queue:
-                backend = self.free_backend(model, ENGINE_FOR_DIALECT[queue[0].context.dialect])
+                backend = self.free_backend(model)
                 if backend is None:
                     break
                 waiter = queue.popleft()
@@ -101,8 +95,8 @@ class Gate:
                 IN_FLIGHT.labels(backend.name).inc()
                 waiter.granted.set_result(backend)
 
-    def free_backend(self, model: str, engine: str) -> BackendView | None:
-        candidates = [view for view in self.registry.serving(model, engine) if view.in_flight < view.max_concurrent]
+    def free_backend(self, model: str) -> BackendView | None:
+        candidates = [view for view in self.registry.serving(model) if view.in_flight < view.max_concurrent]
         if not candidates:
             return None
         return min(candidates, key=lambda v: (not v.models[v.served_name(model)].resident,

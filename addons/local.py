@@ -10,8 +10,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from addons.context import context_of
 from addons.metrics import BACKEND_UP
 from addons.registry import BackendRegistry
-from addons.replies import reply_json
+from addons.replies import point_at_backend, reply_error, reply_json
 from translators import catalog
+from translators.errors import OLLAMA, GatewayError
+from translators.request_body import load_json_object
 
 # What an Ollama client is told when no Ollama node reports its version.
 FALLBACK_OLLAMA_VERSION = "0.0.0"
@@ -58,6 +60,7 @@ class Local:
             "/api/tags": self.answer_api_tags,
             "/api/ps": self.answer_api_ps,
             "/api/version": self.answer_api_version,
+            "/api/show": self.answer_api_show,
         }
 
     def request(self, flow: http.HTTPFlow) -> None:
@@ -96,3 +99,23 @@ class Local:
         """The lowest Ollama version in the cluster: what an Ollama client may rely on."""
         versions = [view.version for view in self.registry.views.values() if view.engine == "ollama" and view.version]
         reply_json(flow, 200, {"version": min(versions, key=version_key, default=FALLBACK_OLLAMA_VERSION)})
+
+    def answer_api_show(self, flow: http.HTTPFlow) -> None:
+        """An Ollama node describes its own models best; other models get what their engine reported."""
+        try:
+            body = load_json_object(flow.request.raw_content or b"", 1 << 20)
+        except GatewayError as error:
+            reply_error(flow, OLLAMA, error)
+            return
+        model = body.get("model") or body.get("name")
+        if not isinstance(model, str) or not model:
+            reply_error(flow, OLLAMA, GatewayError(422, "field 'model' is required"))
+            return
+        serving = sorted(self.registry.serving(model), key=lambda view: view.engine != "ollama")
+        if serving and serving[0].engine == "ollama":
+            point_at_backend(flow, serving[0].url)
+        elif serving:
+            entry = next(e for e in catalog_entries(self.registry) if e.name == serving[0].served_name(model))
+            reply_json(flow, 200, catalog.ollama_show(entry))
+        else:
+            reply_error(flow, OLLAMA, GatewayError(404, f"model '{model}' not found"))

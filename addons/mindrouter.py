@@ -10,15 +10,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from addons.auth import Auth  # noqa: E402
-from addons.gate import Gate  # noqa: E402
-from addons.local import Local  # noqa: E402
-from addons.registry import BackendRegistry  # noqa: E402
-from addons.routing import Routing  # noqa: E402
-from addons.settings import Settings  # noqa: E402
-from addons.translate import Translate  # noqa: E402
-from addons.upstream import Upstream  # noqa: E402
-from addons.writer import StoreWriter  # noqa: E402
+from addons.auth import Auth
+from addons.gate import Gate
+from addons.local import Local
+from addons.registry import BackendRegistry
+from addons.routing import Routing
+from addons.settings import Settings
+from addons.translate import Translate
+from addons.upstream import Upstream
+from addons.writer import StoreWriter
 
 settings = Settings()
 writer = StoreWriter()

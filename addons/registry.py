@@ -212,12 +212,9 @@ class BackendRegistry:
             healthy, error, models = view.healthy, view.last_error, dict(view.models) if view.healthy else None
             self.writer.submit(lambda: record_poll(view.id, healthy, error, models))
 
-    def serving(self, model: str, engine: str | None = None) -> list[BackendView]:
-        """Backends that take new requests for `model` (optionally only of one engine)."""
-        return [
-            view for view in self.views.values()
-            if view.accepts_requests and view.served_name(model) and (engine is None or view.engine == engine)
-        ]
+    def serving(self, model: str) -> list[BackendView]:
+        """Backends that take new requests for `model`."""
+        return [view for view in self.views.values() if view.accepts_requests and view.served_name(model)]
 
     def known_models(self) -> set[str]:
         return {name for view in self.views.values() if view.accepts_requests for name in view.models}

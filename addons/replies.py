@@ -1,8 +1,9 @@
-"""Responses the gateway makes itself, always in the caller's dialect."""
+"""What the gateway does to a flow itself: answer it in the caller's dialect, or point it elsewhere."""
 
 from __future__ import annotations
 
 import json
+from urllib.parse import urlsplit
 
 from mitmproxy import http
 
@@ -22,3 +23,21 @@ def reply_error(flow: http.HTTPFlow, dialect: str | None, error: GatewayError) -
         error_body(dialect or OLLAMA, error),
         {"Content-Type": "application/json", **error.headers},
     )
+
+
+# The caller's credentials are for the gateway; a backend never sees them.
+CALLER_ONLY_HEADERS = ("Authorization", "X-API-Key")
+
+
+def point_at(flow: http.HTTPFlow, base_url: str) -> None:
+    """Send the request to `base_url`'s scheme, host and port (the Host header follows)."""
+    target = urlsplit(base_url)
+    flow.request.scheme = target.scheme or "http"
+    flow.request.host = target.hostname or "127.0.0.1"
+    flow.request.port = target.port or (443 if flow.request.scheme == "https" else 80)
+
+
+def point_at_backend(flow: http.HTTPFlow, base_url: str) -> None:
+    point_at(flow, base_url)
+    for header in CALLER_ONLY_HEADERS:
+        flow.request.headers.pop(header, None)

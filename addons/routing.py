@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import secrets
-from urllib.parse import urlsplit
 
-from mitmproxy import ctx, http
+from mitmproxy import http
 
 from addons.context import CONTEXT_KEY, RequestContext, Route
-from addons.replies import reply_error
+from addons.replies import point_at, reply_error
 from translators.errors import OLLAMA, OPENAI, GatewayError
 
 INFERENCE = "inference"
@@ -26,7 +25,7 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("POST", "/api/generate"): Route(INFERENCE, OLLAMA, "/api/generate"),
     ("POST", "/api/embed"): Route(INFERENCE, OLLAMA, "/api/embed"),
     ("POST", "/api/embeddings"): Route(INFERENCE, OLLAMA, "/api/embeddings"),
-    ("POST", "/api/show"): Route(INFERENCE, OLLAMA, "/api/show"),
+    ("POST", "/api/show"): Route(CATALOG, OLLAMA, "/api/show"),
     ("GET", "/api/tags"): Route(CATALOG, OLLAMA, "/api/tags"),
     ("GET", "/api/ps"): Route(CATALOG, OLLAMA, "/api/ps"),
     ("GET", "/api/version"): Route(CATALOG, OLLAMA, "/api/version"),
@@ -61,7 +60,7 @@ class Routing:
     """Creates the request's context and sends dashboard and admin paths to the admin app."""
 
     def __init__(self, admin_app_url: str) -> None:
-        self.admin_app = urlsplit(admin_app_url)
+        self.admin_app_url = admin_app_url
 
     def request(self, flow: http.HTTPFlow) -> None:
         path = flow.request.path.split("?", 1)[0]
@@ -75,12 +74,6 @@ class Routing:
             client_address=flow.client_conn.peername[0] if flow.client_conn.peername else "",
         )
         if route.kind == ADMIN:
-            self.to_admin_app(flow)
-
-    def to_admin_app(self, flow: http.HTTPFlow) -> None:
-        flow.request.scheme = self.admin_app.scheme or "http"
-        flow.request.host = self.admin_app.hostname or "127.0.0.1"
-        flow.request.port = self.admin_app.port or (443 if flow.request.scheme == "https" else 80)
-        flow.request.headers["X-Forwarded-For"] = flow.client_conn.peername[0] if flow.client_conn.peername else ""
-        flow.request.headers["X-Forwarded-Proto"] = "http"
-        ctx.log.debug(f"admin path {flow.request.path} → {self.admin_app.geturl()}")
+            point_at(flow, self.admin_app_url)
+            flow.request.headers["X-Forwarded-For"] = flow.client_conn.peername[0] if flow.client_conn.peername else ""
+            flow.request.headers["X-Forwarded-Proto"] = "http"

@@ -27,7 +27,7 @@ FLASK = [str(VENV_BIN / "flask"), "--app", "admin_app"]
 MITMDUMP = str(VENV_BIN / "mitmdump")
 
 OLLAMA_MODELS = ["llama3.2", "qwen2.5vl", "nomic-embed-text"]
-VLLM_MODELS = ["Qwen/Qwen2.5-0.5B-Instruct", "intfloat/e5-small"]
+VLLM_MODELS = ["Qwen/Qwen2.5-0.5B-Instruct", "Qwen/Qwen2-VL-2B-Instruct", "intfloat/e5-small"]
 TOKENS_PER_S = 200
 
 
@@ -145,7 +145,8 @@ def start_stack(
                                "--models", ",".join(OLLAMA_MODELS), "--vision-models", "qwen2.5vl",
                                "--embedding-models", "nomic-embed-text", "--max-loaded", "3", *pacing], env, log_dir),
             Service("vllm", [PYTHON, "-m", "sim", "vllm", "--port", str(ports["vllm"]), "--models", ",".join(VLLM_MODELS),
-                             "--embedding-models", "intfloat/e5-small", *pacing], env, log_dir),
+                             "--embedding-models", "intfloat/e5-small", "--vision-models", "Qwen/Qwen2-VL-2B-Instruct", *pacing],
+                    env, log_dir),
             Service("admin", [*FLASK, "run", "--port", str(ports["admin"])], env, log_dir),
             Service("gateway", [MITMDUMP, "-s", "addons/mindrouter.py", "-p", str(ports["gateway"]),
                                 *(arg for option in gateway_options for arg in ("--set", option))], env, log_dir),

@@ -71,3 +71,21 @@ def ollama_ps(entries: list[CatalogEntry]) -> dict:
             "expires_at": entry.details.get("expires_at", OLLAMA_EPOCH),
         })
     return {"models": running}
+
+
+def ollama_show(entry: CatalogEntry) -> dict:
+    """`POST /api/show` for a model no Ollama node serves: what its engine says of it, in Ollama's shape."""
+    tag = ollama_tag(entry)
+    capabilities = entry.details.get("capabilities") or ["completion"]
+    model_info = {"general.architecture": tag["details"]["family"] or entry.engine}
+    if entry.context_length:
+        model_info["general.context_length"] = entry.context_length
+    return {
+        "modelfile": "",
+        "parameters": "",
+        "template": "",
+        "details": tag["details"],
+        "model_info": model_info,
+        "capabilities": capabilities,
+        "modified_at": tag["modified_at"],
+    }

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import struct
 import time
 
 import httpx

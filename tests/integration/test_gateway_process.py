@@ -11,10 +11,9 @@ import httpx
 import pytest
 
 import migrations
+from sim.stack import MITMDUMP, PYTHON, REPO_ROOT, Service, free_port, wait_until
 from store import init_database
 from store.models import ApiKey, User
-from sim.stack import MITMDUMP, PYTHON, REPO_ROOT, Service, free_port, wait_until
-
 
 
 def test_gateway_refuses_an_out_of_date_schema(tmp_path):
@@ -80,7 +79,7 @@ def test_revoked_key_and_disabled_user_stop_working_within_5_s(cluster):
         assert httpx.get(url, headers=headers).status_code == 200
         revoke(key)
         revoked_at = time.monotonic()
-        wait_until(lambda: httpx.get(url, headers=headers).status_code == 401, 10, "the key to be refused")
+        wait_until(lambda h=headers: httpx.get(url, headers=h).status_code == 401, 10, "the key to be refused")
         assert time.monotonic() - revoked_at <= 5
         User.update(active=True).where(User.username == "staff1").execute()
     db.close()

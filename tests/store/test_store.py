@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import peewee
 import pytest
 
 import migrations
 from store import init_database
-from store.models import ALL_MODELS, ApiKey, Backend, BackendModel, Request, RequestBody, User, active_key_by_prefix
+from store.models import (
+    ALL_MODELS,
+    ApiKey,
+    Backend,
+    BackendModel,
+    Request,
+    RequestBody,
+    User,
+    active_key_by_prefix,
+)
 
 
 def test_fresh_database_reports_pending_migrations(any_database_url):
@@ -47,9 +57,8 @@ def test_weight_override_beats_the_role_weight(migrated_db):
 def test_backend_models_are_unique_per_backend(migrated_db):
     backend = Backend.create(name="gpu-1", url="http://gpu-1:11434", engine="ollama")
     BackendModel.create(backend=backend, name="llama3.2:latest")
-    with pytest.raises(Exception):
-        with migrated_db.atomic():
-            BackendModel.create(backend=backend, name="llama3.2:latest")
+    with pytest.raises(peewee.IntegrityError), migrated_db.atomic():
+        BackendModel.create(backend=backend, name="llama3.2:latest")
 
 
 def test_audit_bodies_hold_more_than_64_kib(migrated_db):

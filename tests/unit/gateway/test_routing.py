@@ -1,16 +1,12 @@
-"""Path routing, body checks and model matching: the gateway's decisions that need no process."""
+"""Path routing and model matching: the gateway's decisions that need no process."""
 
 from __future__ import annotations
-
-import json
 
 import pytest
 
 from addons.local import version_key
 from addons.registry import BackendView, ModelView, model_aliases
 from addons.routing import ADMIN, CATALOG, HEALTH, INFERENCE, UNSERVED, route_for, unserved_error
-from addons.translate import parse_body
-from translators.errors import GatewayError
 
 
 @pytest.mark.parametrize(("method", "path", "kind", "dialect"), [
@@ -18,6 +14,7 @@ from translators.errors import GatewayError
     ("POST", "/api/generate", INFERENCE, "ollama"),
     ("GET", "/v1/models", CATALOG, "openai"),
     ("GET", "/api/tags", CATALOG, "ollama"),
+    ("POST", "/api/show", CATALOG, "ollama"),
     ("GET", "/readyz", HEALTH, None),
     ("GET", "/admin/backends", ADMIN, None),
     ("GET", "/", ADMIN, None),
@@ -38,42 +35,6 @@ def test_wrong_method_on_a_served_path_is_405_with_allow():
     error = unserved_error("GET", "/api/chat")
     assert error.status == 405 and error.headers == {"Allow": "POST"}
     assert unserved_error("POST", "/api/pull").status == 404
-
-
-def body(**fields) -> bytes:
-    return json.dumps(fields).encode()
-
-
-def test_ollama_chat_streams_unless_told_not_to():
-    assert parse_body("/api/chat", body(model="m"), 1000)[2] is True
-    assert parse_body("/api/chat", body(model="m", stream=False), 1000)[2] is False
-
-
-def test_openai_chat_streams_only_when_asked():
-    assert parse_body("/v1/chat/completions", body(model="m"), 1000)[2] is False
-    assert parse_body("/v1/chat/completions", body(model="m", stream=True), 1000)[2] is True
-
-
-def test_embeddings_never_stream():
-    assert parse_body("/api/embed", body(model="m", stream=True), 1000)[2] is False
-
-
-def test_show_takes_the_legacy_name_field():
-    assert parse_body("/api/show", body(name="llama3.2"), 1000)[1] == "llama3.2"
-
-
-@pytest.mark.parametrize(("raw", "status"), [
-    (b"{not json", 400),
-    (b"[1, 2]", 400),
-    (body(messages=[]), 422),
-    (body(model=7), 422),
-    (body(model="m", stream="yes"), 422),
-    (b"x" * 2000, 413),
-])
-def test_bad_bodies_are_refused_with_the_right_status(raw, status):
-    with pytest.raises(GatewayError) as caught:
-        parse_body("/api/chat", raw, 1000)
-    assert caught.value.status == status
 
 
 def test_ollama_model_names_match_with_or_without_latest():
