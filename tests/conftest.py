@@ -63,6 +63,8 @@ def cluster(tmp_path_factory):
     from tests.support.cluster import start_cluster
 
     work_dir = tmp_path_factory.mktemp("cluster")
-    running = start_cluster(work_dir, f"sqlite:///{work_dir / 'mindrouter.db'}")
+    # Tests serve image URLs from loopback, which the gateway refuses by default.
+    running = start_cluster(work_dir, f"sqlite:///{work_dir / 'mindrouter.db'}",
+                            gateway_options=("image_fetch_allow_internal=true",))
     yield running
     running.stop()

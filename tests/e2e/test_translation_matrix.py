@@ -299,3 +299,72 @@ def test_bad_bodies_are_refused_in_the_callers_dialect(cluster):
     assert broken.status_code == 400 and broken.json()["error"]["type"] == "invalid_request_error"
     missing = httpx.post(f"{cluster.gateway_url}/api/chat", json={"messages": []}, headers=headers)
     assert missing.status_code in (400, 422) and isinstance(missing.json()["error"], str)
+
+
+@pytest.fixture(scope="module")
+def image_server():
+    """A local HTTP server with a PNG, a text file and an oversized 'image'."""
+    import http.server
+    import threading
+
+    files = {"/cat.png": ("image/png", PNG), "/notes.txt": ("text/plain", b"hello"),
+             "/huge.png": ("image/png", b"\x89PNG" + b"0" * (11 * 2**20))}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            media_type, data = files.get(self.path, ("text/plain", b""))
+            self.send_response(200 if self.path in files else 404)
+            self.send_header("Content-Type", media_type)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def image_message(url: str) -> list[dict]:
+    return [{"role": "user", "content": [{"type": "text", "text": "What is this?"},
+                                         {"type": "image_url", "image_url": {"url": url}}]}]
+
+
+def test_image_urls_are_fetched_by_the_gateway_for_ollama(cluster, openai_client, image_server):
+    answer = openai_client.chat.completions.create(model=VISION_ON_OLLAMA, messages=image_message(f"{image_server}/cat.png"))
+    assert answer.choices[0].message.content == generation.reply_text(VISION_ON_OLLAMA, "What is this?")
+    sent = [r for r in httpx.get(f"{cluster.ollama_url}/_sim/stats").json()["recent"] if r["path"] == "/api/chat"][-1]
+    assert sent["body"]["messages"][0]["images"] == [base64.b64encode(PNG).decode()]
+
+
+@pytest.mark.parametrize(("path", "error"), [("/notes.txt", openai.BadRequestError), ("/missing.png", openai.BadRequestError),
+                                              ("/huge.png", openai.APIStatusError)])
+def test_image_urls_that_are_not_usable_images_are_refused(openai_client, image_server, path, error):
+    with pytest.raises(error) as caught:
+        openai_client.chat.completions.create(model=VISION_ON_OLLAMA, messages=image_message(f"{image_server}{path}"))
+    assert caught.value.status_code in (400, 413) and path in caught.value.body["message"]
+
+
+def test_a_too_large_body_is_413_in_the_callers_dialect(cluster):
+    headers = {"Authorization": f"Bearer {cluster.keys['staff1']}"}
+    huge = {"model": ON_OLLAMA, "prompt": "x" * (33 * 2**20), "stream": False}
+    response = httpx.post(f"{cluster.gateway_url}/api/generate", json=huge, headers=headers, timeout=60)
+    assert response.status_code == 413 and isinstance(response.json()["error"], str)
+
+
+@pytest.mark.parametrize(("model", "engine_url"), [(ON_VLLM, "vllm_url"), (ON_OLLAMA, "ollama_url")])
+def test_engine_errors_reach_each_client_in_its_own_dialect(cluster, openai_client, ollama_client, model, engine_url):
+    node = getattr(cluster, engine_url)
+    httpx.post(f"{node}/_sim/faults", json={"mode": "error500", "count": 2})
+    try:
+        with pytest.raises(ollama.ResponseError) as from_ollama:
+            ollama_client.chat(model=model, messages=[{"role": "user", "content": "hi"}], stream=False)
+        assert from_ollama.value.status_code == 502 and "simulated failure" in from_ollama.value.error
+        with pytest.raises(openai.InternalServerError) as from_openai:
+            openai_client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+        assert "simulated failure" in from_openai.value.body["message"]
+    finally:
+        httpx.post(f"{node}/_sim/reset")

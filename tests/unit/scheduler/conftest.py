@@ -60,15 +60,33 @@ class ClusterSimulation:
         self._ids = itertools.count()
         self._busy_until: dict[str, float] = {}  # closed-loop users -> when they stop resubmitting
 
-    def submit_at(self, at: float, user_id: str, model: str, cost: int, *, weight: float = 1.0,
-                  actual: int | None = None) -> str:
+    def submit_at(
+        self,
+        at: float,
+        user_id: str,
+        model: str,
+        cost: int,
+        *,
+        weight: float = 1.0,
+        actual: int | None = None,
+    ) -> str:
         request_id = f"{user_id}-{next(self._ids)}"
         self._specs[request_id] = _Spec(user_id, weight, model, cost, cost if actual is None else actual)
         heapq.heappush(self._events, (at, next(self._order), "arrive", request_id))
         return request_id
 
-    def keep_busy(self, user_id: str, model: str, cost: int, *, weight: float = 1.0, outstanding: int = 16,
-                  actual: int | None = None, start: float = 0.0, until: float = float("inf")) -> None:
+    def keep_busy(
+        self,
+        user_id: str,
+        model: str,
+        cost: int,
+        *,
+        weight: float = 1.0,
+        outstanding: int = 16,
+        actual: int | None = None,
+        start: float = 0.0,
+        until: float = float("inf"),
+    ) -> None:
         """A closed-loop user: `outstanding` requests at `start`, each completion sends one more."""
         self._busy_until[user_id] = until
         for _ in range(outstanding):
@@ -92,14 +110,29 @@ class ClusterSimulation:
         spec = self._specs[grant.request_id]
         spec.grant, spec.granted_at = grant, self.now
         self.grants.append((self.now, grant))
-        heapq.heappush(self._events, (self.now + spec.actual / self.tokens_per_s, next(self._order), "finish",
-                                      grant.request_id))
+        heapq.heappush(
+            self._events,
+            (self.now + spec.actual / self.tokens_per_s, next(self._order), "finish", grant.request_id),
+        )
 
     def _record_finish(self, request_id: str, spec: _Spec) -> None:
-        self.finished.append(Finished(request_id, spec.user_id, spec.model, spec.actual, spec.submitted_at,
-                                      spec.granted_at, self.now, spec.grant.backend_id, spec.grant.burst))
+        self.finished.append(
+            Finished(
+                request_id,
+                spec.user_id,
+                spec.model,
+                spec.actual,
+                spec.submitted_at,
+                spec.granted_at,
+                self.now,
+                spec.grant.backend_id,
+                spec.grant.burst,
+            )
+        )
         if self.now < self._busy_until.get(spec.user_id, -1.0):
-            self.submit_at(self.now, spec.user_id, spec.model, spec.cost, weight=spec.weight, actual=spec.actual)
+            self.submit_at(
+                self.now, spec.user_id, spec.model, spec.cost, weight=spec.weight, actual=spec.actual
+            )
 
     def served_tokens(self, since: float = 0.0) -> dict[str, int]:
         served: dict[str, int] = {}

@@ -80,10 +80,12 @@ def test_dispatch_marks_the_model_resident_where_it_was_sent():
 @pytest.mark.parametrize("unavailable", [{"healthy": False}, {"enabled": False}, {"draining": True}])
 def test_backend_that_does_not_accept_work_is_never_granted(unavailable):
     scheduler = Scheduler()
-    scheduler.update_backends([
-        BackendState(1, MODEL, max_concurrent=8, resident=MODEL, **unavailable),
-        BackendState(2, MODEL, max_concurrent=1),
-    ])
+    scheduler.update_backends(
+        [
+            BackendState(1, MODEL, max_concurrent=8, resident=MODEL, **unavailable),
+            BackendState(2, MODEL, max_concurrent=1),
+        ]
+    )
     for n in range(3):
         scheduler.submit(f"r{n}", f"user{n}", 1.0, "llama3.2", 100, now=0.0)
 
@@ -92,10 +94,12 @@ def test_backend_that_does_not_accept_work_is_never_granted(unavailable):
 
 def test_backend_is_never_granted_a_model_it_does_not_serve():
     scheduler = Scheduler()
-    scheduler.update_backends([
-        BackendState(1, frozenset({"qwen2.5"}), max_concurrent=8),
-        BackendState(2, MODEL, max_concurrent=1),
-    ])
+    scheduler.update_backends(
+        [
+            BackendState(1, frozenset({"qwen2.5"}), max_concurrent=8),
+            BackendState(2, MODEL, max_concurrent=1),
+        ]
+    )
     for n in range(3):
         scheduler.submit(f"r{n}", f"user{n}", 1.0, "llama3.2", 100, now=0.0)
 
@@ -121,7 +125,9 @@ def test_backend_update_keeps_slots_already_granted():
 
 def test_request_on_a_removed_backend_releases_cleanly():
     scheduler = Scheduler()
-    scheduler.update_backends([BackendState(1, MODEL, max_concurrent=1), BackendState(2, MODEL, max_concurrent=1)])
+    scheduler.update_backends(
+        [BackendState(1, MODEL, max_concurrent=1), BackendState(2, MODEL, max_concurrent=1)]
+    )
     for n in range(2):
         scheduler.submit(f"r{n}", f"user{n}", 1.0, "llama3.2", 100, now=0.0)
     scheduler.dispatch(0.0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -119,7 +121,8 @@ def test_a_backend_never_grants_two_bursts_in_a_row_while_the_round_robin_waits(
     slots=st.integers(1, 3),
     arrivals=st.lists(  # (when, who, how many at once): returns from idle, clustered or spread
         st.tuples(st.integers(0, 40).map(lambda slot: 10.0 * slot), st.integers(0, 5), st.integers(1, 6)),
-        min_size=1, max_size=30,
+        min_size=1,
+        max_size=30,
     ),
 )
 def test_burst_credits_never_starve_a_backlogged_user(simulation, slots, arrivals):
@@ -136,7 +139,8 @@ def test_burst_credits_never_starve_a_backlogged_user(simulation, slots, arrival
 
     assert sim.scheduler.snapshot(sim.now)["waiting"] == 0  # everything submitted was served
     others = len({user for _, user, _ in arrivals})
-    victim_turns = [index for index, (_, grant) in enumerate(sim.grants)
-                    if grant.user_id == "victim" and not grant.burst]
-    for previous, following in zip(victim_turns, victim_turns[1:]):
+    victim_turns = [
+        index for index, (_, grant) in enumerate(sim.grants) if grant.user_id == "victim" and not grant.burst
+    ]
+    for previous, following in itertools.pairwise(victim_turns):
         assert following - previous - 1 <= 2 * others + 1

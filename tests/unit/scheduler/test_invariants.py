@@ -29,8 +29,11 @@ class SchedulerModel(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.scheduler = Scheduler(SchedulerConfig(quantum=500, burst_cap=1500, fairness_window_s=60,
-                                                   max_queue_per_user=5, max_wait_s=50))
+        self.scheduler = Scheduler(
+            SchedulerConfig(
+                quantum=500, burst_cap=1500, fairness_window_s=60, max_queue_per_user=5, max_wait_s=50
+            )
+        )
         self.backends = {1: BackendState(1, frozenset(MODELS), max_concurrent=2)}
         self.scheduler.update_backends(self.backends.values())
         self.now = 0.0
@@ -51,8 +54,11 @@ class SchedulerModel(RuleBasedStateMachine):
             assert state is not None and model in state.models
             assert state.healthy and state.enabled and not state.draining
             assert self.in_flight(grant.backend_id) < state.max_concurrent
-            earlier_still_waiting = [rid for rid, queue in self.waiting.items()
-                                     if queue == (user, model) and int(rid[1:]) < int(grant.request_id[1:])]
+            earlier_still_waiting = [
+                rid
+                for rid, queue in self.waiting.items()
+                if queue == (user, model) and int(rid[1:]) < int(grant.request_id[1:])
+            ]
             assert not earlier_still_waiting, "a user's requests for one model went out of order"
             self.running[grant.request_id] = grant.backend_id
             self.ever_granted.add(grant.request_id)
@@ -63,8 +69,12 @@ class SchedulerModel(RuleBasedStateMachine):
 
     def check_work_conservation(self) -> None:
         for state in self.backends.values():
-            if state.healthy and state.enabled and not state.draining \
-                    and self.in_flight(state.backend_id) < state.max_concurrent:
+            if (
+                state.healthy
+                and state.enabled
+                and not state.draining
+                and self.in_flight(state.backend_id) < state.max_concurrent
+            ):
                 stuck = [rid for rid, (_, model) in self.waiting.items() if model in state.models]
                 assert not stuck, f"backend {state.backend_id} has a free slot while {stuck} wait"
 
@@ -135,4 +145,4 @@ class SchedulerModel(RuleBasedStateMachine):
 
 
 TestSchedulerModel = SchedulerModel.TestCase
-TestSchedulerModel.settings = settings(max_examples=150, stateful_step_count=60, deadline=None)
+TestSchedulerModel.settings = settings(max_examples=80, stateful_step_count=60, deadline=None)

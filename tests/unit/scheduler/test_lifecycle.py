@@ -107,7 +107,9 @@ def test_a_request_id_in_use_is_refused(scheduler):
         scheduler.submit("same", "a", 1.0, "llama3.2", 100, now=0.0)
 
 
-@pytest.mark.parametrize(("weight", "cost", "complaint"), [(0.0, 100, "weight"), (1.0, 0, "cost"), (-1.0, 100, "weight")])
+@pytest.mark.parametrize(
+    ("weight", "cost", "complaint"), [(0.0, 100, "weight"), (1.0, 0, "cost"), (-1.0, 100, "weight")]
+)
 def test_weight_and_cost_must_be_positive(scheduler, weight, cost, complaint):
     with pytest.raises(ValueError, match=complaint):
         scheduler.submit("r", "a", weight, "llama3.2", cost, now=0.0)
@@ -115,7 +117,13 @@ def test_weight_and_cost_must_be_positive(scheduler, weight, cost, complaint):
 
 @pytest.mark.parametrize(
     "knobs",
-    [{"quantum": 0}, {"burst_cap": -1}, {"fairness_window_s": 0}, {"max_queue_per_user": 0}, {"max_wait_s": -5}],
+    [
+        {"quantum": 0},
+        {"burst_cap": -1},
+        {"fairness_window_s": 0},
+        {"max_queue_per_user": 0},
+        {"max_wait_s": -5},
+    ],
 )
 def test_config_refuses_values_that_cannot_work(knobs):
     (name,) = knobs
@@ -178,3 +186,17 @@ def test_new_knobs_apply_to_requests_already_queued():
 
     scheduler.reconfigure(SchedulerConfig(max_wait_s=10), now=5.0)
     assert scheduler.expired(now=11.0) == ["waiting"]
+
+
+def test_lowering_the_burst_cap_trims_credit_already_earned():
+    scheduler = Scheduler(SchedulerConfig(burst_cap=4000))
+    scheduler.update_backends([BackendState(1, frozenset({"llama3.2"}), max_concurrent=4)])
+    for user_id in ("a", "b"):  # each keeps 3000 of its 4000 credit while this request runs
+        scheduler.submit(f"{user_id}-running", user_id, 1.0, "llama3.2", 1000, now=0.0)
+    scheduler.dispatch(0.0)
+
+    scheduler.reconfigure(SchedulerConfig(burst_cap=1000), now=1.0)
+    scheduler.submit("at-new-cap", "a", 1.0, "llama3.2", 1000, now=1.0)
+    scheduler.submit("over-new-cap", "b", 1.0, "llama3.2", 1001, now=1.0)
+    bursts = {grant.request_id: grant.burst for grant in scheduler.dispatch(1.0)}
+    assert bursts == {"at-new-cap": True, "over-new-cap": False}

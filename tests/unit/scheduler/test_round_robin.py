@@ -160,7 +160,10 @@ def test_debt_outlives_a_cancelled_queue_less_the_turns_it_waited():
     assert flow_row(scheduler, "user", 1.0)["deficit"] == -3000.0
 
     (running,) = scheduler.dispatch(1.0)
-    assert serve_one_at_a_time(scheduler, running, 2, start=2.0) == ["other", "other"]  # one turn of user's passed
+    assert serve_one_at_a_time(scheduler, running, 2, start=2.0) == [
+        "other",
+        "other",
+    ]  # one turn of user's passed
     scheduler.cancel("u2", now=4.0)
     scheduler.submit("u3", "user", 1.0, "llama3.2", 1000, now=5.0)
     assert flow_row(scheduler, "user", 5.0)["deficit"] == -2000.0
