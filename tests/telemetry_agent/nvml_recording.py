@@ -5,12 +5,13 @@ figures are typical of an NVIDIA H100 80GB HBM3 (SXM5) as NVIDIA documents it an
 (81559 MiB total, 700 W enforced power limit), in the units NVML answers in: memory in bytes, power in
 milliwatts, utilisation in percent, temperature in degrees Celsius. GPU 0 is busy serving a model; GPU 1 is
 idle and answers NotSupported for power, as a GPU handed to a virtual machine without power management does.
-Replace with a capture from a real node when one is lent (`python -m telemetry_agent.device_check`).
+A call NVML refuses is recorded as {"nvml_error": "<pynvml error class name>"}. To replace these values with
+a capture from a real node: `python -m telemetry_agent.device_check --record nvml.json` writes this format.
 """
 
 MIB = 1024 * 1024
 H100_TOTAL_BYTES = 81559 * MIB  # 85_520_809_984
-DRIVER_RESERVED_BYTES = 522 * MIB  # what v1 counts as used on top of v2's figure
+DRIVER_RESERVED_BYTES = 522 * MIB  # driver-reserved memory: v1 counts it as used, v2 (and nvidia-smi) not
 
 NOT_SUPPORTED = {"nvml_error": "NVMLError_NotSupported"}
 

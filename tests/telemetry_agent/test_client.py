@@ -75,7 +75,7 @@ def test_select_gpus_names_an_index_the_node_does_not_have():
 def test_summarize_averages_utilisation_sums_memory_and_power_and_keeps_the_hottest():
     summary = summarize(parse_report(EXPECTED_REPORT))
     assert summary.gpus == 2
-    assert summary.utilization_gpu_pct == 43.5
+    assert summary.utilization_gpu_pct == 43.5 and summary.gpu_utilization == 0.435
     assert summary.memory_used_bytes == 73404 * MIB and summary.memory_total_bytes == 2 * 81559 * MIB
     assert summary.temperature_c == 52
     assert summary.power_w == 512.345  # GPU 1 does not report power: left out, not counted as 0
@@ -83,4 +83,5 @@ def test_summarize_averages_utilisation_sums_memory_and_power_and_keeps_the_hott
 
 def test_summarize_of_gpus_reporting_nothing_is_all_none():
     summary = summarize([reading(0)])
-    assert summary.utilization_gpu_pct is None and summary.power_w is None and summary.temperature_c is None
+    assert summary.utilization_gpu_pct is None and summary.gpu_utilization is None
+    assert summary.power_w is None and summary.temperature_c is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from datetime import UTC, datetime
 
 import pytest
@@ -132,3 +133,9 @@ def test_nvml_is_initialised_once_and_shut_down_on_close():
 def test_a_naive_timestamp_is_refused():
     with pytest.raises(ValueError, match="time zone"):
         build_report(NodeSample("x", ()), node="n", taken_at=datetime(2026, 1, 5))
+
+
+def test_a_node_without_nvidia_ml_py_is_told_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # makes `import pynvml` fail
+    with pytest.raises(NvmlUnavailable, match="pip install nvidia-ml-py"):
+        NvmlReader().read()
