@@ -33,6 +33,7 @@ class RequestContext:
     route: Route
     client_address: str
     received_at: float = field(default_factory=time.monotonic)
+    received_wall: float = field(default_factory=time.time)
     principal: Principal | None = None
     canonical: CanonicalRequest | None = None
     translator: ResponseTranslator | None = None
@@ -43,6 +44,9 @@ class RequestContext:
     first_byte_at: float | None = None
     finished_at: float | None = None
     error: str = ""
+    client_body: bytes = b""  # the request as the caller sent it, for the audit log
+    delivered: list[bytes] = field(default_factory=list)  # streamed bytes as the caller got them
+    recorded: bool = False
 
     @property
     def dialect(self) -> str | None:

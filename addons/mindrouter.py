@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from addons.auth import Auth
 from addons.gate import Gate
 from addons.local import Local
+from addons.record import Record
 from addons.registry import BackendRegistry
 from addons.routing import Routing
 from addons.settings import Settings
@@ -34,4 +35,5 @@ addons = [
     Translate(),  # parse and check the caller's body
     Gate(registry),  # wait for a slot on a backend that serves the model
     Upstream(),  # rewrite the target, stream the answer back
+    Record(writer, settings.environment.artifact_storage_path),  # audit row, bodies, images
 ]

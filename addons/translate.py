@@ -34,9 +34,10 @@ class Translate:
         context = context_of(flow)
         if flow.response or context is None or context.route.kind != "inference":
             return
+        context.client_body = flow.request.raw_content or b""
         try:
             canonical = parse_client_request(
-                context.route.endpoint, flow.request.raw_content or b"", int(ctx.options.max_request_body_mb * 2**20)
+                context.route.endpoint, context.client_body, int(ctx.options.max_request_body_mb * 2**20)
             )
             for url in canonical.image_urls_to_fetch():
                 data, media_type = await self.images.fetch(url)

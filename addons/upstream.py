@@ -31,6 +31,7 @@ def translate_stream(context: RequestContext):
         chunks = translator.feed(data) if data else translator.finish()
         if chunks and context.first_byte_at is None:
             context.first_byte_at = time.monotonic()
+        context.delivered.extend(chunks)
         yield from chunks
 
     return convert
