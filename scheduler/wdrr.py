@@ -1,0 +1,571 @@
+"""Weighted deficit round robin over per-user, per-model queues, with burst credits (DESIGN section 5).
+
+Each (user, model) pair with waiting requests is a *flow* in that model's round robin. A visit adds
+`quantum × weight` to the flow's deficit; the flow's oldest request goes out once the deficit covers
+its cost. Rather than walking the ring visit by visit, each flow is keyed by the visit at which its
+deficit will cover its head, `(round, position)`: the smallest key among models with a free slot is
+the flow the round robin serves next, found in O(log n) with one heap per model. Visits that
+dispatch nothing are never simulated; their quanta are added when the flow is finally served.
+
+Flows are per model, so a request never waits behind another model's (no head-of-line blocking) and
+a user busy on one model is never starved on another. Models that share a backend compare keys on
+one scale of rounds, so a shared node's slots are split by weight across all their users.
+
+A user returning from idle may hold burst credit. While the credit covers the cost of the head of
+a newly opened flow, that flow skips the round robin and its head takes the next free slot, paid
+from the credit; once the credit falls short the flow joins the ring's tail like any other. No
+backend grants two burst requests in a row while a round-robin request it could serve waits, so
+burst traffic gets at most half of any backend's slots and never starves the ring.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from collections import Counter, deque
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from scheduler.backends import BackendPool, BackendState, Slot
+from scheduler.users import UserState
+
+# Retry-After when nothing serves the model now: a few registry polls, or an admin's reaction.
+NO_BACKEND_RETRY_AFTER_S = 30
+# The OpenAI SDK ignores a longer Retry-After and falls back to its own short backoff.
+MAX_RETRY_AFTER_S = 120
+# How long a request is assumed to hold its slot until one for that model has finished.
+ASSUMED_HOLD_S = 5.0
+HOLD_EMA_ALPHA = 0.2
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """The knobs operators set: gateway options `scheduler_*`, env `SCHEDULER_FAIRNESS_WINDOW`."""
+
+    quantum: float = 1000.0  # tokens a weight-1 user earns per round-robin visit
+    burst_cap: float = 4000.0  # most burst credit, in tokens per unit of weight
+    fairness_window_s: float = 300.0  # usage history; idling this long fills the burst credit
+    max_queue_per_user: int = 64  # waiting requests per user before QueueFull
+    max_wait_s: float = 300.0  # longest wait before `expired` hands the request back
+
+    def __post_init__(self) -> None:
+        for name, what in (
+            ("quantum", "a positive number of tokens"),
+            ("fairness_window_s", "a positive number of seconds"),
+            ("max_wait_s", "a positive number of seconds"),
+        ):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"scheduler {name} must be {what}, got {getattr(self, name)!r}")
+        if not self.burst_cap >= 0:
+            raise ValueError(
+                f"scheduler burst_cap must be 0 (no bursts) or more tokens, got {self.burst_cap!r}"
+            )
+        if not self.max_queue_per_user >= 1:
+            raise ValueError(
+                f"scheduler max_queue_per_user must be at least 1, got {self.max_queue_per_user!r}"
+            )
+
+
+class Grant(NamedTuple):
+    """A request that may go upstream now, to `backend_id`; it holds a slot until `release`."""
+
+    request_id: str
+    backend_id: int
+    model: str
+    user_id: Hashable
+    waited_s: float
+    burst: bool  # granted on burst credit rather than by the round robin
+
+
+class Rejected(Exception):
+    """A request the scheduler will not queue; answer it with `Retry-After: retry_after_s`."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class QueueFull(Rejected):
+    """The user already has `max_queue_per_user` requests waiting (the gateway answers 429)."""
+
+
+class NoBackend(Rejected):
+    """No healthy, enabled, undrained backend serves the model (the gateway answers 503)."""
+
+
+class _LazyHeap:
+    """A heap whose entries go stale rather than being removed: re-keying just pushes a fresh one.
+
+    Stale entries are skipped when they reach the top, and shed whenever the heap has doubled
+    since it was last shed, so memory stays proportional to the live entries at O(1) amortised.
+    """
+
+    def __init__(self, is_live: Callable[[tuple], bool]) -> None:
+        self._entries: list[tuple] = []
+        self._is_live = is_live
+        self._size_after_shedding = 0
+
+    def push(self, entry: tuple) -> None:
+        heapq.heappush(self._entries, entry)
+        if len(self._entries) > 2 * self._size_after_shedding + 64:
+            self._entries = [entry for entry in self._entries if self._is_live(entry)]
+            heapq.heapify(self._entries)
+            self._size_after_shedding = len(self._entries)
+
+    def head(self) -> tuple | None:
+        """The smallest live entry, left in place."""
+        while self._entries and not self._is_live(self._entries[0]):
+            heapq.heappop(self._entries)
+        return self._entries[0] if self._entries else None
+
+    def pop_head(self) -> tuple:
+        """Remove the entry `head()` just returned."""
+        return heapq.heappop(self._entries)
+
+
+def _flow_entry_is_live(entry: tuple) -> bool:
+    """Flow entries end with (version, flow); only the flow's latest push is live."""
+    return entry[-1].version == entry[-2]
+
+
+@dataclass(eq=False, slots=True)
+class _Request:
+    request_id: str
+    user: UserState
+    model: str
+    cost: float
+    submitted_at: float
+    arrival: int
+    waiting: bool = True
+    on_burst_credit: bool = False  # set when granted
+
+
+@dataclass(eq=False, slots=True)
+class _Flow:
+    """A user's queue for one model: first spending burst credit, then in the model's round robin."""
+
+    user: UserState
+    model: str
+    deficit: float
+    in_ring: bool = False
+    position: int = -1  # place in the ring: a flow that joins later sorts after every earlier one
+    round: int = 0  # last round whose quantum `deficit` includes
+    queue: deque[_Request] = field(default_factory=deque)  # its head is always still waiting
+    waiting: int = 0
+    version: int = -1  # of its one live heap entry; -1 once closed
+    key: tuple | None = None  # that entry's sort key, None while it has no entry
+
+
+class Scheduler:
+    """Decides which waiting request gets which free backend slot. Drive it from one thread."""
+
+    def __init__(self, config: SchedulerConfig | None = None) -> None:
+        self.config = config or SchedulerConfig()
+        self._pool = BackendPool()
+        self._users: dict[Hashable, UserState] = {}
+        self._flows: dict[Hashable, dict[str, _Flow]] = {}  # user id -> model -> open flow
+        self._waiting: dict[str, _Request] = {}
+        self._waiting_by_model: Counter[str] = Counter()
+        self._rings: dict[str, _LazyHeap] = {}  # per model: (round, position, version, flow)
+        self._ring_sizes: Counter[str] = Counter()  # flows in each model's ring
+        self._pointers: dict[str, tuple[int, int]] = {}  # (round, position) of the model's latest visit
+        self._bursting: dict[str, _LazyHeap] = {}  # per model: (head's arrival, version, flow)
+        self._by_age = _LazyHeap(lambda entry: entry[2].waiting)  # (submitted at, arrival, request)
+        self._burst_granted_last: dict[int, bool] = {}
+        self._hold_ema_s: dict[str, float] = {}
+        self._arrivals = itertools.count()
+        self._positions = itertools.count()
+        self._versions = itertools.count()
+
+    # --- what the gateway calls ---------------------------------------------------------------
+
+    def update_backends(self, states: Iterable[BackendState]) -> None:
+        """Replace the backend table (after a registry read or a poll); granted slots stay held."""
+        self._pool.replace(states)
+
+    def reconfigure(self, config: SchedulerConfig, now: float) -> None:
+        """Apply new knobs to everything queued; credit earned so far keeps the old rate."""
+        for user in self._users.values():
+            user.settle(now, self.config.burst_cap, self.config.fairness_window_s)
+            user.burst_credit = min(user.burst_credit, config.burst_cap * user.weight)
+        self.config = config
+        for flows in self._flows.values():
+            for flow in flows.values():
+                self._schedule(flow)
+
+    def submit(
+        self, request_id: str, user_id: Hashable, weight: float, model: str, cost: float, now: float
+    ) -> None:
+        """Queue a request whose expected size is `cost` tokens; `dispatch` decides when it goes.
+
+        Raises NoBackend or QueueFull (both `Rejected`, with a Retry-After estimate) when it
+        cannot be queued.
+        """
+        if request_id in self._waiting or self._pool.holds(request_id):
+            raise ValueError(f"request {request_id!r} is already queued or running")
+        if not weight > 0:
+            raise ValueError(f"user {user_id!r}: weight must be positive, got {weight!r}")
+        if not cost > 0:
+            raise ValueError(
+                f"request {request_id!r}: cost must be a positive number of tokens, got {cost!r}"
+            )
+        if not self._pool.serves(model):
+            retry_after_s = self.retry_after_s(model)
+            raise NoBackend(
+                f"no healthy backend serves {model!r} now; retry after {retry_after_s} s", retry_after_s
+            )
+        user = self._user(user_id, weight, now)
+        if user.waiting >= self.config.max_queue_per_user:
+            retry_after_s = self.retry_after_s(model)
+            raise QueueFull(
+                f"user {user_id!r} already has {user.waiting} requests waiting "
+                f"(limit {self.config.max_queue_per_user}); retry after {retry_after_s} s",
+                retry_after_s,
+            )
+        user.settle(now, self.config.burst_cap, self.config.fairness_window_s)
+        user.idle_since = None
+        request = _Request(request_id, user, model, float(cost), now, next(self._arrivals))
+        self._waiting[request_id] = request
+        self._waiting_by_model[model] += 1
+        user.waiting += 1
+        self._by_age.push((now, request.arrival, request))
+        self._enqueue(request)
+
+    def dispatch(self, now: float) -> list[Grant]:
+        """Fill every free slot that has a waiting request for a model it serves.
+
+        Call after every submit, release, cancel, expiry and backend update.
+        """
+        grants = []
+        while (choice := self._next_grant()) is not None:
+            request, backend_id = choice
+            grants.append(self._grant(request, backend_id, now))
+        return grants
+
+    def release(self, request_id: str, actual_tokens: int | None, now: float) -> bool:
+        """Free a granted request's slot, charging `actual_tokens - cost` to its user.
+
+        Returns False, changing nothing, for a request that holds no slot (already released).
+        `actual_tokens` None keeps the estimate (usage unknown).
+        """
+        slot = self._pool.release(request_id)
+        if slot is None:
+            return False
+        user = self._users[slot.user_id]
+        user.in_flight -= 1
+        if actual_tokens is not None:
+            self._correct(user, slot.model, slot.cost - actual_tokens, now)
+        served = slot.cost if actual_tokens is None else actual_tokens
+        user.record_usage(now, served, self.config.fairness_window_s)
+        held_s = now - slot.granted_at
+        previous = self._hold_ema_s.get(slot.model)
+        self._hold_ema_s[slot.model] = (
+            held_s if previous is None else previous + HOLD_EMA_ALPHA * (held_s - previous)
+        )
+        self._note_if_idle(user, now)
+        return True
+
+    def cancel(self, request_id: str, now: float) -> bool:
+        """Take a waiting request out of line (its client left); False if it is not waiting."""
+        request = self._waiting.get(request_id)
+        if request is None:
+            return False
+        self._withdraw(request, now)
+        return True
+
+    def expired(self, now: float) -> list[str]:
+        """Withdraw and return the requests that have waited longer than `max_wait_s`."""
+        cutoff = now - self.config.max_wait_s
+        gone = []
+        while (oldest := self._by_age.head()) is not None and oldest[0] < cutoff:
+            request = self._by_age.pop_head()[2]
+            self._withdraw(request, now)
+            gone.append(request.request_id)
+        return gone
+
+    def retry_after_s(self, model: str) -> int:
+        """Seconds until the model's current backlog has been dispatched, for a Retry-After."""
+        slots = self._pool.capacity(model)
+        if not slots:
+            return NO_BACKEND_RETRY_AFTER_S
+        hold_s = self._hold_ema_s.get(model, ASSUMED_HOLD_S)
+        estimate = hold_s * self._waiting_by_model[model] / slots
+        return max(1, min(MAX_RETRY_AFTER_S, math.ceil(estimate)))
+
+    def snapshot(self, now: float) -> dict:
+        """Plain data for dashboards and the queue table: queues, users' standing, backends' slots."""
+        queues: dict[tuple[Hashable, str], dict] = {}
+
+        def queue_row(user_id: Hashable, model: str) -> dict:
+            key = (user_id, model)
+            if key not in queues:
+                queues[key] = {
+                    "user_id": user_id,
+                    "model": model,
+                    "waiting": 0,
+                    "in_flight": 0,
+                    "deficit": 0.0,
+                    "oldest_wait_s": None,
+                }
+            return queues[key]
+
+        for request in self._waiting.values():
+            row = queue_row(request.user.user_id, request.model)
+            row["waiting"] += 1
+            row["oldest_wait_s"] = max(row["oldest_wait_s"] or 0.0, now - request.submitted_at)
+        for slot in self._pool.slots():
+            queue_row(slot.user_id, slot.model)["in_flight"] += 1
+        for user_id, flows in self._flows.items():
+            for model, flow in flows.items():
+                queue_row(user_id, model)["deficit"] = flow.deficit
+
+        users = []
+        for user in self._users.values():
+            user.forget_usage_before(now - self.config.fairness_window_s)
+            credit, debt = user.earned_since_idle(now, self.config.burst_cap, self.config.fairness_window_s)
+            if (
+                user.waiting
+                or user.in_flight
+                or user.served
+                or debt
+                or credit < self.config.burst_cap * user.weight
+            ):
+                users.append(
+                    {
+                        "user_id": user.user_id,
+                        "weight": user.weight,
+                        "burst_credit": credit,
+                        "debt": debt,
+                        "served_tokens": user.served_total,
+                    }
+                )
+        served_total = sum(row["served_tokens"] for row in users)
+        for row in users:
+            row["share"] = row["served_tokens"] / served_total if served_total else 0.0
+        return {
+            "waiting": len(self._waiting),
+            "in_flight": sum(row["in_flight"] for row in queues.values()),
+            "queues": list(queues.values()),
+            "users": users,
+            "backends": self._pool.snapshot(),
+        }
+
+    # --- users and flows ------------------------------------------------------------------------
+
+    def _user(self, user_id: Hashable, weight: float, now: float) -> UserState:
+        user = self._users.get(user_id)
+        if user is None:  # never seen: as if idle for ever
+            user = UserState(user_id, weight, burst_credit=self.config.burst_cap * weight, idle_since=now)
+            self._users[user_id] = user
+        elif user.weight != weight:  # an admin changed the role or override
+            user.settle(now, self.config.burst_cap, self.config.fairness_window_s)
+            user.weight = weight
+            for flow in self._flows.get(user_id, {}).values():
+                self._schedule(flow)
+        return user
+
+    def _note_if_idle(self, user: UserState, now: float) -> None:
+        if not user.waiting and not user.in_flight and user.idle_since is None:
+            user.idle_since = now
+
+    def _enqueue(self, request: _Request) -> None:
+        flows = self._flows.setdefault(request.user.user_id, {})
+        flow = flows.get(request.model)
+        if flow is None:
+            flow = flows[request.model] = _Flow(request.user, request.model, deficit=-request.user.debt)
+            request.user.debt = 0.0
+        flow.queue.append(request)
+        flow.waiting += 1
+        if flow.waiting == 1:
+            self._schedule(flow)
+
+    def _join_ring(self, flow: _Flow) -> None:
+        """A newly active flow takes its first turn at the end of the current round, after every
+        flow still due one in it. One whose user already had a turn in this round (its queue
+        emptied and refilled) waits for the next round: leaving and coming back earns no extra turn.
+        """
+        current = self._current_round(flow.model)
+        had_turn = flow.user.last_turns.get(flow.model, current - 1) >= current
+        flow.round = current if had_turn else current - 1
+        flow.position = next(self._positions)
+        flow.in_ring = True
+        self._ring_sizes[flow.model] += 1
+
+    def _current_round(self, model: str) -> int:
+        """The model's round in progress. A model whose ring is empty starts level with the
+        furthest-behind model it shares a backend with, so an idle spell banks no advantage."""
+        if self._ring_sizes[model]:
+            return self._pointers[model][0]
+        rivals = [
+            self._pointers[other][0] for other in self._pool.neighbours(model) if self._ring_sizes[other]
+        ]
+        round_ = min(rivals) if rivals else self._pointers.get(model, (0, -1))[0]
+        self._pointers[model] = (round_, -1)
+        return round_
+
+    def _schedule(self, flow: _Flow) -> None:
+        """(Re)key the flow: by its head's arrival while burst credit pays for the head, otherwise
+        at the ring visit where its deficit first covers the head's cost."""
+        if not flow.in_ring and flow.user.burst_credit >= flow.queue[0].cost:
+            key, heaps = (flow.queue[0].arrival,), self._bursting
+        else:
+            if not flow.in_ring:
+                self._join_ring(flow)
+            shortfall = flow.queue[0].cost - flow.deficit
+            visits = 0 if shortfall <= 0 else math.ceil(shortfall / (self.config.quantum * flow.user.weight))
+            key, heaps = (flow.round + visits, flow.position), self._rings
+        if key == flow.key:  # its entry is still right
+            return
+        flow.key, flow.version = key, next(self._versions)
+        self._heap(heaps, flow.model).push((*key, flow.version, flow))
+
+    @staticmethod
+    def _heap(heaps: dict[str, _LazyHeap], model: str) -> _LazyHeap:
+        heap = heaps.get(model)
+        if heap is None:
+            heap = heaps[model] = _LazyHeap(_flow_entry_is_live)
+        return heap
+
+    def _close(self, flow: _Flow) -> None:
+        """The flow has nothing waiting: it leaves the ring and, as in DRR, loses a positive deficit.
+
+        A negative one (cost corrections) follows the user as debt, less the quanta of visits the
+        ring made while the flow was waiting.
+        """
+        if flow.in_ring:
+            self._ring_sizes[flow.model] -= 1
+            if flow.deficit < 0:
+                pointer_round, pointer_position = self._pointers[flow.model]
+                passed = pointer_round - flow.round - (flow.position > pointer_position)
+                flow.deficit += max(0, passed) * self.config.quantum * flow.user.weight
+        if flow.deficit < 0:
+            flow.user.debt -= flow.deficit
+        flow.version, flow.key = -1, None
+        flows = self._flows[flow.user.user_id]
+        del flows[flow.model]
+        if not flows:
+            del self._flows[flow.user.user_id]
+
+    @staticmethod
+    def _drop_departed_heads(flow: _Flow) -> None:
+        while flow.queue and not flow.queue[0].waiting:
+            flow.queue.popleft()
+
+    def _correct(self, user: UserState, model: str, overcharge: float, now: float) -> None:
+        """Settle the difference between a request's estimated cost and its real usage."""
+        flow = self._flows.get(user.user_id, {}).get(model)
+        if flow is not None:
+            flow.deficit += overcharge
+            self._schedule(flow)
+            return
+        user.settle(now, self.config.burst_cap, self.config.fairness_window_s)
+        if overcharge >= 0:
+            user.refund(overcharge)
+        else:
+            user.charge(-overcharge)
+            self._reconsider_bursts(user)
+
+    def _reconsider_bursts(self, user: UserState) -> None:
+        """Burst credit shrank: re-key the user's flows that were spending it."""
+        for flow in list(self._flows.get(user.user_id, {}).values()):
+            if not flow.in_ring:
+                self._schedule(flow)
+
+    def _withdraw(self, request: _Request, now: float) -> None:
+        del self._waiting[request.request_id]
+        request.waiting = False
+        self._waiting_by_model[request.model] -= 1
+        user = request.user
+        user.waiting -= 1
+        flow = self._flows[user.user_id][request.model]
+        flow.waiting -= 1
+        if not flow.waiting:
+            self._close(flow)
+        elif flow.queue[0] is request:
+            self._drop_departed_heads(flow)
+            self._schedule(flow)
+        self._note_if_idle(user, now)
+
+    # --- choosing ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _smallest_head(heaps: dict[str, _LazyHeap], models: Iterable[str]) -> tuple | None:
+        """The smallest live entry over the heaps of `models` (a few models: O(models × log n))."""
+        best = None
+        for model in models:
+            heap = heaps.get(model)
+            entry = heap.head() if heap is not None else None
+            if entry is not None and (best is None or entry < best):
+                best = entry
+        return best
+
+    def _next_grant(self) -> tuple[_Request, int] | None:
+        free_models = self._pool.free_models()
+        burst = self._smallest_head(self._bursting, free_models)
+        if burst is not None:
+            backend_id = self._pool.best_backend(burst[-1].model)
+            if self._burst_granted_last.get(backend_id):
+                rival = self._smallest_head(self._rings, self._pool.models_of(backend_id))
+                if rival is not None:
+                    return self._take_turn(rival), backend_id
+            return self._spend_burst(burst), backend_id
+        entry = self._smallest_head(self._rings, free_models)
+        if entry is None:
+            return None
+        return self._take_turn(entry), self._pool.best_backend(entry[-1].model)
+
+    def _take_turn(self, entry: tuple[int, int, int, _Flow]) -> _Request:
+        """Serve the flow at its keyed visit, adding the quanta of the visits skipped on the way."""
+        round_, position, _, flow = entry
+        self._rings[flow.model].pop_head()  # `entry` is that ring's head
+        flow.key = None
+        flow.deficit += (round_ - flow.round) * self.config.quantum * flow.user.weight
+        flow.round = round_
+        self._pointers[flow.model] = max(self._pointers[flow.model], (round_, position))
+        flow.user.last_turns[flow.model] = round_
+        request = flow.queue.popleft()
+        flow.deficit -= request.cost
+        flow.waiting -= 1
+        self._drop_departed_heads(flow)
+        if flow.waiting:
+            self._schedule(flow)
+        else:
+            self._close(flow)
+        return request
+
+    def _spend_burst(self, entry: tuple[int, int, _Flow]) -> _Request:
+        """Serve the flow's head out of turn, paid from its user's burst credit."""
+        flow = entry[2]
+        self._bursting[flow.model].pop_head()  # `entry` is that heap's head
+        flow.key = None
+        request = flow.queue.popleft()
+        request.on_burst_credit = True
+        flow.user.burst_credit -= request.cost
+        flow.waiting -= 1
+        self._drop_departed_heads(flow)
+        if not flow.waiting:
+            self._close(flow)
+        self._reconsider_bursts(flow.user)  # this flow's next head and the user's other bursting flows
+        return request
+
+    def _grant(self, request: _Request, backend_id: int, now: float) -> Grant:
+        del self._waiting[request.request_id]
+        request.waiting = False
+        self._waiting_by_model[request.model] -= 1
+        user = request.user
+        user.waiting -= 1
+        user.in_flight += 1
+        self._pool.acquire(
+            Slot(request.request_id, backend_id, user.user_id, request.model, request.cost, now)
+        )
+        self._burst_granted_last[backend_id] = request.on_burst_credit
+        return Grant(
+            request.request_id,
+            backend_id,
+            request.model,
+            user.user_id,
+            now - request.submitted_at,
+            request.on_burst_credit,
+        )
