@@ -1,19 +1,43 @@
-"""Translate: parse the caller's body once into the canonical request every later addon reads."""
+"""Translate: the caller's dialect in, the caller's dialect out.
+
+On the way in, the caller's body is parsed once into the canonical request every later addon
+reads (bad input is answered here, before queueing). On the way out, streamed answers go through
+the response translator chunk by chunk as mitmproxy receives them (a generator, so a chunk that
+yields nothing never ends the client's stream); whole answers and engine errors are translated
+once they have arrived. This addon sits before Policy, Gate and Record, so its `response` hook
+has set the usage before theirs settle quotas, release slots and write the audit row.
+"""
 
 from __future__ import annotations
 
+import time
+
 from mitmproxy import ctx, http
 
-from addons.context import context_of
+from addons.context import RequestContext, context_of
 from addons.images import ImageFetcher
 from addons.replies import reply_error
 from translators.errors import GatewayError
-from translators.pipeline import parse_client_request
+from translators.pipeline import parse_client_request, translate_backend_error
+
+STREAMED_MEDIA_TYPES = ("text/event-stream", "application/x-ndjson")
+
+
+def stream_translator(context: RequestContext):
+    """The mitmproxy stream callable: engine bytes in, client bytes out; b"" marks the end."""
+    translator = context.translator
+
+    def convert(data: bytes):
+        chunks = translator.feed(data) if data else translator.finish()
+        if chunks and context.first_byte_at is None:
+            context.first_byte_at = time.monotonic()
+        context.delivered.extend(chunks)
+        yield from chunks
+
+    return convert
 
 
 class Translate:
-    """Client body → CanonicalRequest, with http(s) image URLs fetched; bad input answered before queueing."""
-
     def __init__(self) -> None:
         self.images = ImageFetcher()
 
@@ -47,3 +71,31 @@ class Translate:
             return
         context.canonical = canonical
         context.model, context.stream = canonical.model, canonical.stream
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        context = context_of(flow)
+        if context is None or context.translator is None:
+            return
+        # The backend's keep-alive choice must not close the caller's connection.
+        flow.response.headers.pop("Connection", None)
+        media_type = flow.response.headers.get("Content-Type", "").split(";")[0].strip()
+        if flow.response.status_code < 400 and media_type in STREAMED_MEDIA_TYPES:
+            flow.response.headers["Content-Type"] = context.translator.media_type
+            flow.response.headers.pop("Content-Length", None)
+            flow.response.headers["Transfer-Encoding"] = "chunked"
+            flow.response.stream = stream_translator(context)
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        context = context_of(flow)
+        if context is None or context.translator is None or flow.response.stream:
+            return
+        status, body = flow.response.status_code, flow.response.content or b""
+        if status >= 400:
+            status, translated = translate_backend_error(context.backend.engine, status, body, context.dialect)
+        else:
+            status, translated = context.translator.translate_body(status, body)
+        context.first_byte_at = context.first_byte_at or time.monotonic()
+        flow.response.status_code = status
+        flow.response.headers.pop("Content-Encoding", None)
+        flow.response.headers["Content-Type"] = "application/json"
+        flow.response.content = translated
