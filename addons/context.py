@@ -10,6 +10,7 @@ from mitmproxy import http
 
 if TYPE_CHECKING:
     from addons.auth import Principal
+    from addons.policy import Admission
     from addons.registry import BackendView
     from translators.canonical import CanonicalRequest
     from translators.pipeline import ResponseTranslator
@@ -47,6 +48,8 @@ class RequestContext:
     client_body: bytes = b""  # the request as the caller sent it, for the audit log
     delivered: list[bytes] = field(default_factory=list)  # streamed bytes as the caller got them
     recorded: bool = False
+    # Policy: what admission took (rate, slot, reservation), so settling gives it back exactly once.
+    admission: Admission | None = None
 
     @property
     def dialect(self) -> str | None:

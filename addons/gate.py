@@ -1,22 +1,29 @@
-"""Gate: hold each inference request until a backend that serves its model has a free slot."""
+"""Gate: hold each inference request until the fair-share scheduler grants it a backend slot.
+
+The scheduler (scheduler/, pure) decides; this addon feeds it what the registry knows about the
+backends, turns its grants into resumed flows, and gives every slot back exactly once: when the
+answer has been delivered, when the flow errors, or when the client leaves while queued.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections import defaultdict, deque
 from dataclasses import dataclass, field
 
-from mitmproxy import ctx, http
+from mitmproxy import ctx, exceptions, http
 
 from addons.context import RequestContext, context_of
 from addons.metrics import IN_FLIGHT, QUEUE_WAIT, QUEUED
-from addons.registry import BackendRegistry, BackendView
+from addons.registry import BackendRegistry, BackendView, model_aliases
 from addons.replies import reply_error
+from scheduler import BackendState, NoBackend, QueueFull, Scheduler, SchedulerConfig, expected_cost
 from translators.errors import GatewayError
 
 log = logging.getLogger(__name__)
+
+TICK_S = 0.25  # how often queued requests are checked against the wait limit
 
 
 @dataclass
@@ -26,45 +33,145 @@ class Waiter:
     granted: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
-class Gate:
-    """Admission: one slot per in-flight request on a backend, never more than its max_concurrent."""
+def backend_state(view: BackendView) -> BackendState:
+    """What the scheduler needs to know of a backend; every spelling of a model name serves it."""
+    return BackendState(
+        backend_id=view.id,
+        models=frozenset(alias for name in view.models for alias in model_aliases(name)),
+        resident=frozenset(alias for name, m in view.models.items() if m.resident for alias in model_aliases(name)),
+        max_concurrent=view.max_concurrent,
+        healthy=view.healthy,
+        enabled=view.enabled,
+        draining=view.draining,
+        priority=view.priority,
+    )
 
-    def __init__(self, registry: BackendRegistry) -> None:
+
+class Gate:
+    def __init__(self, registry: BackendRegistry, fairness_window_s: float) -> None:
         self.registry = registry
-        self.waiting: dict[str, deque[Waiter]] = defaultdict(deque)
+        self.fairness_window_s = fairness_window_s
+        self.scheduler = Scheduler(SchedulerConfig(fairness_window_s=fairness_window_s))
+        self.waiters: dict[str, Waiter] = {}
+        self.queued_by_client: dict[str, set[str]] = {}  # client connection id → its queued request ids
+        self.ticker: asyncio.Task | None = None
+        registry.listeners.append(self.backends_changed)
 
     def load(self, loader):
-        loader.add_option(
-            "gate_max_wait_s", float, 300.0,
-            "Longest a request waits for a backend slot before it gets 503 with Retry-After.",
-        )
+        loader.add_option("scheduler_quantum", float, 1000.0,
+                          "Tokens a weight-1 user earns per round-robin visit (docs/scheduler.md).")
+        loader.add_option("scheduler_burst_cap", float, 4000.0,
+                          "Most burst credit a user returning from idle may hold, in tokens per unit of weight.")
+        loader.add_option("scheduler_max_queue_per_user", int, 64,
+                          "Requests one user may have waiting; more get 429 with Retry-After.")
+        loader.add_option("scheduler_max_wait_s", float, 300.0,
+                          "Longest a request waits for a backend slot before it gets 503 with Retry-After.")
+
+    def configure(self, updated):
+        if not any(name.startswith("scheduler_") for name in updated):
+            return
+        try:
+            config = SchedulerConfig(
+                quantum=ctx.options.scheduler_quantum,
+                burst_cap=ctx.options.scheduler_burst_cap,
+                fairness_window_s=self.fairness_window_s,
+                max_queue_per_user=ctx.options.scheduler_max_queue_per_user,
+                max_wait_s=ctx.options.scheduler_max_wait_s,
+            )
+        except ValueError as error:
+            raise exceptions.OptionsError(str(error)) from None
+        self.scheduler.reconfigure(config, time.monotonic())
+
+    def running(self):
+        self.ticker = asyncio.get_running_loop().create_task(self.tick_forever())
+
+    def done(self):
+        if self.ticker:
+            self.ticker.cancel()
+
+    async def tick_forever(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            try:
+                self.tick()
+            except Exception:
+                log.exception("scheduler tick failed")
+
+    def backends_changed(self) -> None:
+        self.scheduler.update_backends(backend_state(view) for view in self.registry.views.values())
+        self.wake(time.monotonic())
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        for request_id in self.scheduler.expired(now):
+            waiter = self.unqueue(request_id)
+            waiter.granted.set_result(GatewayError(
+                503, f"no backend slot for {waiter.context.model!r} within {self.scheduler.config.max_wait_s:g} s",
+                headers={"Retry-After": str(self.scheduler.retry_after_s(waiter.context.model))}))
+        self.wake(now)
+
+    def unqueue(self, request_id: str) -> Waiter:
+        waiter = self.waiters.pop(request_id)
+        self.queued_by_client[waiter.client_id].discard(request_id)
+        if not self.queued_by_client[waiter.client_id]:
+            del self.queued_by_client[waiter.client_id]
+        QUEUED.labels(waiter.context.model).dec()
+        return waiter
 
     async def request(self, flow: http.HTTPFlow) -> None:
         context = context_of(flow)
         if flow.response or context is None or context.route.kind != "inference":
             return
         if not any(view.served_name(context.model) for view in self.registry.views.values() if view.enabled):
-            available = sorted(self.registry.known_models())
             reply_error(flow, context.dialect, GatewayError(
-                404, f"unknown model {context.model!r} (available: {', '.join(available) or 'none'})",
+                404, f"unknown model {context.model!r} (available: {', '.join(sorted(self.registry.known_models())) or 'none'})",
                 code="model_not_found"))
             return
+        canonical, principal = context.canonical, context.principal
+        cost = expected_cost(canonical.estimated_prompt_tokens, canonical.max_tokens, generates=canonical.kind != "embedding")
+        now = time.monotonic()
+        try:
+            self.scheduler.submit(context.request_id, principal.user_id, principal.weight, context.model, cost, now)
+        except (QueueFull, NoBackend) as refused:
+            status = 429 if isinstance(refused, QueueFull) else 503
+            reply_error(flow, context.dialect, GatewayError(status, str(refused),
+                                                            headers={"Retry-After": str(refused.retry_after_s)}))
+            return
         waiter = Waiter(context, flow.client_conn.id)
-        self.waiting[context.model].append(waiter)
+        self.waiters[context.request_id] = waiter
+        self.queued_by_client.setdefault(waiter.client_id, set()).add(context.request_id)
         QUEUED.labels(context.model).inc()
-        self.dispatch()
-        await asyncio.wait({waiter.granted}, timeout=ctx.options.gate_max_wait_s)
-        if waiter.granted.cancelled():  # the client left while queued: never send it upstream
+        self.wake(now)
+        try:
+            outcome = await waiter.granted
+        except asyncio.CancelledError:  # the client left while queued: never send it upstream
             flow.kill()
             return
-        if not waiter.granted.done():
-            self.withdraw(waiter)
-            reply_error(flow, context.dialect, GatewayError(
-                503, f"no backend slot for {context.model!r} within {ctx.options.gate_max_wait_s:.0f} s",
-                headers={"Retry-After": "5"}))
+        if isinstance(outcome, GatewayError):
+            reply_error(flow, context.dialect, outcome)
             return
-        context.backend, context.granted_at = waiter.granted.result(), time.monotonic()
+        context.backend, context.granted_at = outcome, time.monotonic()
         QUEUE_WAIT.observe(context.granted_at - context.received_at)
+
+    def wake(self, now: float) -> None:
+        """Resume every request the scheduler grants a slot now."""
+        for grant in self.scheduler.dispatch(now):
+            waiter = self.unqueue(grant.request_id)
+            backend = self.registry.views[grant.backend_id]
+            backend.in_flight += 1
+            IN_FLIGHT.labels(backend.name).inc()
+            waiter.granted.set_result(backend)
+
+    def release(self, context: RequestContext) -> None:
+        """Give a granted request's slot back, charging what it really used; once, however it ended."""
+        if context.backend is None or context.finished_at is not None:
+            return
+        now = context.finished_at = time.monotonic()
+        usage = context.translator.usage if context.translator else None
+        self.scheduler.release(context.request_id, usage.total_tokens if usage else None, now)
+        context.backend.in_flight -= 1
+        IN_FLIGHT.labels(context.backend.name).dec()
+        self.wake(now)
 
     def response(self, flow: http.HTTPFlow) -> None:
         if context := context_of(flow):
@@ -74,47 +181,10 @@ class Gate:
         if context := context_of(flow):
             self.release(context)
 
-    def withdraw(self, waiter: Waiter) -> None:
-        """Take a waiter that was never granted out of the queue."""
-        queue = self.waiting[waiter.context.model]
-        if waiter in queue:
-            queue.remove(waiter)
-            QUEUED.labels(waiter.context.model).dec()
-            waiter.granted.cancel()
-
-    def dispatch(self) -> None:
-        """Grant every free slot to the oldest waiter for a model it serves (work-conserving)."""
-        for model, queue in self.waiting.items():
-            while queue:
-                backend = self.free_backend(model)
-                if backend is None:
-                    break
-                waiter = queue.popleft()
-                QUEUED.labels(model).dec()
-                backend.in_flight += 1
-                IN_FLIGHT.labels(backend.name).inc()
-                waiter.granted.set_result(backend)
-
-    def free_backend(self, model: str) -> BackendView | None:
-        candidates = [view for view in self.registry.serving(model) if view.in_flight < view.max_concurrent]
-        if not candidates:
-            return None
-        return min(candidates, key=lambda v: (not v.models[v.served_name(model)].resident,
-                                              v.in_flight / v.max_concurrent, -v.priority))
-
-    def release_slot(self, backend: BackendView) -> None:
-        backend.in_flight -= 1
-        IN_FLIGHT.labels(backend.name).dec()
-        self.dispatch()
-
-    def release(self, context: RequestContext) -> None:
-        """Called once per granted request when it ends, whichever way it ends."""
-        if context.backend is not None and context.finished_at is None:
-            context.finished_at = time.monotonic()
-            self.release_slot(context.backend)
-
     def client_disconnected(self, client) -> None:
-        for queue in self.waiting.values():
-            for waiter in [w for w in queue if w.client_id == client.id]:
-                log.info("request %s: client left while queued", waiter.context.request_id)
-                self.withdraw(waiter)
+        now = time.monotonic()
+        for request_id in list(self.queued_by_client.get(client.id, ())):
+            self.scheduler.cancel(request_id, now)
+            self.unqueue(request_id).granted.cancel()
+            log.info("request %s: client left while queued", request_id)
+        self.wake(now)

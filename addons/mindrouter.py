@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from addons.auth import Auth
 from addons.gate import Gate
 from addons.local import Local
+from addons.policy import Policy
 from addons.record import Record
 from addons.registry import BackendRegistry
 from addons.routing import Routing
@@ -33,7 +34,8 @@ addons = [
     Auth(),  # API key → Principal
     Local(registry),  # health, metrics and model catalogs answered here
     Translate(),  # parse and check the caller's body
-    Gate(registry),  # wait for a slot on a backend that serves the model
+    Policy(writer, settings.environment),  # rate limit per key, concurrency per user, token budget
+    Gate(registry, settings.environment.fairness_window_s),  # fair-share wait for a backend slot
     Upstream(),  # rewrite the target, stream the answer back
     Record(writer, settings.environment.artifact_storage_path),  # audit row, bodies, images
 ]

@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
@@ -138,7 +139,7 @@ class BackendRegistry:
         self.database_ok = False
         self.task: asyncio.Task | None = None
         self.client: httpx.AsyncClient | None = None
-        self.refreshed = asyncio.Event()
+        self.listeners: list[Callable[[], None]] = []  # told after every refresh
 
     def load(self, loader):
         loader.add_option(
@@ -177,7 +178,8 @@ class BackendRegistry:
             return
         self.reconcile(rows)
         await asyncio.gather(*(self.poll(view) for view in self.views.values() if view.enabled))
-        self.refreshed.set()
+        for listener in self.listeners:
+            listener()
 
     def reconcile(self, rows: list[dict]) -> None:
         """Take the database's word on configuration; keep what only this process knows (health, in-flight)."""

@@ -19,12 +19,16 @@ PNG = base64.b64decode(
 )
 
 
-def audit_row(cluster, request_filter):
+def audit_rows(cluster, prompt_marker: str, count: int = 1) -> list[Request]:
+    """The audit rows of the requests whose prompt holds `prompt_marker`, once `count` are written."""
     init_database(cluster.env["DATABASE_URL"])
-    found = []
-    wait_until(lambda: found.append(Request.select().where(request_filter).order_by(Request.id.desc()).first())
-               or found[-1] is not None, 10, "the audit row")
-    return found[-1]
+
+    def rows() -> list[Request]:
+        query = Request.select().join(RequestBody).where(RequestBody.prompt.contains(prompt_marker))
+        return list(query.order_by(Request.id))
+
+    wait_until(lambda: len(rows()) >= count, 10, f"{count} audit rows for {prompt_marker!r}")
+    return rows()
 
 
 def test_a_streamed_chat_is_recorded_with_usage_timings_and_the_delivered_stream(cluster):
@@ -32,7 +36,7 @@ def test_a_streamed_chat_is_recorded_with_usage_timings_and_the_delivered_stream
     prompt = "An audited question about barley"
     chunks = list(client.chat.completions.create(model="llama3.2", messages=[{"role": "user", "content": prompt}],
                                                  stream=True, stream_options={"include_usage": True}))
-    row = audit_row(cluster, Request.client_dialect == "openai")
+    (row,) = audit_rows(cluster, prompt)
     body = RequestBody.get(RequestBody.request == row)
     assert (row.endpoint, row.backend_dialect, row.model, row.status, row.stream) == (
         "/v1/chat/completions", "ollama", "llama3.2", 200, True)
@@ -50,26 +54,28 @@ def test_images_are_stored_once_by_content_and_referenced_from_the_prompt(cluste
     client = ollama.Client(host=cluster.gateway_url, headers={"Authorization": f"Bearer {cluster.keys['student1']}"})
     image = base64.b64encode(PNG).decode()
     for _ in range(2):
-        client.chat(model="qwen2.5vl", stream=False, messages=[{"role": "user", "content": "see", "images": [image]}])
+        client.chat(model="qwen2.5vl", stream=False, messages=[{"role": "user", "content": "see twice", "images": [image]}])
     digest = hashlib.sha256(PNG).hexdigest()
-    row = audit_row(cluster, Request.model == "qwen2.5vl")
+    rows = audit_rows(cluster, "see twice", count=2)
     artifact = Artifact.get(Artifact.sha256 == digest)
     stored = (cluster.env["ARTIFACT_STORAGE_PATH"] + "/" + artifact.path)
     assert open(stored, "rb").read() == PNG and artifact.content_type == "image/png"
-    assert RequestArtifact.select().where(RequestArtifact.artifact == artifact).count() >= 2
-    prompt = RequestBody.get(RequestBody.request == row).prompt
-    assert image not in prompt and f"artifact:sha256:{digest}" in prompt
+    assert {link.request_id for link in RequestArtifact.select().where(RequestArtifact.artifact == artifact)} >= {
+        row.id for row in rows}
+    for row in rows:
+        prompt = RequestBody.get(RequestBody.request == row).prompt
+        assert image not in prompt and f"artifact:sha256:{digest}" in prompt
 
 
 def test_refused_requests_are_recorded_too_and_keys_count_their_use(cluster):
     key = cluster.new_key("staff1", "counted")
     client = ollama.Client(host=cluster.gateway_url, headers={"Authorization": f"Bearer {key}"})
-    client.generate(model="llama3.2", prompt="one", stream=False)
+    client.generate(model="llama3.2", prompt="counted one", stream=False)
     try:
-        client.generate(model="no-such-model", prompt="two", stream=False)
+        client.generate(model="no-such-model", prompt="counted two", stream=False)
     except ollama.ResponseError:
         pass
-    missing = audit_row(cluster, Request.model == "no-such-model")
+    (missing,) = audit_rows(cluster, "counted two")
     assert missing.status == 404 and missing.backend is None
     wait_until(lambda: ApiKey.get(ApiKey.prefix == key.split("_")[1]).request_count == 2, 10, "the key's use counted")
     assert ApiKey.get(ApiKey.prefix == key.split("_")[1]).last_used_at is not None

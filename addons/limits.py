@@ -1,0 +1,344 @@
+"""Where the Policy addon keeps its counters: in process, or in Redis shared by every gateway.
+
+Both stores answer the same questions with the same rules (`scheduler.limits`, `scheduler.quota`):
+
+    wait = await store.take_rate(key_id, limit, window_s, lease)      # 0.0: admitted; else seconds to wait
+    ok = await store.acquire_slot(user_id, limit, lease, ttl_s)         # a concurrency lease
+    await store.release_slot(user_id, lease)
+    outcome = await store.reserve(user_id, period, cost, lease, ttl_s)  # RESERVED | REFUSED | UNKNOWN
+    await store.start_ledger(user_id, period, budget, used, expires_at) # after UNKNOWN: load it, retry
+    await store.settle(user_id, period, lease, actual)                  # reservation → real usage
+    await store.renew(slots, reservations, ttl_s)                       # the heartbeat of live requests
+
+`lease` is the request id: one request holds at most one entry of each kind, and giving it back
+twice is harmless. Everything a lease holds in Redis expires `ttl_s` after its gateway last renewed
+it, so a gateway killed with requests in flight locks nobody out for longer than that.
+
+Redis key layout (`{prefix}` is the `redis_key_prefix` option, "mindrouter" by default):
+
+    {prefix}:rate:{key_id}                 sorted set  request id → admitted at (ms); expires after the window
+    {prefix}:slots:{user_id}               sorted set  request id → lease expiry (ms); expires with its last lease
+    {prefix}:quota:{user_id:period}        hash        budget, used, reserved; expires a week after the period
+    {prefix}:quota:{user_id:period}:leases sorted set  request id → reservation expiry (ms)
+    {prefix}:quota:{user_id:period}:amounts hash       request id → tokens reserved
+
+Each operation is one Lua script, so it is atomic however many gateways race. Scripts read the time
+from Redis (`TIME`), one clock for every gateway; tests pass a virtual clock instead.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import time
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
+
+import redis.asyncio as aioredis
+
+from scheduler.limits import LeaseTable, SlidingWindow
+from scheduler.quota import Ledger, next_period_start
+
+RESERVED, REFUSED, UNKNOWN = "reserved", "refused", "unknown"
+
+# A quota's Redis keys outlive their period by this much, so requests that straddle the turn of the
+# month still find their reservation when they settle.
+QUOTA_KEY_GRACE = dt.timedelta(days=7)
+
+
+class ReserveOutcome(NamedTuple):
+    state: str  # RESERVED | REFUSED | UNKNOWN (no ledger for this user and period yet: load it, retry)
+    remaining: int = 0  # tokens left: after the reservation, or before the refused one
+
+
+def quota_keys_expire_at(period: str) -> float:
+    """Epoch seconds when the Redis keys of `period` ("YYYY-MM") may go."""
+    start = dt.datetime.strptime(period, "%Y-%m")
+    return (next_period_start(start) + QUOTA_KEY_GRACE).replace(tzinfo=dt.UTC).timestamp()
+
+
+class LocalCounters:
+    """Counters of this process alone: exact for one gateway, forgotten when it stops (no expiry needed)."""
+
+    shared = False
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.windows: dict[int, SlidingWindow] = {}
+        self.slots: dict[int, LeaseTable] = {}
+        self.ledgers: dict[tuple[int, str], Ledger] = {}
+        self.reservations: dict[str, tuple[tuple[int, str], int]] = {}  # lease → ((user, period), tokens)
+
+    async def take_rate(self, key_id: int, limit: int, window_s: float, lease: str) -> float:
+        return self.windows.setdefault(key_id, SlidingWindow()).admit(self.clock(), limit, window_s)
+
+    async def acquire_slot(self, user_id: int, limit: int, lease: str, ttl_s: float) -> bool:
+        return self.slots.setdefault(user_id, LeaseTable()).acquire(lease, self.clock(), math.inf, limit)
+
+    async def release_slot(self, user_id: int, lease: str) -> None:
+        table = self.slots.get(user_id)
+        if table is not None and table.release(lease) and not table:
+            del self.slots[user_id]
+
+    async def reserve(self, user_id: int, period: str, cost: int, lease: str, ttl_s: float) -> ReserveOutcome:
+        ledger = self.ledgers.get((user_id, period))
+        if ledger is None:
+            return ReserveOutcome(UNKNOWN)
+        if not ledger.try_reserve(cost):
+            return ReserveOutcome(REFUSED, ledger.remaining)
+        self.reservations[lease] = ((user_id, period), cost)
+        return ReserveOutcome(RESERVED, ledger.remaining)
+
+    async def start_ledger(self, user_id: int, period: str, budget: int, used: int, expires_at: float) -> None:
+        self.ledgers.setdefault((user_id, period), Ledger(budget, used))
+
+    async def settle(self, user_id: int, period: str, lease: str, actual: int) -> None:
+        _, reserved = self.reservations.pop(lease, (None, 0))
+        if ledger := self.ledgers.get((user_id, period)):
+            ledger.settle(reserved, actual)
+
+    async def renew(self, slots: list[tuple[int, str]], reservations: list[tuple[int, str, str]], ttl_s: float) -> int:
+        return len(slots) + len(reservations)  # nothing here expires: the process holding it is the one counting
+
+    async def set_budgets(self, budgets: dict[tuple[int, str], int]) -> None:
+        for key, budget in budgets.items():
+            if ledger := self.ledgers.get(key):
+                ledger.budget = budget
+
+    async def standings(self, keys: Iterable[tuple[int, str]]) -> dict[tuple[int, str], Ledger]:
+        return {key: Ledger(ledger.budget, ledger.used, ledger.reserved)
+                for key in keys if (ledger := self.ledgers.get(key))}
+
+    def sweep(self, current_period: str, window_s: float) -> None:
+        """Forget windows nobody used for a whole window, and past periods with nothing reserved."""
+        now = self.clock()
+        for key_id in [k for k, w in self.windows.items() if not w.times or w.times[-1] <= now - window_s]:
+            del self.windows[key_id]
+        for key in [k for k, ledger in self.ledgers.items() if k[1] != current_period and ledger.reserved == 0]:
+            del self.ledgers[key]
+
+
+# Every script reads the time as an argument: empty means Redis's own clock, one for all gateways.
+_CLOCK_LUA = """
+local function now_ms(given)
+  if given ~= '' then return tonumber(given) end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"""
+
+# KEYS: window. ARGV: now, window ms, limit, request id. → 0 admitted, else ms until one more fits.
+RATE_LUA = _CLOCK_LUA + """
+local now, window, limit = now_ms(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+local count = redis.call('ZCARD', KEYS[1])
+if count < limit then
+  redis.call('ZADD', KEYS[1], now, ARGV[4])
+  redis.call('PEXPIRE', KEYS[1], window)
+  return 0
+end
+local blocking = redis.call('ZRANGE', KEYS[1], count - limit, count - limit, 'WITHSCORES')
+return tonumber(blocking[2]) + window - now
+"""
+
+# KEYS: slots. ARGV: now, ttl ms, limit, request id. → 1 acquired, 0 full.
+SLOT_ACQUIRE_LUA = _CLOCK_LUA + """
+local now, ttl = now_ms(ARGV[1]), tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[4])
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+redis.call('PEXPIRE', KEYS[1], tonumber(last[2]) - now)
+return 1
+"""
+
+# KEYS: a lease set. ARGV: now, ttl ms, "1" to stretch the key's own expiry to its last lease, request ids.
+# → how many were renewed (a lease already expired stays gone: its slot may be someone else's now).
+RENEW_LUA = _CLOCK_LUA + """
+local now, ttl = now_ms(ARGV[1]), tonumber(ARGV[2])
+local renewed = 0
+for i = 4, #ARGV do
+  local expiry = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if expiry and tonumber(expiry) > now then
+    redis.call('ZADD', KEYS[1], now + ttl, ARGV[i])
+    renewed = renewed + 1
+  end
+end
+if renewed > 0 and ARGV[3] == '1' then
+  local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+  redis.call('PEXPIRE', KEYS[1], tonumber(last[2]) - now)
+end
+return renewed
+"""
+
+# Reservations whose gateway stopped renewing them give their tokens back.
+_DROP_STALE_LUA = """
+local function drop_stale(quota, leases, amounts, now)
+  local stale = redis.call('ZRANGEBYSCORE', leases, '-inf', now)
+  for _, lease in ipairs(stale) do
+    local amount = redis.call('HGET', amounts, lease)
+    if amount then redis.call('HINCRBY', quota, 'reserved', -tonumber(amount)) end
+    redis.call('HDEL', amounts, lease)
+  end
+  if #stale > 0 then redis.call('ZREMRANGEBYSCORE', leases, '-inf', now) end
+end
+"""
+
+# KEYS: quota, leases, amounts. ARGV: budget, used, expire at (epoch ms). → 1 started, 0 there already.
+QUOTA_START_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('DEL', KEYS[2], KEYS[3])
+redis.call('HSET', KEYS[1], 'budget', ARGV[1], 'used', ARGV[2], 'reserved', 0)
+redis.call('PEXPIREAT', KEYS[1], ARGV[3])
+return 1
+"""
+
+# KEYS: quota, leases, amounts. ARGV: now, ttl ms, cost, request id, expire at (epoch ms).
+# → {1, remaining after} reserved, {0, remaining} refused, {-1, 0} no ledger yet.
+QUOTA_RESERVE_LUA = _CLOCK_LUA + _DROP_STALE_LUA + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, 0} end
+local now, ttl, cost = now_ms(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+drop_stale(KEYS[1], KEYS[2], KEYS[3], now)
+local q = redis.call('HMGET', KEYS[1], 'budget', 'used', 'reserved')
+local remaining = tonumber(q[1]) - tonumber(q[2]) - tonumber(q[3])
+if cost > remaining then return {0, remaining} end
+redis.call('HINCRBY', KEYS[1], 'reserved', cost)
+redis.call('ZADD', KEYS[2], now + ttl, ARGV[4])
+redis.call('HSET', KEYS[3], ARGV[4], cost)
+redis.call('PEXPIREAT', KEYS[2], ARGV[5])
+redis.call('PEXPIREAT', KEYS[3], ARGV[5])
+return {1, remaining - cost}
+"""
+
+# KEYS: quota, leases, amounts. ARGV: request id, tokens used. A reservation that already lapsed
+# gave its tokens back when it was dropped; the usage counts either way.
+QUOTA_SETTLE_LUA = """
+local amount = redis.call('HGET', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if amount then redis.call('HINCRBY', KEYS[1], 'reserved', -tonumber(amount)) end
+redis.call('HINCRBY', KEYS[1], 'used', ARGV[2])
+return 1
+"""
+
+# KEYS: quota. ARGV: budget. A ledger nobody started stays unstarted (it loads the budget itself).
+QUOTA_SET_BUDGET_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'budget', ARGV[1])
+return 1
+"""
+
+# KEYS: quota, leases, amounts. ARGV: now. → {budget, used, reserved}, stale reservations dropped; {} if none.
+QUOTA_STANDING_LUA = _CLOCK_LUA + _DROP_STALE_LUA + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
+drop_stale(KEYS[1], KEYS[2], KEYS[3], now_ms(ARGV[1]))
+return redis.call('HMGET', KEYS[1], 'budget', 'used', 'reserved')
+"""
+
+
+def connect(url: str, timeout_s: float) -> aioredis.Redis:
+    """A pooled client that gives up quickly: a Redis outage must cost a request milliseconds, not minutes."""
+    return aioredis.Redis.from_url(
+        url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry_on_timeout=False,
+        health_check_interval=30, max_connections=256,
+    )
+
+
+class RedisCounters:
+    """Counters in Redis, shared by every gateway with the same REDIS_URL and key prefix.
+
+    Failures (connection refused, timeouts) surface as `redis.RedisError` or `OSError`; the
+    Policy addon decides what a failure means.
+    """
+
+    shared = True
+
+    def __init__(self, client: aioredis.Redis, prefix: str, clock: Callable[[], float] | None = None) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.clock = clock  # None: Redis's clock
+        self.rate_script = client.register_script(RATE_LUA)
+        self.acquire_script = client.register_script(SLOT_ACQUIRE_LUA)
+        self.renew_script = client.register_script(RENEW_LUA)
+        self.start_script = client.register_script(QUOTA_START_LUA)
+        self.reserve_script = client.register_script(QUOTA_RESERVE_LUA)
+        self.settle_script = client.register_script(QUOTA_SETTLE_LUA)
+        self.budget_script = client.register_script(QUOTA_SET_BUDGET_LUA)
+        self.standing_script = client.register_script(QUOTA_STANDING_LUA)
+
+    def now_arg(self) -> str:
+        return "" if self.clock is None else str(round(self.clock() * 1000))
+
+    def rate_key(self, key_id: int) -> str:
+        return f"{self.prefix}:rate:{key_id}"
+
+    def slots_key(self, user_id: int) -> str:
+        return f"{self.prefix}:slots:{user_id}"
+
+    def quota_keys(self, user_id: int, period: str) -> list[str]:
+        quota = f"{self.prefix}:quota:{{{user_id}:{period}}}"  # one hash tag: one slot in a Redis Cluster
+        return [quota, f"{quota}:leases", f"{quota}:amounts"]
+
+    async def take_rate(self, key_id: int, limit: int, window_s: float, lease: str) -> float:
+        wait_ms = await self.rate_script(
+            keys=[self.rate_key(key_id)], args=[self.now_arg(), max(1, round(window_s * 1000)), limit, lease])
+        return int(wait_ms) / 1000
+
+    async def acquire_slot(self, user_id: int, limit: int, lease: str, ttl_s: float) -> bool:
+        acquired = await self.acquire_script(
+            keys=[self.slots_key(user_id)], args=[self.now_arg(), _ms(ttl_s), limit, lease])
+        return acquired == 1
+
+    async def release_slot(self, user_id: int, lease: str) -> None:
+        await self.client.zrem(self.slots_key(user_id), lease)
+
+    async def reserve(self, user_id: int, period: str, cost: int, lease: str, ttl_s: float) -> ReserveOutcome:
+        state, remaining = await self.reserve_script(
+            keys=self.quota_keys(user_id, period),
+            args=[self.now_arg(), _ms(ttl_s), cost, lease, round(quota_keys_expire_at(period) * 1000)])
+        return ReserveOutcome({1: RESERVED, 0: REFUSED, -1: UNKNOWN}[int(state)], int(remaining))
+
+    async def start_ledger(self, user_id: int, period: str, budget: int, used: int, expires_at: float) -> None:
+        await self.start_script(keys=self.quota_keys(user_id, period), args=[budget, used, round(expires_at * 1000)])
+
+    async def settle(self, user_id: int, period: str, lease: str, actual: int) -> None:
+        await self.settle_script(keys=self.quota_keys(user_id, period), args=[lease, actual])
+
+    async def renew(self, slots: list[tuple[int, str]], reservations: list[tuple[int, str, str]], ttl_s: float) -> int:
+        """Renew every lease of this gateway's live requests in one round trip; how many were still live."""
+        by_key: dict[tuple[str, str], list[str]] = {}
+        for user_id, lease in slots:
+            by_key.setdefault((self.slots_key(user_id), "1"), []).append(lease)
+        for user_id, period, lease in reservations:
+            by_key.setdefault((self.quota_keys(user_id, period)[1], "0"), []).append(lease)
+        if not by_key:
+            return 0
+        now, ttl = self.now_arg(), _ms(ttl_s)
+        async with self.client.pipeline(transaction=False) as pipe:
+            for (key, stretch), leases in by_key.items():
+                await self.renew_script(keys=[key], args=[now, ttl, stretch, *leases], client=pipe)
+            return sum(int(renewed) for renewed in await pipe.execute())
+
+    async def set_budgets(self, budgets: dict[tuple[int, str], int]) -> None:
+        if not budgets:
+            return
+        async with self.client.pipeline(transaction=False) as pipe:
+            for (user_id, period), budget in budgets.items():
+                await self.budget_script(keys=self.quota_keys(user_id, period)[:1], args=[budget], client=pipe)
+            await pipe.execute()
+
+    async def standings(self, keys: Iterable[tuple[int, str]]) -> dict[tuple[int, str], Ledger]:
+        keys = list(keys)
+        if not keys:
+            return {}
+        now = self.now_arg()
+        async with self.client.pipeline(transaction=False) as pipe:
+            for user_id, period in keys:
+                await self.standing_script(keys=self.quota_keys(user_id, period), args=[now], client=pipe)
+            answers = await pipe.execute()
+        return {key: Ledger(*(int(value) for value in answer)) for key, answer in zip(keys, answers) if answer}
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))

@@ -1,0 +1,469 @@
+"""Policy: rate limits per key, concurrency per user and monthly token budgets, checked before a request queues.
+
+Admission, in this order, each refusal a 429 in the caller's dialect with `Retry-After`:
+
+1. requests per window per API key (the key's `rpm_override`, else the user's, else the role's
+   `rate_limit_rpm`), over an exact sliding window of `rate_limit_window_s`; Retry-After is when
+   a slot of the window frees;
+2. concurrent requests per user (the user's `max_concurrent_override`, else the role's
+   `max_concurrent_per_user`); Retry-After 1;
+3. the request's expected cost (`scheduler.cost.expected_cost`) reserved from the user's budget
+   for this month; `insufficient_quota`, Retry-After the start of next month, and
+   `x-should-retry: false` so the OpenAI SDK does not retry what only an admin can fix.
+
+A refusal gives back what the earlier steps took (the concurrency slot); a request counts toward
+its key's rate once admitted there, whatever happens to it next. Reserving before running is what
+keeps fifty concurrent requests from overrunning a budget: they are admitted only while the
+reservations fit, and each is settled to its real cost when it ends.
+
+Settling happens in this addon's `response` and `error` hooks, exactly once per request (a flag on
+its `Admission`), whichever way it ends: mitmproxy fires `response` for every answer (ours,
+Gate's, the engine's) and `error` for every other end (backend failure, a client gone mid-stream,
+a flow killed while queued). The real usage is the response translator's exact count. Translate
+sits before Policy in the addon list and translates a whole answer in its own `response` hook, so
+the counts are there when Policy's hook runs. Without counts (the engine sent none, or the stream
+broke off before them) a request that delivered an answer is charged its reservation, one that
+delivered nothing is charged nothing.
+
+Where the counters live: in process without `REDIS_URL`; in Redis with it (`addons/limits.py` has
+the key layout), so every gateway sharing that Redis enforces the same limits and budgets. What a
+request holds in Redis is a lease renewed every `policy_lease_ttl_s / 3` while it runs: a killed
+gateway's slots and reservations vanish within `policy_lease_ttl_s`. If Redis fails (refused,
+timed out), every limit falls back to this process's own counters for `redis_retry_s` and a warning
+is logged: each gateway then enforces the limits alone, rather than failing every request or
+letting all through.
+
+Budgets come from the database (`Quota` rows, created on first use for the month with
+`budget_for(role, override, DEFAULT_TOKEN_BUDGET)`), read off the event loop and re-read every
+`quota_refresh_s` so an approved top-up lands within seconds; used tokens and a snapshot of the
+reserved ones are written back through the StoreWriter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import peewee
+import redis
+from mitmproxy import ctx, exceptions, http
+
+from addons.auth import Principal
+from addons.context import RequestContext, context_of
+from addons.limits import REFUSED, UNKNOWN, LocalCounters, RedisCounters, ReserveOutcome, connect, quota_keys_expire_at
+from addons.replies import reply_error
+from addons.settings import Environment
+from addons.writer import StoreWriter
+from scheduler.cost import expected_cost
+from scheduler.limits import UNLIMITED, limit_for, parse_role_limits, retry_after_header
+from scheduler.quota import budget_for, next_period_start, period_of
+from store import database
+from store.models import ROLES, Quota, utcnow
+from translators.canonical import CanonicalRequest
+from translators.errors import GatewayError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Counters = LocalCounters | RedisCounters
+
+# What a Redis failure looks like from redis-py: its own errors, socket errors, our deadline.
+SHARED_FAILURES = (redis.RedisError, OSError, TimeoutError)
+
+# A ledger nobody used for this long drops out of the background budget refresh (it is re-read
+# from the database the next time its user comes back).
+LEDGER_IDLE_S = 3600
+BUDGET_QUERY_CHUNK = 500
+
+BUDGET_UNAVAILABLE = GatewayError(503, "cannot check your token budget right now; retry shortly",
+                                  headers={"Retry-After": "1"})
+
+
+@dataclass(eq=False)
+class Admission:
+    """What admission took for one request, so that settling gives each thing back exactly once."""
+
+    lease: str  # the request id: its entry in every counter it holds
+    user_id: int
+    slot_store: Counters | None = None  # holds its concurrency slot
+    quota_store: Counters | None = None  # holds its reservation
+    period: str = ""
+    reserved: int = 0
+    settled: bool = False
+
+
+def request_cost(canonical: CanonicalRequest) -> int:
+    return expected_cost(canonical.estimated_prompt_tokens, canonical.max_tokens,
+                         generates=canonical.kind != "embedding")
+
+
+def tokens_to_charge(context: RequestContext, admission: Admission, delivered: bool) -> int:
+    """The engine's exact count; without one, the reservation if the caller got an answer, else 0."""
+    usage = context.translator.usage if context.translator is not None else None
+    if usage is not None:
+        return usage.prompt_tokens + usage.completion_tokens
+    return admission.reserved if delivered else 0
+
+
+def load_quota(user_id: int, role: str, override: int | None, period: str, default_budget: int) -> tuple[int, int]:
+    """(budget, used) of the user's row for `period`, created with the role's budget if there is none.
+
+    Runs in a worker thread. Safe against a concurrent creator (another gateway, the admin app):
+    whoever loses the race on the unique (user, period) index reads the winner's row.
+    """
+    where = (Quota.user == user_id) & (Quota.period == period)
+    row = Quota.get_or_none(where)
+    if row is None:
+        try:
+            with database.atomic():
+                row = Quota.create(user=user_id, period=period, budget=budget_for(role, override, default_budget))
+        except peewee.IntegrityError:
+            row = Quota.get(where)
+    return row.budget, row.used
+
+
+def budgets_of(period: str, user_ids: list[int]) -> dict[int, int]:
+    """Current budgets (approved top-ups included) of these users' rows for `period`; runs in a worker thread."""
+    budgets: dict[int, int] = {}
+    for start in range(0, len(user_ids), BUDGET_QUERY_CHUNK):
+        chunk = user_ids[start:start + BUDGET_QUERY_CHUNK]
+        rows = Quota.select(Quota.user, Quota.budget).where((Quota.period == period) & Quota.user.in_(chunk))
+        budgets.update({row.user_id: row.budget for row in rows})
+    return budgets
+
+
+def add_used(user_id: int, period: str, tokens: int) -> Callable[[], None]:
+    def write() -> None:
+        Quota.update(used=Quota.used + tokens).where((Quota.user == user_id) & (Quota.period == period)).execute()
+
+    return write
+
+
+def set_reserved(user_id: int, period: str, tokens: int) -> Callable[[], None]:
+    def write() -> None:
+        Quota.update(reserved=tokens).where((Quota.user == user_id) & (Quota.period == period)).execute()
+
+    return write
+
+
+def renewal_of(now: dt.datetime) -> tuple[dt.datetime, float]:
+    """When the current period's budget renews, and the seconds until then."""
+    renews = next_period_start(now)
+    return renews, (renews - now).total_seconds()
+
+
+class Policy:
+    """Admits an inference request within its key's rate, its user's concurrency and its user's budget."""
+
+    def __init__(self, writer: StoreWriter, environment: Environment) -> None:
+        self.writer = writer
+        self.default_budget = environment.default_token_budget
+        self.redis_url = environment.redis_url
+        self.local = LocalCounters()
+        self.shared: RedisCounters | None = None
+        self.shared_retry_at = 0.0
+        self.rpm_limits: dict[str, int] = {}
+        self.concurrency_limits: dict[str, int] = {}
+        self.held: dict[str, Admission] = {}  # admitted requests not yet settled, by lease
+        self.ledgers: dict[tuple[int, str], float] = {}  # (user, period) → last admission, for the refresh
+        self.reserved_written: dict[tuple[int, str], int] = {}
+        self.loading: dict[tuple[int, str], asyncio.Future] = {}
+        self.settling: set[asyncio.Task] = set()
+        self.background: list[asyncio.Task] = []
+
+    def load(self, loader):
+        loader.add_option(
+            "rate_limit_rpm", str, "admin=600,faculty=180,staff=120,student=60",
+            "Requests per API key per rate_limit_window_s, by role (ROLE=N for every role; 0: no limit). "
+            "A key's rpm_override, else its user's, wins over the role's number.",
+        )
+        loader.add_option(
+            "rate_limit_window_s", float, 60.0,
+            "The sliding window rate_limit_rpm counts over, in seconds (60: requests per minute).",
+        )
+        loader.add_option(
+            "max_concurrent_per_user", str, "admin=32,faculty=16,staff=8,student=4",
+            "Requests one user may have queued or running at once, by role (ROLE=N for every role; 0: no "
+            "limit). The user's max_concurrent_override wins over the role's number.",
+        )
+        loader.add_option(
+            "policy_lease_ttl_s", float, 30.0,
+            "With REDIS_URL: a request's concurrency slot and token reservation expire this long after its "
+            "gateway last renewed them (every third of it), so a killed gateway locks nobody out for longer.",
+        )
+        loader.add_option(
+            "quota_refresh_s", float, 5.0,
+            "Seconds between re-reads of token budgets from the database (an approved top-up lands within it).",
+        )
+        loader.add_option(
+            "redis_key_prefix", str, "mindrouter",
+            "With REDIS_URL: the prefix of every Redis key the gateway writes; gateways that share limits share it.",
+        )
+        loader.add_option(
+            "redis_timeout_s", float, 0.5,
+            "With REDIS_URL: longest a Redis command may take before the gateway falls back to in-process counters.",
+        )
+        loader.add_option(
+            "redis_retry_s", float, 5.0,
+            "With REDIS_URL: after a Redis failure, limits are counted in process for this long, then Redis is "
+            "tried again.",
+        )
+
+    def configure(self, updated):
+        for name, target in (("rate_limit_rpm", "rpm_limits"), ("max_concurrent_per_user", "concurrency_limits")):
+            if name in updated:
+                try:
+                    setattr(self, target, parse_role_limits(getattr(ctx.options, name), ROLES))
+                except ValueError as error:
+                    raise exceptions.OptionsError(f"{name}: {getattr(ctx.options, name)!r}: {error}") from None
+        for name in ("rate_limit_window_s", "policy_lease_ttl_s", "quota_refresh_s", "redis_timeout_s", "redis_retry_s"):
+            if name in updated and not getattr(ctx.options, name) > 0:
+                raise exceptions.OptionsError(f"{name}: {getattr(ctx.options, name)!r} is not a positive number of seconds")
+        if "redis_key_prefix" in updated and not ctx.options.redis_key_prefix.strip():
+            raise exceptions.OptionsError("redis_key_prefix: must not be empty (e.g. 'mindrouter')")
+
+    def running(self):
+        if self.redis_url and self.shared is None:
+            client = connect(self.redis_url, ctx.options.redis_timeout_s)
+            self.shared = RedisCounters(client, ctx.options.redis_key_prefix)
+            log.info("policy: limits and budgets shared through Redis (key prefix %r)", ctx.options.redis_key_prefix)
+        loop = asyncio.get_running_loop()
+        self.background = [loop.create_task(self.renew_forever()), loop.create_task(self.refresh_forever())]
+
+    async def done(self):
+        for task in self.background:
+            task.cancel()
+        if self.settling:
+            await asyncio.wait(self.settling, timeout=2)
+        if self.shared is not None:
+            await self.shared.client.aclose()
+
+    # ---- admission -------------------------------------------------------------------------------
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        context = context_of(flow)
+        if (flow.response or context is None or context.route.kind != "inference"
+                or context.principal is None or context.canonical is None):
+            return
+        admission = Admission(context.request_id, context.principal.user_id)
+        context.admission = admission
+        refusal = await self.admit(admission, context.principal, request_cost(context.canonical))
+        if refusal is not None:
+            self.settle(admission, 0)  # give back what the earlier steps took
+            log.info("request %s refused: %s", context.request_id, refusal.message)
+            reply_error(flow, context.dialect, refusal)
+
+    async def admit(self, admission: Admission, principal: Principal, cost: int) -> GatewayError | None:
+        """The three steps in order; the first refusal ends admission (the caller gives back the rest)."""
+        return (await self.within_rate(admission, principal)
+                or await self.within_concurrency(admission, principal)
+                or await self.within_budget(admission, principal, cost))
+
+    async def within_rate(self, admission: Admission, principal: Principal) -> GatewayError | None:
+        rpm = limit_for(principal.role, principal.rpm_override, self.rpm_limits)
+        if rpm == UNLIMITED:
+            return None
+        window_s = ctx.options.rate_limit_window_s
+        _, wait = await self.counted(
+            "rate limit", lambda c: c.take_rate(principal.key_id, rpm, window_s, admission.lease))
+        if wait <= 0:
+            return None
+        return GatewayError(
+            429, f"rate limit reached: API key mr_{principal.key_prefix}_… may make {rpm} requests per "
+                 f"{window_s:g} s; retry in {retry_after_header(wait)} s",
+            code="rate_limit_exceeded", headers={"Retry-After": retry_after_header(wait)})
+
+    async def within_concurrency(self, admission: Admission, principal: Principal) -> GatewayError | None:
+        limit = limit_for(principal.role, principal.max_concurrent_override, self.concurrency_limits)
+        if limit == UNLIMITED:
+            return None
+        ttl_s = ctx.options.policy_lease_ttl_s
+        store, acquired = await self.counted(
+            "concurrency limit", lambda c: c.acquire_slot(principal.user_id, limit, admission.lease, ttl_s))
+        if not acquired:
+            return GatewayError(
+                429, f"too many concurrent requests: {principal.username} already has {limit} queued or running "
+                     "(the limit); retry when one finishes",
+                code="concurrency_limit_exceeded", headers={"Retry-After": "1"})
+        admission.slot_store = store
+        self.held[admission.lease] = admission
+        return None
+
+    async def within_budget(self, admission: Admission, principal: Principal, cost: int) -> GatewayError | None:
+        now = utcnow()
+        user_id, period, lease, ttl_s = principal.user_id, period_of(now), admission.lease, ctx.options.policy_lease_ttl_s
+        store, outcome = await self.counted("token budget", lambda c: c.reserve(user_id, period, cost, lease, ttl_s))
+        if outcome.state == UNKNOWN:  # this user's first request of the period here: load the ledger
+            try:
+                budget, used = await self.quota_row(principal, period)
+            except (peewee.PeeweeException, OSError) as exc:
+                log.warning("cannot read the token budget of user %s: %s", user_id, exc)
+                return BUDGET_UNAVAILABLE
+            expires_at = quota_keys_expire_at(period)
+
+            async def start_and_reserve(c: Counters) -> ReserveOutcome:
+                await c.start_ledger(user_id, period, budget, used, expires_at)
+                return await c.reserve(user_id, period, cost, lease, ttl_s)
+
+            store, outcome = await self.counted("token budget", start_and_reserve)
+            if outcome.state == UNKNOWN:  # only if someone deleted the keys between the two calls
+                return BUDGET_UNAVAILABLE
+        if outcome.state == REFUSED:
+            renews, seconds = renewal_of(now)
+            return GatewayError(
+                429, f"token budget exhausted: {principal.username} has {max(0, outcome.remaining)} tokens left "
+                     f"for {period} and this request may need {cost}; the budget renews {renews:%Y-%m-%d} "
+                     "00:00 UTC (or ask an admin for more)",
+                code="insufficient_quota", error_type="insufficient_quota",
+                headers={"Retry-After": retry_after_header(seconds), "x-should-retry": "false"})
+        admission.quota_store, admission.period, admission.reserved = store, period, cost
+        self.held[lease] = admission
+        self.ledgers[user_id, period] = time.monotonic()
+        return None
+
+    async def quota_row(self, principal: Principal, period: str) -> tuple[int, int]:
+        """One database read per (user, period) however many requests need it at once."""
+        key = (principal.user_id, period)
+        if pending := self.loading.get(key):
+            return await asyncio.shield(pending)
+        future = asyncio.get_running_loop().create_future()
+        self.loading[key] = future
+        try:
+            row = await asyncio.to_thread(load_quota, principal.user_id, principal.role,
+                                          principal.token_budget_override, period, self.default_budget)
+        except Exception as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved here, so a lone caller leaves no "never retrieved" warning
+            raise
+        finally:
+            del self.loading[key]
+        future.set_result(row)
+        return row
+
+    async def counted(self, step: str, run: Callable[[Counters], Awaitable[T]]) -> tuple[Counters, T]:
+        """Run one step on the shared store when there is one and it answers, else on this process's."""
+        if self.shared is not None and time.monotonic() >= self.shared_retry_at:
+            try:
+                async with asyncio.timeout(2 * ctx.options.redis_timeout_s):
+                    return self.shared, await run(self.shared)
+            except SHARED_FAILURES as exc:
+                self.shared_failed(step, exc)
+        return self.local, await run(self.local)
+
+    def shared_failed(self, what: str, exc: BaseException) -> None:
+        self.shared_retry_at = time.monotonic() + ctx.options.redis_retry_s
+        log.warning("Redis failed during %s (%s: %s); counting limits in this process for %g s",
+                    what, type(exc).__name__, exc, ctx.options.redis_retry_s)
+
+    # ---- settling --------------------------------------------------------------------------------
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        context = context_of(flow)
+        if context is None or context.admission is None or context.admission.settled:
+            return
+        delivered = context.backend is not None and flow.response.status_code < 400
+        self.settle(context.admission, tokens_to_charge(context, context.admission, delivered))
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        context = context_of(flow)
+        if context is None or context.admission is None or context.admission.settled:
+            return
+        delivered = context.first_byte_at is not None
+        self.settle(context.admission, tokens_to_charge(context, context.admission, delivered))
+
+    def settle(self, admission: Admission, actual: int) -> None:
+        """Give back the slot and replace the reservation by `actual` tokens, once; the counters off the hook."""
+        if admission.settled:
+            return
+        admission.settled = True
+        self.held.pop(admission.lease, None)
+        if actual > 0 and admission.period:
+            self.writer.submit(add_used(admission.user_id, admission.period, actual))
+        if admission.slot_store is None and admission.quota_store is None:
+            return
+        task = asyncio.get_running_loop().create_task(self.give_back(admission, actual))
+        self.settling.add(task)
+        task.add_done_callback(self.settling.discard)
+
+    async def give_back(self, admission: Admission, actual: int) -> None:
+        user_id, lease = admission.user_id, admission.lease
+        if admission.slot_store is not None:
+            await self.quietly(admission.slot_store, "slot release", admission.slot_store.release_slot(user_id, lease))
+        if admission.quota_store is not None:
+            await self.quietly(admission.quota_store, "quota settle",
+                               admission.quota_store.settle(user_id, admission.period, lease, actual))
+
+    async def quietly(self, store: Counters, what: str, operation: Awaitable[None]) -> None:
+        """A shared store that fails here is left alone: what the request held there expires with its lease."""
+        try:
+            async with asyncio.timeout(2 * ctx.options.redis_timeout_s):
+                await operation
+        except SHARED_FAILURES as exc:
+            if not store.shared:
+                raise
+            self.shared_failed(what, exc)
+
+    # ---- background ------------------------------------------------------------------------------
+
+    async def renew_forever(self) -> None:
+        """The heartbeat: keep the Redis leases of this gateway's live requests from expiring."""
+        while True:
+            await asyncio.sleep(ctx.options.policy_lease_ttl_s / 3)
+            if self.shared is None:
+                continue
+            slots = [(a.user_id, a.lease) for a in self.held.values() if a.slot_store is self.shared]
+            reservations = [(a.user_id, a.period, a.lease) for a in self.held.values() if a.quota_store is self.shared]
+            if not slots and not reservations:
+                continue
+            try:
+                async with asyncio.timeout(2 * ctx.options.redis_timeout_s):
+                    renewed = await self.shared.renew(slots, reservations, ctx.options.policy_lease_ttl_s)
+            except SHARED_FAILURES as exc:
+                self.shared_failed("lease renewal", exc)
+                continue
+            if renewed < len(slots) + len(reservations):
+                log.warning("%d of %d Redis leases had expired before their renewal (a stall longer than "
+                            "policy_lease_ttl_s?)", len(slots) + len(reservations) - renewed,
+                            len(slots) + len(reservations))
+
+    async def refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(ctx.options.quota_refresh_s)
+            try:
+                await self.refresh_budgets()
+            except Exception:
+                log.exception("token budget refresh failed; keeping the budgets as they are")
+
+    async def refresh_budgets(self) -> None:
+        """Re-read the budgets of recently active users, and write back a snapshot of their reserved tokens."""
+        now, period = time.monotonic(), period_of(utcnow())
+        for key in [k for k, last in self.ledgers.items() if k[1] != period or now - last > LEDGER_IDLE_S]:
+            del self.ledgers[key]
+            self.reserved_written.pop(key, None)
+        self.local.sweep(period, ctx.options.rate_limit_window_s)
+        keys = list(self.ledgers)
+        if not keys:
+            return
+        budgets = await asyncio.to_thread(budgets_of, period, [user_id for user_id, _ in keys])
+        by_key = {(user_id, period): budget for user_id, budget in budgets.items()}
+        await self.local.set_budgets(by_key)
+        store, standings = self.local, None
+        if self.shared is not None and time.monotonic() >= self.shared_retry_at:
+            try:
+                async with asyncio.timeout(4 * ctx.options.redis_timeout_s):
+                    await self.shared.set_budgets(by_key)
+                    store, standings = self.shared, await self.shared.standings(keys)
+            except SHARED_FAILURES as exc:
+                self.shared_failed("budget refresh", exc)
+        if standings is None:
+            standings = await self.local.standings(keys)
+        for key, ledger in standings.items():
+            if self.reserved_written.get(key) != ledger.reserved:
+                self.reserved_written[key] = ledger.reserved
+                self.writer.submit(set_reserved(*key, ledger.reserved))
+        log.debug("refreshed %d budgets (%s counters)", len(by_key), "shared" if store.shared else "local")
