@@ -150,7 +150,7 @@ class Auth:
 
     def load(self, loader):
         loader.add_option(
-            "key_revalidate_s", float, 2.0,
+            "key_revalidate_s", int, 2,
             "Seconds between background re-checks of cached API keys; a revoked key or disabled user "
             "stops working within this time plus one database read.",
         )

@@ -8,8 +8,11 @@ answer has been delivered, when the flow errors, or when the client leaves while
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import socket
 import time
+from itertools import count
 from dataclasses import dataclass, field
 
 from mitmproxy import ctx, exceptions, http
@@ -18,12 +21,20 @@ from addons.context import RequestContext, context_of
 from addons.metrics import IN_FLIGHT, QUEUE_WAIT, QUEUED
 from addons.registry import BackendRegistry, BackendView, model_aliases
 from addons.replies import reply_error
+from addons.writer import StoreWriter
 from scheduler import BackendState, NoBackend, QueueFull, Scheduler, SchedulerConfig, expected_cost
+from store.models import QueueSnapshot, utcnow
 from translators.errors import GatewayError
 
 log = logging.getLogger(__name__)
 
 TICK_S = 0.25  # how often queued requests are checked against the wait limit
+SNAPSHOT_EVERY_TICKS = 4  # the live queue the admin app shows is at most this many ticks old
+
+
+def write_snapshot(gateway: str, snapshot: dict) -> None:
+    """Replace this gateway's row of the live queue table (runs on the writer thread)."""
+    QueueSnapshot.insert(gateway=gateway, taken_at=utcnow(), data=json.dumps(snapshot)).on_conflict_replace().execute()
 
 
 @dataclass
@@ -48,8 +59,10 @@ def backend_state(view: BackendView) -> BackendState:
 
 
 class Gate:
-    def __init__(self, registry: BackendRegistry, fairness_window_s: float) -> None:
+    def __init__(self, registry: BackendRegistry, writer: StoreWriter, fairness_window_s: float) -> None:
         self.registry = registry
+        self.writer = writer
+        self.ticks = count()
         self.fairness_window_s = fairness_window_s
         self.scheduler = Scheduler(SchedulerConfig(fairness_window_s=fairness_window_s))
         self.waiters: dict[str, Waiter] = {}
@@ -58,13 +71,13 @@ class Gate:
         registry.listeners.append(self.backends_changed)
 
     def load(self, loader):
-        loader.add_option("scheduler_quantum", float, 1000.0,
+        loader.add_option("scheduler_quantum", int, 1000,
                           "Tokens a weight-1 user earns per round-robin visit (docs/scheduler.md).")
-        loader.add_option("scheduler_burst_cap", float, 4000.0,
+        loader.add_option("scheduler_burst_cap", int, 4000,
                           "Most burst credit a user returning from idle may hold, in tokens per unit of weight.")
         loader.add_option("scheduler_max_queue_per_user", int, 64,
                           "Requests one user may have waiting; more get 429 with Retry-After.")
-        loader.add_option("scheduler_max_wait_s", float, 300.0,
+        loader.add_option("scheduler_max_wait_s", int, 300,
                           "Longest a request waits for a backend slot before it gets 503 with Retry-After.")
 
     def configure(self, updated):
@@ -109,6 +122,9 @@ class Gate:
                 503, f"no backend slot for {waiter.context.model!r} within {self.scheduler.config.max_wait_s:g} s",
                 headers={"Retry-After": str(self.scheduler.retry_after_s(waiter.context.model))}))
         self.wake(now)
+        if next(self.ticks) % SNAPSHOT_EVERY_TICKS == 0:
+            gateway, snapshot = f"{socket.gethostname()}:{ctx.options.listen_port}", self.scheduler.snapshot(now)
+            self.writer.submit(lambda: write_snapshot(gateway, snapshot))
 
     def unqueue(self, request_id: str) -> Waiter:
         waiter = self.waiters.pop(request_id)

@@ -29,8 +29,8 @@ class ImageFetcher:
         self.client: httpx.AsyncClient | None = None
 
     def load(self, loader):
-        loader.add_option("image_fetch_max_mb", float, 10.0, "Largest image the gateway fetches from a URL, in MiB.")
-        loader.add_option("image_fetch_timeout_s", float, 10.0, "Longest the gateway waits for one image URL.")
+        loader.add_option("image_fetch_max_mb", int, 10, "Largest image the gateway fetches from a URL, in MiB.")
+        loader.add_option("image_fetch_timeout_s", int, 10, "Longest the gateway waits for one image URL.")
         loader.add_option(
             "image_fetch_allow_internal", bool, False,
             "Let image URLs point at loopback, private or link-local addresses (off: such URLs get 400).",

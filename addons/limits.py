@@ -193,7 +193,7 @@ redis.call('PEXPIREAT', KEYS[1], ARGV[3])
 return 1
 """
 
-# KEYS: quota, leases, amounts. ARGV: now, ttl ms, cost, request id, expire at (epoch ms).
+# KEYS: quota, leases, amounts. ARGV: now, ttl ms, cost, request id.
 # → {1, remaining after} reserved, {0, remaining} refused, {-1, 0} no ledger yet.
 QUOTA_RESERVE_LUA = _CLOCK_LUA + _DROP_STALE_LUA + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, 0} end
@@ -205,8 +205,11 @@ if cost > remaining then return {0, remaining} end
 redis.call('HINCRBY', KEYS[1], 'reserved', cost)
 redis.call('ZADD', KEYS[2], now + ttl, ARGV[4])
 redis.call('HSET', KEYS[3], ARGV[4], cost)
-redis.call('PEXPIREAT', KEYS[2], ARGV[5])
-redis.call('PEXPIREAT', KEYS[3], ARGV[5])
+local lifetime = redis.call('PTTL', KEYS[1])  -- the reservations go when their ledger goes
+if lifetime > 0 then
+  redis.call('PEXPIRE', KEYS[2], lifetime)
+  redis.call('PEXPIRE', KEYS[3], lifetime)
+end
 return {1, remaining - cost}
 """
 
@@ -296,7 +299,7 @@ class RedisCounters:
     async def reserve(self, user_id: int, period: str, cost: int, lease: str, ttl_s: float) -> ReserveOutcome:
         state, remaining = await self.reserve_script(
             keys=self.quota_keys(user_id, period),
-            args=[self.now_arg(), _ms(ttl_s), cost, lease, round(quota_keys_expire_at(period) * 1000)])
+            args=[self.now_arg(), _ms(ttl_s), cost, lease])
         return ReserveOutcome({1: RESERVED, 0: REFUSED, -1: UNKNOWN}[int(state)], int(remaining))
 
     async def start_ledger(self, user_id: int, period: str, budget: int, used: int, expires_at: float) -> None:

@@ -35,7 +35,7 @@ addons = [
     Local(registry),  # health, metrics and model catalogs answered here
     Translate(),  # parse and check the caller's body
     Policy(writer, settings.environment),  # rate limit per key, concurrency per user, token budget
-    Gate(registry, settings.environment.fairness_window_s),  # fair-share wait for a backend slot
+    Gate(registry, writer, settings.environment.fairness_window_s),  # fair-share wait for a backend slot
     Upstream(),  # rewrite the target, stream the answer back
     Record(writer, settings.environment.artifact_storage_path),  # audit row, bodies, images
 ]

@@ -55,7 +55,15 @@ from mitmproxy import ctx, exceptions, http
 
 from addons.auth import Principal
 from addons.context import RequestContext, context_of
-from addons.limits import REFUSED, UNKNOWN, LocalCounters, RedisCounters, ReserveOutcome, connect, quota_keys_expire_at
+from addons.limits import (
+    REFUSED,
+    UNKNOWN,
+    LocalCounters,
+    RedisCounters,
+    ReserveOutcome,
+    connect,
+    quota_keys_expire_at,
+)
 from addons.replies import reply_error
 from addons.settings import Environment
 from addons.writer import StoreWriter
@@ -79,6 +87,8 @@ SHARED_FAILURES = (redis.RedisError, OSError, TimeoutError)
 # from the database the next time its user comes back).
 LEDGER_IDLE_S = 3600
 BUDGET_QUERY_CHUNK = 500
+# Whole numbers: mitmproxy's `--set` cannot parse a float option.
+POSITIVE_OPTIONS = ("rate_limit_window_s", "policy_lease_ttl_s", "quota_refresh_s", "redis_timeout_ms", "redis_retry_s")
 
 BUDGET_UNAVAILABLE = GatewayError(503, "cannot check your token budget right now; retry shortly",
                                   headers={"Retry-After": "1"})
@@ -183,7 +193,7 @@ class Policy:
             "A key's rpm_override, else its user's, wins over the role's number.",
         )
         loader.add_option(
-            "rate_limit_window_s", float, 60.0,
+            "rate_limit_window_s", int, 60,
             "The sliding window rate_limit_rpm counts over, in seconds (60: requests per minute).",
         )
         loader.add_option(
@@ -192,12 +202,12 @@ class Policy:
             "limit). The user's max_concurrent_override wins over the role's number.",
         )
         loader.add_option(
-            "policy_lease_ttl_s", float, 30.0,
+            "policy_lease_ttl_s", int, 30,
             "With REDIS_URL: a request's concurrency slot and token reservation expire this long after its "
             "gateway last renewed them (every third of it), so a killed gateway locks nobody out for longer.",
         )
         loader.add_option(
-            "quota_refresh_s", float, 5.0,
+            "quota_refresh_s", int, 5,
             "Seconds between re-reads of token budgets from the database (an approved top-up lands within it).",
         )
         loader.add_option(
@@ -205,11 +215,12 @@ class Policy:
             "With REDIS_URL: the prefix of every Redis key the gateway writes; gateways that share limits share it.",
         )
         loader.add_option(
-            "redis_timeout_s", float, 0.5,
-            "With REDIS_URL: longest a Redis command may take before the gateway falls back to in-process counters.",
+            "redis_timeout_ms", int, 500,
+            "With REDIS_URL: longest a Redis command may take, in milliseconds, before the gateway falls back to "
+            "in-process counters.",
         )
         loader.add_option(
-            "redis_retry_s", float, 5.0,
+            "redis_retry_s", int, 5,
             "With REDIS_URL: after a Redis failure, limits are counted in process for this long, then Redis is "
             "tried again.",
         )
@@ -221,15 +232,19 @@ class Policy:
                     setattr(self, target, parse_role_limits(getattr(ctx.options, name), ROLES))
                 except ValueError as error:
                     raise exceptions.OptionsError(f"{name}: {getattr(ctx.options, name)!r}: {error}") from None
-        for name in ("rate_limit_window_s", "policy_lease_ttl_s", "quota_refresh_s", "redis_timeout_s", "redis_retry_s"):
+        for name in POSITIVE_OPTIONS:
             if name in updated and not getattr(ctx.options, name) > 0:
-                raise exceptions.OptionsError(f"{name}: {getattr(ctx.options, name)!r} is not a positive number of seconds")
+                raise exceptions.OptionsError(f"{name}: {getattr(ctx.options, name)!r} is not a whole number ≥ 1")
         if "redis_key_prefix" in updated and not ctx.options.redis_key_prefix.strip():
             raise exceptions.OptionsError("redis_key_prefix: must not be empty (e.g. 'mindrouter')")
 
+    @property
+    def redis_timeout_s(self) -> float:
+        return ctx.options.redis_timeout_ms / 1000
+
     def running(self):
         if self.redis_url and self.shared is None:
-            client = connect(self.redis_url, ctx.options.redis_timeout_s)
+            client = connect(self.redis_url, self.redis_timeout_s)
             self.shared = RedisCounters(client, ctx.options.redis_key_prefix)
             log.info("policy: limits and budgets shared through Redis (key prefix %r)", ctx.options.redis_key_prefix)
         loop = asyncio.get_running_loop()
@@ -296,7 +311,8 @@ class Policy:
 
     async def within_budget(self, admission: Admission, principal: Principal, cost: int) -> GatewayError | None:
         now = utcnow()
-        user_id, period, lease, ttl_s = principal.user_id, period_of(now), admission.lease, ctx.options.policy_lease_ttl_s
+        user_id, period, lease = principal.user_id, period_of(now), admission.lease
+        ttl_s = ctx.options.policy_lease_ttl_s
         store, outcome = await self.counted("token budget", lambda c: c.reserve(user_id, period, cost, lease, ttl_s))
         if outcome.state == UNKNOWN:  # this user's first request of the period here: load the ledger
             try:
@@ -349,7 +365,7 @@ class Policy:
         """Run one step on the shared store when there is one and it answers, else on this process's."""
         if self.shared is not None and time.monotonic() >= self.shared_retry_at:
             try:
-                async with asyncio.timeout(2 * ctx.options.redis_timeout_s):
+                async with asyncio.timeout(2 * self.redis_timeout_s):
                     return self.shared, await run(self.shared)
             except SHARED_FAILURES as exc:
                 self.shared_failed(step, exc)
@@ -401,7 +417,7 @@ class Policy:
     async def quietly(self, store: Counters, what: str, operation: Awaitable[None]) -> None:
         """A shared store that fails here is left alone: what the request held there expires with its lease."""
         try:
-            async with asyncio.timeout(2 * ctx.options.redis_timeout_s):
+            async with asyncio.timeout(2 * self.redis_timeout_s):
                 await operation
         except SHARED_FAILURES as exc:
             if not store.shared:
@@ -421,7 +437,7 @@ class Policy:
             if not slots and not reservations:
                 continue
             try:
-                async with asyncio.timeout(2 * ctx.options.redis_timeout_s):
+                async with asyncio.timeout(2 * self.redis_timeout_s):
                     renewed = await self.shared.renew(slots, reservations, ctx.options.policy_lease_ttl_s)
             except SHARED_FAILURES as exc:
                 self.shared_failed("lease renewal", exc)
@@ -455,7 +471,7 @@ class Policy:
         store, standings = self.local, None
         if self.shared is not None and time.monotonic() >= self.shared_retry_at:
             try:
-                async with asyncio.timeout(4 * ctx.options.redis_timeout_s):
+                async with asyncio.timeout(4 * self.redis_timeout_s):
                     await self.shared.set_budgets(by_key)
                     store, standings = self.shared, await self.shared.standings(keys)
             except SHARED_FAILURES as exc:

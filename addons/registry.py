@@ -143,11 +143,11 @@ class BackendRegistry:
 
     def load(self, loader):
         loader.add_option(
-            "backend_poll_s", float, 2.0,
+            "backend_poll_s", int, 2,
             "Seconds between re-reading the backend table and polling every backend for health and models.",
         )
         loader.add_option(
-            "backend_poll_timeout_s", float, 2.0, "Timeout of one health or model poll of a backend.",
+            "backend_poll_timeout_s", int, 2, "Timeout of one health or model poll of a backend.",
         )
 
     def running(self):

@@ -43,7 +43,7 @@ class Translate:
 
     def load(self, loader):
         loader.add_option(
-            "max_request_body_mb", float, 32.0,
+            "max_request_body_mb", int, 32,
             "Largest request body accepted, in MiB (inline images count); larger bodies get 413.",
         )
         self.images.load(loader)

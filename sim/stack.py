@@ -125,9 +125,13 @@ class Stack:
 
 def start_stack(
     log_dir: Path, env: dict[str, str], ports: dict[str, int], gateway_options: tuple[str, ...] = (),
-    key_users: tuple[str, ...] = ("admin",),
+    key_users: tuple[str, ...] = ("admin",), sim_args: tuple[str, ...] = (), max_concurrent: int = 4,
 ) -> Stack:
-    """Migrate, seed, start the four processes, register both nodes; keys for `key_users` (admin first)."""
+    """Migrate, seed, start the four processes, register both nodes; keys for `key_users` (admin first).
+
+    `sim_args` go to both simulated nodes after the defaults (e.g. `--tokens-per-s 20` for slow ones);
+    both are registered with `max_concurrent`.
+    """
     env = {"ADMIN_APP_URL": f"http://127.0.0.1:{ports['admin']}", **env}
     run_command([*FLASK, "db", "upgrade"], env)
     run_command([*FLASK, "seed"], env)
@@ -138,7 +142,7 @@ def start_stack(
         vllm_url=f"http://127.0.0.1:{ports['vllm']}",
         env=env,
     )
-    pacing = ["--tokens-per-s", str(TOKENS_PER_S)]
+    pacing = ["--tokens-per-s", str(TOKENS_PER_S), *sim_args]
     try:
         stack.services += [
             Service("ollama", [PYTHON, "-m", "sim", "ollama", "--port", str(ports["ollama"]),
@@ -159,7 +163,7 @@ def start_stack(
         admin = {"Authorization": f"Bearer {stack.keys['admin']}"}
         for name, engine, url in (("sim-ollama", "ollama", stack.ollama_url), ("sim-vllm", "vllm", stack.vllm_url)):
             registered = httpx.post(f"{stack.gateway_url}/admin/backends/register", headers=admin, timeout=10, json={
-                "name": name, "url": url, "engine": engine, "max_concurrent": 4, "gpu_memory_gb": 24})
+                "name": name, "url": url, "engine": engine, "max_concurrent": max_concurrent, "gpu_memory_gb": 24})
             if registered.status_code != 409:  # a re-run finds its nodes registered already
                 registered.raise_for_status()
         wait_until(lambda: all_models_listed(stack), 30, "both nodes' models in /v1/models")

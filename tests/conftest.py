@@ -60,11 +60,11 @@ def migrated_db(any_database_url):
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory):
     """Simulated Ollama and vLLM nodes, the admin app and the gateway, started as an operator would."""
-    from tests.support.cluster import start_cluster
+    from tests.support.cluster import NO_LIMITS, start_cluster
 
     work_dir = tmp_path_factory.mktemp("cluster")
     # Tests serve image URLs from loopback, which the gateway refuses by default.
     running = start_cluster(work_dir, f"sqlite:///{work_dir / 'mindrouter.db'}",
-                            gateway_options=("image_fetch_allow_internal=true",))
+                            gateway_options=("image_fetch_allow_internal=true", *NO_LIMITS))
     yield running
     running.stop()

@@ -99,7 +99,7 @@ def _text_values(model) -> list[str]:
     return [value for row in model.select(*columns).tuples() for value in row if isinstance(value, str)]
 
 
-def test_a_new_key_is_stored_only_as_prefix_and_hash(cli, any_database_url):
+def test_a_new_key_is_stored_only_as_prefix_and_hash(cli, migrated_database_url):
     cli.invoke(args=["users", "create", "ada", "--role", "student", "--password", "pw"])
     key = cli.invoke(args=["keys", "create", "ada", "--label", "laptop"]).output.splitlines()[-1]
     secret = key.rsplit("_", 1)[1]
@@ -108,9 +108,9 @@ def test_a_new_key_is_stored_only_as_prefix_and_hash(cli, any_database_url):
     assert any(key_prefix(key) in value for value in text)  # the check does see the rows it searches
     assert not any(secret in value for value in text)
 
-    if any_database_url.startswith("sqlite:///"):
+    if migrated_database_url.startswith("sqlite:///"):
         app_database(cli.app).close()  # flush nothing pending; the WAL file is read below as well
-        path = Path(any_database_url.removeprefix("sqlite:///"))
+        path = Path(migrated_database_url.removeprefix("sqlite:///"))
         raw = b"".join(p.read_bytes() for p in (path, path.with_name(path.name + "-wal")) if p.exists())
         assert key_prefix(key).encode() in raw
         assert secret.encode() not in raw

@@ -65,3 +65,21 @@ def test_an_unmigrated_database_answers_503_saying_what_to_run(unmigrated_app):
     response = unmigrated_app.test_client().get("/")
     assert response.status_code == 503
     assert b"flask --app admin_app db upgrade" in response.data
+
+
+def test_token_budget_and_artifact_path_come_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    defaults = settings_from_environment({}, tmp_path / ".env")
+    assert defaults["DEFAULT_TOKEN_BUDGET"] == 100_000
+    assert defaults["ARTIFACT_STORAGE_PATH"] == str(tmp_path / "data" / "artifacts")  # absolute, from here
+    settings = settings_from_environment(
+        {"DEFAULT_TOKEN_BUDGET": "250000", "ARTIFACT_STORAGE_PATH": "blobs"}, tmp_path / ".env"
+    )
+    assert settings["DEFAULT_TOKEN_BUDGET"] == 250_000
+    assert settings["ARTIFACT_STORAGE_PATH"] == str(tmp_path / "blobs")
+
+
+@pytest.mark.parametrize("value", ["lots", "-1", "1.5"])
+def test_a_token_budget_that_is_not_a_whole_number_is_a_clear_error(tmp_path, value):
+    with pytest.raises(ConfigError, match="DEFAULT_TOKEN_BUDGET"):
+        settings_from_environment({"DEFAULT_TOKEN_BUDGET": value}, tmp_path / ".env")

@@ -8,13 +8,19 @@ from pathlib import Path
 from sim.stack import Stack, free_port, start_stack
 
 USERS = ("admin", "faculty1", "staff1", "student1")
+# Suites that are not about limits run without them: no rate or concurrency limit, a budget nobody reaches.
+NO_LIMITS = ("rate_limit_rpm=admin=0,faculty=0,staff=0,student=0",
+             "max_concurrent_per_user=admin=0,faculty=0,staff=0,student=0")
 
 
-def start_cluster(work_dir: Path, database_url: str, gateway_options: tuple[str, ...] = ()) -> Stack:
+def start_cluster(work_dir: Path, database_url: str, gateway_options: tuple[str, ...] = (),
+                  environment: dict[str, str] | None = None, **stack_options) -> Stack:
     env = {
+        "DEFAULT_TOKEN_BUDGET": str(10**12),
+        **(environment or {}),
         "DATABASE_URL": database_url,
         "SECRET_KEY": secrets.token_hex(16),
         "ARTIFACT_STORAGE_PATH": str(work_dir / "artifacts"),
     }
     ports = {name: free_port() for name in ("gateway", "admin", "ollama", "vllm")}
-    return start_stack(work_dir, env, ports, gateway_options, key_users=USERS)
+    return start_stack(work_dir, env, ports, gateway_options, key_users=USERS, **stack_options)

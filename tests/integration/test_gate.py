@@ -1,0 +1,153 @@
+"""The admission gate through a real gateway: queue limits, waits, and slots given back on every exit."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from sim.stack import wait_until
+from tests.support.cluster import NO_LIMITS, start_cluster
+
+MODEL = "llama3.2"
+
+
+@pytest.fixture(scope="module")
+def slow_cluster(tmp_path_factory):
+    """Nodes at 5 tokens/s (an answer takes seconds) with 2 slots registered per node: requests queue at the gate."""
+    work_dir = tmp_path_factory.mktemp("gate")
+    stack = start_cluster(work_dir, f"sqlite:///{work_dir / 'db.sqlite'}", sim_args=("--tokens-per-s", "5"),
+                          max_concurrent=2, gateway_options=("scheduler_max_queue_per_user=600", *NO_LIMITS))
+    yield stack
+    stack.stop()
+
+
+def headers(stack, user="student1"):
+    return {"Authorization": f"Bearer {stack.keys[user]}"}
+
+
+def gauges(stack) -> dict[str, float]:
+    """In-flight and queued totals from the gateway's own /metrics."""
+    text = httpx.get(f"{stack.gateway_url}/metrics").text
+    totals = {"mindrouter_in_flight_requests": 0.0, "mindrouter_queued_requests": 0.0}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in totals:
+                totals[sample.name] += sample.value
+    return totals
+
+
+def node_stats(stack) -> dict:
+    return httpx.get(f"{stack.ollama_url}/_sim/stats").json()
+
+
+async def hold_stream(client: httpx.AsyncClient, stack, body: dict, user="student1") -> None:
+    async with client.stream("POST", f"{stack.gateway_url}/api/generate", json=body, headers=headers(stack, user)) as r:
+        async for _ in r.aiter_lines():
+            pass
+
+
+def test_clients_that_leave_while_queued_are_never_sent_upstream(slow_cluster):
+    body = {"model": MODEL, "prompt": "hold the slot", "stream": True}
+    queued_body = {"model": MODEL, "prompt": "never sent upstream", "stream": True}
+
+    async def scenario():
+        async with httpx.AsyncClient(timeout=60) as holder:
+            holders = [asyncio.create_task(hold_stream(holder, slow_cluster, body)) for _ in range(2)]
+            await asyncio.sleep(0.5)
+            leavers = []
+            for _ in range(10):
+                client = httpx.AsyncClient(timeout=60)
+                leavers.append((client, asyncio.create_task(hold_stream(client, slow_cluster, queued_body))))
+            await asyncio.sleep(0.5)
+            assert gauges(slow_cluster)["mindrouter_queued_requests"] == 10
+            for client, task in leavers:
+                task.cancel()
+                await client.aclose()
+            await asyncio.gather(*holders)
+
+    asyncio.run(scenario())
+    sent = [r for r in node_stats(slow_cluster)["recent"] if r["body"] and r["body"].get("prompt") == "never sent upstream"]
+    assert sent == []
+    wait_until(lambda: gauges(slow_cluster) == {"mindrouter_in_flight_requests": 0, "mindrouter_queued_requests": 0},
+               10, "the gauges back at zero")
+
+
+def test_slots_come_back_after_engine_errors_and_dropped_connections(slow_cluster):
+    client = httpx.Client(timeout=30, headers=headers(slow_cluster))
+    for mode in ("error500", "drop"):
+        httpx.post(f"{slow_cluster.ollama_url}/_sim/faults", json={"mode": mode, "count": 4})
+        for _ in range(4):
+            failed = client.post(f"{slow_cluster.gateway_url}/api/generate",
+                                 json={"model": MODEL, "prompt": "fail", "stream": False, "options": {"num_predict": 2}})
+            assert failed.status_code >= 500
+    httpx.post(f"{slow_cluster.ollama_url}/_sim/reset")
+    wait_until(lambda: gauges(slow_cluster)["mindrouter_in_flight_requests"] == 0, 10, "in-flight back at zero")
+    # Both slots of each node are free again: two requests run side by side.
+    ok = client.post(f"{slow_cluster.gateway_url}/api/generate",
+                     json={"model": MODEL, "prompt": "fine", "stream": False, "options": {"num_predict": 2}})
+    assert ok.status_code == 200
+
+
+def test_500_clients_leaving_queued_or_mid_stream_leave_no_slot_or_gauge_behind(slow_cluster):
+    body = {"model": MODEL, "prompt": "a long answer please", "stream": True}
+
+    async def leave_mid_stream(client: httpx.AsyncClient) -> None:
+        async with client.stream("POST", f"{slow_cluster.gateway_url}/api/generate", json=body,
+                                 headers=headers(slow_cluster, "faculty1")) as response:
+            async for _ in response.aiter_lines():
+                return  # first chunk seen: hang up mid-stream
+
+    async def leave_queued() -> None:
+        async with httpx.AsyncClient(timeout=60) as client:
+            task = asyncio.create_task(hold_stream(client, slow_cluster, body))
+            await asyncio.sleep(1.0)
+            task.cancel()
+
+    async def scenario():
+        async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=600)) as client:
+            await asyncio.gather(*(leave_mid_stream(client) for _ in range(20)), *(leave_queued() for _ in range(480)))
+
+    asyncio.run(scenario())
+    wait_until(lambda: gauges(slow_cluster) == {"mindrouter_in_flight_requests": 0, "mindrouter_queued_requests": 0},
+               30, "the gauges back at zero")
+    wait_until(lambda: node_stats(slow_cluster)["running"] == 0, 30, "the node idle")
+    ok = httpx.post(f"{slow_cluster.gateway_url}/api/generate", headers=headers(slow_cluster), timeout=30,
+                    json={"model": MODEL, "prompt": "after the storm", "stream": False, "options": {"num_predict": 2}})
+    assert ok.status_code == 200
+
+
+@pytest.fixture(scope="module")
+def limited_cluster(tmp_path_factory):
+    work_dir = tmp_path_factory.mktemp("limits")
+    stack = start_cluster(work_dir, f"sqlite:///{work_dir / 'db.sqlite'}", sim_args=("--tokens-per-s", "5"),
+                          max_concurrent=1, gateway_options=("scheduler_max_queue_per_user=2", "scheduler_max_wait_s=2", *NO_LIMITS))
+    yield stack
+    stack.stop()
+
+
+def test_queue_limit_and_max_wait_answer_with_retry_after_in_each_dialect(limited_cluster):
+    stack = limited_cluster
+    slow = {"model": MODEL, "prompt": "take your time", "stream": True}
+
+    async def scenario():
+        async with httpx.AsyncClient(timeout=60) as client:
+            holder = asyncio.create_task(hold_stream(client, stack, slow))  # the model's only slot
+            await asyncio.sleep(0.5)
+            queued = [asyncio.create_task(client.post(f"{stack.gateway_url}/api/chat", headers=headers(stack), json={
+                "model": MODEL, "messages": [{"role": "user", "content": "q"}], "stream": False})) for _ in range(2)]
+            await asyncio.sleep(0.3)
+            over = await client.post(f"{stack.gateway_url}/v1/chat/completions", headers=headers(stack), json={
+                "model": MODEL, "messages": [{"role": "user", "content": "one too many"}]})
+            waited = await asyncio.gather(*queued)
+            holder.cancel()
+            return over, waited
+
+    over, waited = asyncio.run(scenario())
+    assert over.status_code == 429 and int(over.headers["Retry-After"]) >= 1
+    assert over.json()["error"]["type"] == "rate_limit_error"
+    for response in waited:
+        assert response.status_code == 503 and int(response.headers["Retry-After"]) >= 1
+        assert "within 2 s" in response.json()["error"]

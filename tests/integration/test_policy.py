@@ -1,0 +1,340 @@
+"""Policy through real gateways: budgets under a burst, rate limits, limits shared by two gateways, kill -9.
+
+Two stacks for the module: one counting in process, one counting in Redis with a second gateway on
+the same database and Redis (and, for the kill test, a third started and killed). Every test makes
+users and keys of its own, so the tests share the stacks without sharing limits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import signal
+import time
+
+import httpx
+import pytest
+
+from addons.limits import RedisCounters, connect
+from addons.policy import request_cost
+from scheduler.quota import period_of
+from sim.stack import MITMDUMP, PYTHON, Service, Stack, free_port, start_stack, wait_until
+from store import database
+from store.db import open_database
+from store.models import ApiKey, Quota, User, utcnow
+from tests.unit.policy.support import REDIS_URL, delete_prefix, requires_redis
+from translators.pipeline import parse_client_request
+
+LEASE_TTL_S = 3.0
+RATE_WINDOW_S = 4.0
+SLOW_MODEL = "slowllama"
+OPENAI_MODEL, OLLAMA_MODEL = "Qwen/Qwen2.5-0.5B-Instruct", "llama3.2"
+# Long words: the gateway's estimate of the prompt is above what the node counts (words + 4 per message).
+PROMPT = "describe carefully everything regarding mountains rivers forests oceans"
+MAX_TOKENS = 20
+
+
+class Gateways:
+    """A stack and the gateway URLs that share its database (and its Redis, when it has one)."""
+
+    def __init__(self, stack: Stack, urls: list[str], options: tuple[str, ...], work_dir) -> None:
+        self.stack, self.urls, self.options, self.work_dir = stack, urls, options, work_dir
+        self.db = open_database(stack.env["DATABASE_URL"])
+
+    def bind(self) -> None:
+        """Point the models at this stack's database (the module's other stack has one of its own)."""
+        database.initialize(self.db)
+
+    def user(self, role: str = "student", **overrides) -> tuple[int, str]:
+        """A new user with these User overrides and a key of its own: (user id, key)."""
+        name = f"policy-{secrets.token_hex(4)}"
+        self.bind()
+        self.stack.flask("users", "create", name, "--role", role, "--password", secrets.token_hex(8))
+        User.update(**overrides).where(User.username == name).execute()
+        return User.get(User.username == name).id, self.stack.new_key(name, "policy test")
+
+    def key_for(self, user_id: int, rpm_override: int | None = None) -> str:
+        self.bind()
+        key = self.stack.new_key(User.get_by_id(user_id).username, "policy test")
+        ApiKey.update(rpm_override=rpm_override).where(ApiKey.prefix == key.split("_")[1]).execute()
+        return key
+
+    def start_gateway(self, name: str) -> tuple[Service, str]:
+        port = free_port()
+        gateway = Service(name, [MITMDUMP, "-s", "addons/mindrouter.py", "-p", str(port),
+                                 *(arg for option in self.options for arg in ("--set", option))],
+                          self.stack.env, self.work_dir)
+        self.stack.services.append(gateway)
+        url = f"http://127.0.0.1:{port}"
+        gateway.wait_http(f"{url}/healthz", accept=lambda r: r.status_code == 200)
+        return gateway, url
+
+    def quota_used(self, user_id: int) -> int:
+        self.bind()
+        return Quota.get((Quota.user == user_id) & (Quota.period == period_of(utcnow()))).used
+
+
+def start_gateways(work_dir, redis_prefix: str | None) -> Gateways:
+    env = {"DATABASE_URL": f"sqlite:///{work_dir / 'mindrouter.db'}", "SECRET_KEY": secrets.token_hex(16)}
+    options = (f"rate_limit_window_s={RATE_WINDOW_S:g}", f"policy_lease_ttl_s={LEASE_TTL_S:g}", "quota_refresh_s=1")
+    if redis_prefix:
+        env["REDIS_URL"] = REDIS_URL
+        options += (f"redis_key_prefix={redis_prefix}",)
+    ports = {name: free_port() for name in ("gateway", "admin", "ollama", "vllm")}
+    stack = start_stack(work_dir, env, ports, options, key_users=("admin",))
+    gateways = Gateways(stack, [stack.gateway_url], options, work_dir)
+    try:
+        if redis_prefix:
+            gateways.urls.append(gateways.start_gateway("gateway-b")[1])
+            add_slow_node(gateways)
+    except BaseException:
+        stack.stop()
+        raise
+    return gateways
+
+
+def add_slow_node(gateways: Gateways) -> None:
+    """A node streaming 20 tokens a second, to hold requests open."""
+    port = free_port()
+    gateways.stack.services.append(Service("ollama-slow", [
+        PYTHON, "-m", "sim", "ollama", "--port", str(port), "--models", SLOW_MODEL, "--slots", "16",
+        "--tokens-per-s", "20"], {}, gateways.work_dir))
+    gateways.stack.service("ollama-slow").wait_http(f"http://127.0.0.1:{port}/api/version")
+    admin = {"Authorization": f"Bearer {gateways.stack.keys['admin']}"}
+    httpx.post(f"{gateways.stack.gateway_url}/admin/backends/register", headers=admin, json={
+        "name": "slow", "url": f"http://127.0.0.1:{port}", "engine": "ollama", "max_concurrent": 16},
+        ).raise_for_status()
+    for url in gateways.urls:
+        wait_until(lambda u=url: f"{SLOW_MODEL}:latest" in httpx.get(f"{u}/api/tags", headers=admin).text,
+                   20, f"{SLOW_MODEL} listed by {url}")
+
+
+@pytest.fixture(scope="module")
+def local_gateways(tmp_path_factory):
+    gateways = start_gateways(tmp_path_factory.mktemp("policy-local"), None)
+    yield gateways
+    gateways.stack.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_gateways(tmp_path_factory):
+    if requires_redis.args[0]:
+        pytest.skip(requires_redis.kwargs["reason"])
+    prefix = f"mindrouter-test-{secrets.token_hex(6)}"
+    gateways = start_gateways(tmp_path_factory.mktemp("policy-redis"), prefix)
+    gateways.redis_prefix = prefix
+    yield gateways
+    gateways.stack.stop()
+    delete_prefix(prefix)
+
+
+@pytest.fixture(params=["in process", "redis"])
+def gateways(request) -> Gateways:
+    return request.getfixturevalue("local_gateways" if request.param == "in process" else "redis_gateways")
+
+
+# ---- requests in both dialects ------------------------------------------------------------------
+
+def chat_request(dialect: str, stream: bool, model: str | None = None, max_tokens: int = MAX_TOKENS) -> tuple[str, dict]:
+    messages = [{"role": "user", "content": PROMPT}]
+    if dialect == "openai":
+        body = {"model": model or OPENAI_MODEL, "messages": messages, "max_tokens": max_tokens, "stream": stream}
+        if stream:
+            body["stream_options"] = {"include_usage": True}
+        return "/v1/chat/completions", body
+    return "/api/chat", {"model": model or OLLAMA_MODEL, "messages": messages, "stream": stream,
+                         "options": {"num_predict": max_tokens}}
+
+
+def expected_cost_of(path: str, body: dict) -> int:
+    """What the gateway reserves for this request."""
+    return request_cost(parse_client_request(path, json.dumps(body).encode()))
+
+
+def usage_of(dialect: str, stream: bool, text: str) -> int:
+    """Tokens the gateway reported to the client, whichever dialect and framing."""
+    if not stream:
+        body = json.loads(text)
+        return (body["usage"]["total_tokens"] if dialect == "openai"
+                else body["prompt_eval_count"] + body["eval_count"])
+    if dialect == "openai":
+        events = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
+        return next(e["usage"]["total_tokens"] for e in events if e.get("usage"))
+    last = json.loads(text.strip().splitlines()[-1])
+    return last["prompt_eval_count"] + last["eval_count"]
+
+
+async def call(client: httpx.AsyncClient, url: str, key: str, dialect: str, stream: bool, **kwargs) -> httpx.Response:
+    path, body = chat_request(dialect, stream, **kwargs)
+    response = await client.post(f"{url}{path}", json=body, headers={"Authorization": f"Bearer {key}"})
+    await response.aread()
+    return response
+
+
+def assert_429_in_dialect(response: httpx.Response, dialect: str, code: str) -> None:
+    assert response.status_code == 429, response.text
+    assert int(response.headers["Retry-After"]) >= 1
+    body = response.json()
+    if dialect == "openai":
+        assert body["error"]["code"] == code and body["error"]["message"]
+        assert body["error"]["type"] == ("insufficient_quota" if code == "insufficient_quota" else "rate_limit_error")
+    else:
+        assert set(body) == {"error"} and isinstance(body["error"], str) and body["error"]
+
+
+def node_tokens(stack: Stack) -> int:
+    total = 0
+    for url in (stack.ollama_url, stack.vllm_url):
+        for counts in httpx.get(f"{url}/_sim/stats").json()["tokens"].values():
+            total += counts["prompt"] + counts["completion"]
+    return total
+
+
+# ---- budgets ------------------------------------------------------------------------------------
+
+def test_fifty_concurrent_requests_spend_at_most_the_budget_plus_one_request(gateways):
+    """A user whose budget covers 10 requests fires 50 at once, in both dialects (and, with Redis,
+    through both gateways): the engines run at most budget + one request's cost, the rest get 429."""
+    shapes = [(dialect, stream) for dialect in ("openai", "ollama") for stream in (False, True)]
+    costs = [expected_cost_of(*chat_request(d, s)) for d, s in shapes]
+    budget = 10 * max(costs)
+    user_id, key = gateways.user(token_budget_override=budget, max_concurrent_override=0, rpm_override=0)
+    before = node_tokens(gateways.stack)
+
+    async def burst() -> list[tuple[str, bool, httpx.Response]]:
+        async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=100)) as client:
+            plan = [(gateways.urls[i % len(gateways.urls)], *shapes[i % len(shapes)]) for i in range(50)]
+            answers = await asyncio.gather(*(call(client, url, key, d, s) for url, d, s in plan))
+        return [(d, s, answer) for (_, d, s), answer in zip(plan, answers)]
+
+    results = asyncio.run(burst())
+    served = [(d, s, r) for d, s, r in results if r.status_code == 200]
+    refused = [(d, r) for d, _, r in results if r.status_code != 200]
+    assert len(served) >= 10 and len(served) + len(refused) == 50
+    for dialect, response in refused:
+        assert_429_in_dialect(response, dialect, "insufficient_quota")
+        assert "token budget" in response.text
+    reported = sum(usage_of(d, s, r.text) for d, s, r in served)
+    wait_until(lambda: node_tokens(gateways.stack) - before >= reported, 5, "the nodes' counts")
+    assert node_tokens(gateways.stack) - before == reported
+    assert reported <= budget + max(costs)
+    wait_until(lambda: gateways.quota_used(user_id) == reported, 10, "the usage written to the quota row")
+    openai_refusal = next(r for d, r in refused if d == "openai")
+    assert openai_refusal.headers["x-should-retry"] == "false"  # the OpenAI SDK must not retry this
+
+
+# ---- rate limits --------------------------------------------------------------------------------
+
+def test_requests_per_window_per_key_then_recovery(gateways):
+    user_id, _ = gateways.user(max_concurrent_override=0)
+    key = gateways.key_for(user_id, rpm_override=3)
+    other_key = gateways.key_for(user_id)  # the limit is the key's: another key of the same user is not held back
+    url = gateways.urls[-1]
+
+    async def scenario():
+        async with httpx.AsyncClient(timeout=30) as client:
+            admitted = [await call(client, url, key, dialect, False) for dialect in ("openai", "ollama", "openai")]
+            first_at = time.monotonic()
+            refused = [await call(client, url, key, dialect, False) for dialect in ("openai", "ollama")]
+            other = await call(client, url, other_key, "openai", False)
+            wait = int(refused[-1].headers["Retry-After"])
+            await asyncio.sleep(max(0.0, first_at + wait - time.monotonic()))
+            recovered = await call(client, url, key, "ollama", False)
+            return admitted, refused, other, wait, recovered
+
+    admitted, refused, other, wait, recovered = asyncio.run(scenario())
+    assert [r.status_code for r in admitted] == [200, 200, 200]
+    assert_429_in_dialect(refused[0], "openai", "rate_limit_exceeded")
+    assert_429_in_dialect(refused[1], "ollama", "rate_limit_exceeded")
+    assert "3 requests per 4 s" in refused[1].json()["error"]
+    assert 1 <= wait <= RATE_WINDOW_S
+    assert other.status_code == 200
+    assert recovered.status_code == 200, recovered.text
+
+
+# ---- two gateways, one Redis --------------------------------------------------------------------
+
+async def open_slow_stream(client: httpx.AsyncClient, url: str, key: str):
+    """A streaming request held open on the slow node; returns once its first line arrived."""
+    path, body = chat_request("ollama", True, model=SLOW_MODEL, max_tokens=400)
+    request = client.build_request("POST", f"{url}{path}", json=body, headers={"Authorization": f"Bearer {key}"})
+    response = await client.send(request, stream=True)
+    assert response.status_code == 200, await response.aread()
+    lines = response.aiter_lines()
+    await lines.__anext__()
+    return response
+
+
+@requires_redis
+def test_concurrency_and_rate_limits_hold_across_two_gateways(redis_gateways):
+    gateway_a, gateway_b = redis_gateways.urls[:2]
+    user_id, key = redis_gateways.user(max_concurrent_override=2, rpm_override=0)
+
+    async def concurrency():
+        async with httpx.AsyncClient(timeout=30) as client:
+            held = [await open_slow_stream(client, gateway_a, key), await open_slow_stream(client, gateway_b, key)]
+            third = [await call(client, gateway_a, key, "ollama", False), await call(client, gateway_b, key, "openai", False)]
+            for response in held:  # the callers hang up mid-stream: their slots come back
+                await response.aclose()
+            started = time.monotonic()
+            while (again := await call(client, gateway_b, key, "openai", False)).status_code == 429:
+                assert time.monotonic() - started < 3, again.text
+                await asyncio.sleep(0.05)
+            return third, again
+
+    third, again = asyncio.run(concurrency())
+    assert_429_in_dialect(third[0], "ollama", "concurrency_limit_exceeded")
+    assert_429_in_dialect(third[1], "openai", "concurrency_limit_exceeded")
+    assert third[0].headers["Retry-After"] == "1"
+    assert again.status_code == 200
+
+    rate_limited_key = redis_gateways.key_for(user_id, rpm_override=2)
+
+    async def rate():
+        async with httpx.AsyncClient(timeout=30) as client:
+            return [await call(client, url, rate_limited_key, "openai", False)
+                    for url in (gateway_a, gateway_b, gateway_a, gateway_b)]
+
+    statuses = asyncio.run(rate())
+    assert [r.status_code for r in statuses] == [200, 200, 429, 429]
+    assert_429_in_dialect(statuses[2], "openai", "rate_limit_exceeded")
+
+
+@requires_redis
+def test_a_killed_gateway_locks_its_user_out_no_longer_than_the_lease_ttl(redis_gateways):
+    gateway_a = redis_gateways.urls[0]
+    user_id, key = redis_gateways.user(max_concurrent_override=2, rpm_override=0)
+    doomed, doomed_url = redis_gateways.start_gateway("gateway-doomed")
+    heartbeat_s = LEASE_TTL_S / 3
+
+    async def scenario():
+        async with httpx.AsyncClient(timeout=30) as client:
+            held = [await open_slow_stream(client, doomed_url, key) for _ in range(2)]
+            doomed.stop(signal.SIGKILL)
+            killed_at = time.monotonic()
+            locked_out = await call(client, gateway_a, key, "ollama", False, max_tokens=1)
+            while (attempt := await call(client, gateway_a, key, "ollama", False, max_tokens=1)).status_code == 429:
+                assert time.monotonic() - killed_at < LEASE_TTL_S + 1.5, "still locked out past the lease TTL"
+                await asyncio.sleep(0.05)
+            free_after = time.monotonic() - killed_at
+            for response in held:
+                await response.aclose()
+            return locked_out, attempt, free_after
+
+    locked_out, attempt, free_after = asyncio.run(scenario())
+    assert_429_in_dialect(locked_out, "ollama", "concurrency_limit_exceeded")
+    assert attempt.status_code == 200, attempt.text
+    # Leases were last renewed at most one heartbeat before the kill: they expire no sooner than that allows.
+    assert LEASE_TTL_S - heartbeat_s - 0.3 <= free_after <= LEASE_TTL_S + 1.5
+
+    async def reserved_now() -> int:
+        store = RedisCounters(connect(REDIS_URL, 2.0), redis_gateways.redis_prefix)
+        try:
+            period = period_of(utcnow())
+            return (await store.standings([(user_id, period)]))[(user_id, period)].reserved
+        finally:
+            await store.client.aclose()
+
+    # The dead gateway's reservations went with their leases; the live request settled its own.
+    wait_until(lambda: asyncio.run(reserved_now()) == 0, 5, "the dead gateway's reservations to lapse")
