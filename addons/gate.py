@@ -23,6 +23,7 @@ from addons.registry import BackendRegistry, BackendView, model_aliases
 from addons.replies import reply_error
 from addons.writer import StoreWriter
 from scheduler import BackendState, NoBackend, QueueFull, Scheduler, SchedulerConfig, expected_cost
+from scheduler.breaker import HALF_OPEN
 from store.models import QueueSnapshot, utcnow
 from translators.errors import GatewayError
 
@@ -45,13 +46,17 @@ class Waiter:
 
 
 def backend_state(view: BackendView) -> BackendState:
-    """What the scheduler needs to know of a backend; every spelling of a model name serves it."""
+    """What the scheduler needs to know of a backend; every spelling of a model name serves it.
+
+    A backend whose breaker is half-open takes one request, the probe.
+    """
+    probing = view.breaker.state == HALF_OPEN
     return BackendState(
         backend_id=view.id,
         models=frozenset(alias for name in view.models for alias in model_aliases(name)),
         resident=frozenset(alias for name, m in view.models.items() if m.resident for alias in model_aliases(name)),
-        max_concurrent=view.max_concurrent,
-        healthy=view.healthy,
+        max_concurrent=min(view.max_concurrent, 1) if probing else view.max_concurrent,
+        healthy=view.healthy and view.breaker.allows(time.monotonic()),
         enabled=view.enabled,
         draining=view.draining,
         priority=view.priority,
@@ -174,9 +179,37 @@ class Gate:
         for grant in self.scheduler.dispatch(now):
             waiter = self.unqueue(grant.request_id)
             backend = self.registry.views[grant.backend_id]
-            backend.in_flight += 1
-            IN_FLIGHT.labels(backend.name).inc()
+            self.occupy(backend)
             waiter.granted.set_result(backend)
+
+    @staticmethod
+    def occupy(backend: BackendView) -> None:
+        backend.in_flight += 1
+        backend.breaker.dispatched()
+        IN_FLIGHT.labels(backend.name).inc()
+
+    @staticmethod
+    def vacate(backend: BackendView) -> None:
+        backend.in_flight -= 1
+        IN_FLIGHT.labels(backend.name).dec()
+
+    def transfer(self, context: RequestContext, exclude: frozenset[int]) -> BackendView | None:
+        """Move a request whose backend failed before answering to another with a free slot, if any.
+
+        When none can take it, its slot is given back here and now: the request is over.
+        """
+        now = time.monotonic()
+        failed = context.backend
+        grant = self.scheduler.transfer(context.request_id, exclude, now)
+        self.vacate(failed)
+        if grant is None:
+            context.finished_at = now
+            self.wake(now)
+            return None
+        context.backend = self.registry.views[grant.backend_id]
+        self.occupy(context.backend)
+        self.wake(now)
+        return context.backend
 
     def release(self, context: RequestContext) -> None:
         """Give a granted request's slot back, charging what it really used; once, however it ended."""
@@ -185,8 +218,7 @@ class Gate:
         now = context.finished_at = time.monotonic()
         usage = context.translator.usage if context.translator else None
         self.scheduler.release(context.request_id, usage.total_tokens if usage else None, now)
-        context.backend.in_flight -= 1
-        IN_FLIGHT.labels(context.backend.name).dec()
+        self.vacate(context.backend)
         self.wake(now)
 
     def response(self, flow: http.HTTPFlow) -> None:

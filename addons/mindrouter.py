@@ -25,6 +25,7 @@ from addons.writer import StoreWriter
 settings = Settings()
 writer = StoreWriter()
 registry = BackendRegistry(writer)
+gate = Gate(registry, writer, settings.environment.fairness_window_s)
 
 addons = [
     settings,  # mitmproxy.conf, environment, schema check
@@ -35,7 +36,7 @@ addons = [
     Local(registry),  # health, metrics and model catalogs answered here
     Translate(),  # parse and check the caller's body
     Policy(writer, settings.environment),  # rate limit per key, concurrency per user, token budget
-    Gate(registry, writer, settings.environment.fairness_window_s),  # fair-share wait for a backend slot
-    Upstream(),  # rewrite the target, stream the answer back
+    gate,  # fair-share wait for a backend slot
+    Upstream(registry, gate),  # to the backend in its dialect, failing over before the first byte
     Record(writer, settings.environment.artifact_storage_path),  # audit row, bodies, images
 ]

@@ -18,6 +18,7 @@ import httpx
 from mitmproxy import ctx
 
 from addons.writer import StoreWriter
+from scheduler.breaker import Breaker
 from store.models import Backend, BackendModel, utcnow
 
 log = logging.getLogger(__name__)
@@ -58,13 +59,14 @@ class BackendView:
     models: dict[str, ModelView] = field(default_factory=dict)
     in_flight: int = 0
     recorded_state: tuple | None = None  # what the database last heard from this process
+    breaker: Breaker = field(default_factory=Breaker)
 
     def state(self) -> tuple:
         return self.healthy, self.last_error, tuple(sorted((m.name, m.resident) for m in self.models.values()))
 
     @property
     def accepts_requests(self) -> bool:
-        return self.enabled and self.healthy and not self.draining
+        return self.enabled and self.healthy and not self.draining and self.breaker.allows(time.monotonic())
 
     def served_name(self, requested: str) -> str | None:
         """This backend's own name for `requested`, if it serves that model."""
@@ -149,6 +151,15 @@ class BackendRegistry:
         loader.add_option(
             "backend_poll_timeout_s", int, 2, "Timeout of one health or model poll of a backend.",
         )
+        loader.add_option(
+            "breaker_failures", int, 3,
+            "Consecutive failed requests (connection refused, timeout or 5xx before the first byte, or a stream "
+            "cut short) that take a backend out of rotation.",
+        )
+        loader.add_option(
+            "breaker_cooldown_s", int, 10,
+            "Seconds a backend stays out after its breaker opens; then one request probes it.",
+        )
 
     def running(self):
         self.client = httpx.AsyncClient(timeout=ctx.options.backend_poll_timeout_s, trust_env=False)
@@ -189,6 +200,7 @@ class BackendRegistry:
                 id=row["id"], name=row["name"], url=row["url"], engine=row["engine"],
                 max_concurrent=row["max_concurrent"], enabled=row["enabled"], draining=row["draining"],
                 priority=row["priority"],
+                breaker=Breaker(ctx.options.breaker_failures, ctx.options.breaker_cooldown_s),
             )
             view.name, view.url, view.engine = row["name"], row["url"].rstrip("/"), row["engine"]
             view.max_concurrent, view.enabled = row["max_concurrent"], row["enabled"]
@@ -213,6 +225,17 @@ class BackendRegistry:
             view.recorded_state = view.state()
             healthy, error, models = view.healthy, view.last_error, dict(view.models) if view.healthy else None
             self.writer.submit(lambda: record_poll(view.id, healthy, error, models))
+
+    def succeeded(self, view: BackendView) -> None:
+        view.breaker.succeeded()
+
+    def failed(self, view: BackendView, reason: str) -> None:
+        """A request to `view` failed; when that opens its breaker, nobody is sent there for a while."""
+        if view.breaker.failed(time.monotonic()):
+            log.warning("backend %s out for %.0f s after %d failures in a row (last: %s)",
+                        view.name, view.breaker.cooldown_s, view.breaker.failures, reason)
+            for listener in self.listeners:
+                listener()
 
     def serving(self, model: str) -> list[BackendView]:
         """Backends that take new requests for `model`."""

@@ -131,10 +131,13 @@ class BackendPool:
     def models_of(self, backend_id: int) -> frozenset[str]:
         return self._states[backend_id].models
 
-    def best_backend(self, model: str) -> int:
-        """The best backend with a free slot for `model`; call only for a model in `free_models()`."""
+    def best_backend(self, model: str, exclude: frozenset[int] = frozenset()) -> int | None:
+        """The best backend with a free slot for `model`, other than `exclude`; None if there is none."""
+        candidates = self._free.get(model, set()) - exclude
+        if not candidates:
+            return None
         return min(
-            self._free[model],
+            candidates,
             key=lambda backend_id: preference(
                 self._states[backend_id], self._in_flight[backend_id], model in self._resident[backend_id]
             ),

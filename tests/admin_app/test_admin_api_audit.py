@@ -75,7 +75,9 @@ def test_each_filter_narrows_the_results(search, record, make_user):
     record(request_id="a", user=ada, backend=gpu1, model="llama3.2", status=200, at=T0)
     record(request_id="b", user=ada, backend=gpu2, model="qwen2.5", status=429, at=T0 + dt.timedelta(hours=1))
     record(request_id="c", user=bob, backend=gpu1, model="qwen2.5", status=502, at=T0 + dt.timedelta(hours=2))
-    record(request_id="d", user=bob, backend=None, model="llama3.2", status=503, at=T0 + dt.timedelta(hours=3))
+    record(
+        request_id="d", user=bob, backend=None, model="llama3.2", status=503, at=T0 + dt.timedelta(hours=3)
+    )
 
     assert ids(search()) == ["d", "c", "b", "a"]  # newest first
     assert ids(search("user=ada")) == ["b", "a"]
@@ -134,16 +136,29 @@ def test_results_carry_tokens_timings_and_artifact_hashes(search, record, store_
     key = issue_key(ada)
     image = store_artifact(b"\x89PNG fake")
     record(
-        request_id="full", user=ada, api_key=ada.api_keys.get(), stream=True, queue_ms=12.5, ttft_ms=80.0,
-        total_ms=950.0, prompt_tokens=30, completion_tokens=12, client_address="10.1.2.3",
-        backend_dialect="ollama", artifacts=[image],
+        request_id="full",
+        user=ada,
+        api_key=ada.api_keys.get(),
+        stream=True,
+        queue_ms=12.5,
+        ttft_ms=80.0,
+        total_ms=950.0,
+        prompt_tokens=30,
+        completion_tokens=12,
+        client_address="10.1.2.3",
+        backend_dialect="ollama",
+        artifacts=[image],
     )
     (row,) = search()["results"]
     assert row["user"] == "ada" and row["api_key"] == f"mr_{key[3:11]}_…" and key not in json.dumps(row)
     assert (row["prompt_tokens"], row["completion_tokens"], row["total_tokens"]) == (30, 12, 42)
     assert (row["queue_ms"], row["ttft_ms"], row["total_ms"]) == (12.5, 80.0, 950.0)
     assert row["artifacts"] == [image.sha256]
-    assert (row["stream"], row["client_address"], row["created_at"]) == (True, "10.1.2.3", "2025-03-01T12:00:00Z")
+    assert (row["stream"], row["client_address"], row["created_at"]) == (
+        True,
+        "10.1.2.3",
+        "2025-03-01T12:00:00Z",
+    )
 
 
 BAD_FILTERS = [
@@ -209,7 +224,9 @@ def test_an_artifact_downloads_with_its_content_type(client, admin_headers, stor
     assert "sandbox" in html.headers["Content-Security-Policy"]
 
 
-def test_an_artifact_path_cannot_leave_the_storage_directory(client, admin_headers, store_artifact, tmp_path, app):
+def test_an_artifact_path_cannot_leave_the_storage_directory(
+    client, admin_headers, store_artifact, tmp_path, app
+):
     outside = tmp_path / "outside.txt"
     outside.write_text("not an artifact")
     storage = Path(app.config["ARTIFACT_STORAGE_PATH"])
@@ -225,7 +242,9 @@ def test_an_artifact_path_cannot_leave_the_storage_directory(client, admin_heade
 def test_artifact_download_errors(client, admin_headers, store_artifact, make_user, app):
     assert client.get("/admin/artifacts/..%2F..%2Fetc%2Fpasswd", headers=admin_headers).status_code == 404
     assert_api_error(client.get("/admin/artifacts/..", headers=admin_headers), 400, "invalid_sha256")
-    assert_api_error(client.get("/admin/artifacts/" + "0" * 64, headers=admin_headers), 404, "artifact_not_found")
+    assert_api_error(
+        client.get("/admin/artifacts/" + "0" * 64, headers=admin_headers), 404, "artifact_not_found"
+    )
     gone = store_artifact(b"deleted file")
     (Path(app.config["ARTIFACT_STORAGE_PATH"]) / gone.path).unlink()
     assert_api_error(client.get(f"/admin/artifacts/{gone.sha256}", headers=admin_headers), 404)

@@ -13,7 +13,9 @@ def test_listing_users_needs_an_admin(client, make_user):
     assert_api_error(client.get("/admin/users"), 401, "missing_api_key")
     student_key = issue_key(make_user("stu", "student"))
     assert_api_error(
-        client.get("/admin/users", headers={"Authorization": f"Bearer {student_key}"}), 403, "insufficient_role"
+        client.get("/admin/users", headers={"Authorization": f"Bearer {student_key}"}),
+        403,
+        "insufficient_role",
     )
 
 
@@ -29,7 +31,9 @@ def test_the_user_list_shows_settings_and_effective_weight_but_no_hash(client, a
 
 def test_create_user_answers_201_and_the_user_can_log_in(client, admin, admin_headers):
     response = client.post(
-        "/admin/users", headers=admin_headers, json={"username": "ada", "role": "staff", "password": "pw-ada-123"}
+        "/admin/users",
+        headers=admin_headers,
+        json={"username": "ada", "role": "staff", "password": "pw-ada-123"},
     )
     assert response.status_code == 201, response.data
     assert response.get_json()["role"] == "staff"
@@ -42,7 +46,9 @@ def test_create_user_answers_201_and_the_user_can_log_in(client, admin, admin_he
 
 
 def test_create_user_without_password_makes_a_key_only_user(client, admin_headers):
-    body = client.post("/admin/users", headers=admin_headers, json={"username": "batch", "role": "student"}).get_json()
+    body = client.post(
+        "/admin/users", headers=admin_headers, json={"username": "batch", "role": "student"}
+    ).get_json()
     assert body["can_log_in"] is False
 
 
@@ -58,7 +64,9 @@ def test_create_user_refuses_bad_bodies(client, admin_headers):
     ]
     for body, status, code in cases:
         assert_api_error(client.post("/admin/users", headers=admin_headers, json=body), status, code)
-    assert_api_error(client.post("/admin/users", headers=admin_headers, data="{not json"), 400, "invalid_json")
+    assert_api_error(
+        client.post("/admin/users", headers=admin_headers, data="{not json"), 400, "invalid_json"
+    )
     assert User.select().count() == 1  # the admin only
     assert not actions("user.create")[1:]
 
@@ -69,7 +77,9 @@ def test_create_user_with_a_taken_name_is_409(client, admin_headers, make_user):
     assert "already exists" in assert_api_error(response, 409, "conflict")["message"]
 
 
-def test_update_user_changes_only_what_is_sent_and_records_before_and_after(client, admin, admin_headers, make_user):
+def test_update_user_changes_only_what_is_sent_and_records_before_and_after(
+    client, admin, admin_headers, make_user
+):
     user = make_user("ada", "student")
     response = client.post(
         f"/admin/users/{user.id}",
@@ -94,7 +104,9 @@ def test_update_user_changes_only_what_is_sent_and_records_before_and_after(clie
 
 def test_null_clears_an_override(client, admin_headers, make_user):
     user = make_user("ada", "staff")
-    client.post(f"/admin/users/{user.id}", headers=admin_headers, json={"weight_override": 7, "rpm_override": 10})
+    client.post(
+        f"/admin/users/{user.id}", headers=admin_headers, json={"weight_override": 7, "rpm_override": 10}
+    )
     response = client.post(f"/admin/users/{user.id}", headers=admin_headers, json={"weight_override": None})
     assert response.get_json()["weight_override"] is None and response.get_json()["weight"] == 2.0
     assert User.get_by_id(user.id).rpm_override == 10
@@ -104,7 +116,10 @@ def test_deactivating_a_user_stops_their_keys(client, admin_headers, make_user):
     user = make_user("ada", "admin")
     key = issue_key(user)
     assert client.get("/admin/users", headers={"X-API-Key": key}).status_code == 200
-    assert client.post(f"/admin/users/{user.id}", headers=admin_headers, json={"active": False}).status_code == 200
+    assert (
+        client.post(f"/admin/users/{user.id}", headers=admin_headers, json={"active": False}).status_code
+        == 200
+    )
     assert_api_error(client.get("/admin/users", headers={"X-API-Key": key}), 401, "invalid_api_key")
 
 
@@ -149,7 +164,10 @@ def test_the_last_active_admin_cannot_be_demoted_or_deactivated(client, admin, a
     for body in ({"role": "staff"}, {"active": False}):
         assert_api_error(client.post(f"/admin/users/{admin.id}", headers=admin_headers, json=body), 409)
     other = make_user("second", "admin")
-    assert client.post(f"/admin/users/{admin.id}", headers=admin_headers, json={"active": False}).status_code == 200
+    assert (
+        client.post(f"/admin/users/{admin.id}", headers=admin_headers, json={"active": False}).status_code
+        == 200
+    )
     assert User.get_by_id(other.id).role == "admin"
 
 

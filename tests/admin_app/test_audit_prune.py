@@ -30,7 +30,10 @@ def artifact(storage):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(name.encode())
         return Artifact.create(
-            sha256=sha256, content_type="image/png", size_bytes=len(name), path=f"{sha256[:2]}/{sha256}",
+            sha256=sha256,
+            content_type="image/png",
+            size_bytes=len(name),
+            path=f"{sha256[:2]}/{sha256}",
             created_at=created_at,
         )
 
@@ -40,7 +43,9 @@ def artifact(storage):
 @pytest.fixture
 def request_row(app):
     def request_row(request_id: str, at: dt.datetime, artifacts=()) -> Request:
-        row = Request.create(request_id=request_id, endpoint="/api/chat", client_dialect="ollama", created_at=at)
+        row = Request.create(
+            request_id=request_id, endpoint="/api/chat", client_dialect="ollama", created_at=at
+        )
         RequestBody.create(request=row, prompt=f"prompt of {request_id}", response="answer")
         for used in artifacts:
             RequestArtifact.create(request=row, artifact=used)
@@ -103,8 +108,9 @@ def test_prune_records_an_admin_action_without_actor(cli, request_row):
 def test_prune_never_deletes_a_file_outside_the_storage_directory(cli, app, tmp_path, request_row):
     outside = tmp_path / "precious.txt"
     outside.write_text("keep me")
-    evil = Artifact.create(sha256="f" * 64, content_type="text/plain", size_bytes=7, path="../precious.txt",
-                           created_at=OLD)
+    evil = Artifact.create(
+        sha256="f" * 64, content_type="text/plain", size_bytes=7, path="../precious.txt", created_at=OLD
+    )
     request_row("old", OLD, [evil])
     assert cli.invoke(args=["audit", "prune", "--older-than", "1d"]).exit_code == 0
     assert outside.read_text() == "keep me"

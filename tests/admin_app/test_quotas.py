@@ -3,12 +3,13 @@ from the dashboard (form or JSON) to an admin's decision, which adds budget exac
 
 from __future__ import annotations
 
-import pymysql
-import pytest
 from urllib.parse import urlparse
 
+import pymysql
+import pytest
+
 from admin_app.accounts import issue_key
-from admin_app.quotas import MAX_PENDING_REQUESTS, get_or_create_quota
+from admin_app.quotas import MAX_PENDING_REQUESTS, get_or_create_quota, quota_of
 from scheduler.quota import period_of
 from store.db import database
 from store.models import Quota, QuotaRequest, utcnow
@@ -34,20 +35,24 @@ def this_month() -> str:
 # --- the shared row helper ---------------------------------------------------------------------
 
 
-def test_get_or_create_quota_makes_the_row_once_with_the_users_budget(app, ada):
-    first = get_or_create_quota(ada, "2031-01", DEFAULT)
-    again = get_or_create_quota(ada, "2031-01", DEFAULT)
-    assert first.id == again.id and first.budget == 2 * DEFAULT and first.used == 0
+def test_get_or_create_quota_makes_the_row_once(app, ada):
+    first = get_or_create_quota(ada.id, "2031-01", 5_000)
+    again = get_or_create_quota(ada.id, "2031-01", 9_999)
+    assert first.id == again.id and again.budget == 5_000 and again.used == 0
+    assert Quota.select().count() == 1
+
+
+def test_a_users_first_quota_row_starts_at_their_budget(app, ada):
+    assert quota_of(ada, "2031-01", DEFAULT).budget == 2 * DEFAULT  # staff: twice the default
     ada.token_budget_override = 777
-    assert get_or_create_quota(ada, "2031-02", DEFAULT).budget == 777
-    assert Quota.select().count() == 2
+    assert quota_of(ada, "2031-02", DEFAULT).budget == 777
 
 
 def test_get_or_create_quota_reads_the_winners_row_when_it_loses_the_race(app, ada, monkeypatch):
     winner = Quota.create(user=ada, period="2031-01", budget=123, used=5)
     # The loser looked before the winner inserted: it saw no row, so it tries to insert one.
     monkeypatch.setattr(Quota, "get_or_none", classmethod(lambda cls, *args, **kwargs: None))
-    row = get_or_create_quota(ada, "2031-01", DEFAULT)
+    row = get_or_create_quota(ada.id, "2031-01", DEFAULT)
     assert (row.id, row.budget, row.used) == (winner.id, 123, 5)
     assert Quota.select().count() == 1
 
@@ -59,8 +64,12 @@ def test_get_or_create_quota_inside_a_transaction_sees_a_row_committed_after_it_
         pytest.skip("SQLite lets one writer in at a time: no other connection commits inside our transaction")
     server = urlparse(migrated_database_url)
     other = pymysql.connect(
-        host=server.hostname, port=server.port or 3306, user=server.username or "root",
-        password=server.password or "", database=server.path.lstrip("/"), autocommit=True,
+        host=server.hostname,
+        port=server.port or 3306,
+        user=server.username or "root",
+        password=server.password or "",
+        database=server.path.lstrip("/"),
+        autocommit=True,
     )
     monkeypatch.setattr(Quota, "get_or_none", classmethod(lambda cls, *args, **kwargs: None))
     with database.atomic():
@@ -70,7 +79,7 @@ def test_get_or_create_quota_inside_a_transaction_sees_a_row_committed_after_it_
                 "INSERT INTO quota (user_id, period, budget, used, reserved) VALUES (%s, '2031-01', 42, 0, 0)",
                 (ada.id,),
             )
-        assert get_or_create_quota(ada, "2031-01", DEFAULT).budget == 42
+        assert get_or_create_quota(ada.id, "2031-01", DEFAULT).budget == 42
     other.close()
 
 
@@ -82,8 +91,16 @@ def test_quotas_show_the_default_budget_until_a_row_exists(client, admin_headers
     assert body["period"] == this_month()
     quotas = {q["user"]: q for q in body["quotas"]}
     assert quotas["ada"] == {
-        "user_id": ada.id, "user": "ada", "role": "staff", "active": True, "period": this_month(),
-        "budget": 2 * DEFAULT, "used": 0, "reserved": 0, "remaining": 2 * DEFAULT, "source": "default",
+        "user_id": ada.id,
+        "user": "ada",
+        "role": "staff",
+        "active": True,
+        "period": this_month(),
+        "budget": 2 * DEFAULT,
+        "used": 0,
+        "reserved": 0,
+        "remaining": 2 * DEFAULT,
+        "source": "default",
     }
     assert quotas["root"]["budget"] == 10 * DEFAULT
     assert Quota.select().count() == 0  # looking creates nothing
@@ -94,7 +111,10 @@ def test_quotas_show_a_periods_row_with_what_remains(client, admin_headers, ada)
     body = client.get("/admin/quotas?period=2030-05", headers=admin_headers).get_json()
     ada_quota = next(q for q in body["quotas"] if q["user"] == "ada")
     assert (ada_quota["budget"], ada_quota["used"], ada_quota["reserved"], ada_quota["remaining"]) == (
-        1_000, 300, 200, 500,
+        1_000,
+        300,
+        200,
+        500,
     )
     assert ada_quota["source"] == "quota"
     one = client.get(f"/admin/users/{ada.id}/quota?period=2030-05", headers=admin_headers).get_json()
@@ -103,8 +123,12 @@ def test_quotas_show_a_periods_row_with_what_remains(client, admin_headers, ada)
 
 def test_a_bad_period_is_400(client, admin_headers, ada):
     for period in ("2030-13", "2030-1", "may", "2030-05-01"):
-        assert_api_error(client.get(f"/admin/quotas?period={period}", headers=admin_headers), 400, "invalid_filter")
-        assert_api_error(client.get(f"/admin/users/{ada.id}/quota?period={period}", headers=admin_headers), 400)
+        assert_api_error(
+            client.get(f"/admin/quotas?period={period}", headers=admin_headers), 400, "invalid_filter"
+        )
+        assert_api_error(
+            client.get(f"/admin/users/{ada.id}/quota?period={period}", headers=admin_headers), 400
+        )
 
 
 def test_the_quota_of_an_unknown_user_is_404(client, admin_headers):
@@ -115,7 +139,9 @@ def test_the_quota_of_an_unknown_user_is_404(client, admin_headers):
 
 
 def ask(client, headers, amount=5_000, reason="thesis experiments"):
-    return client.post("/dashboard/quota-requests", headers=headers, json={"amount": amount, "reason": reason})
+    return client.post(
+        "/dashboard/quota-requests", headers=headers, json={"amount": amount, "reason": reason}
+    )
 
 
 def test_a_user_asks_from_the_dashboard_form(client, ada, log_in, csrf_token):
@@ -137,7 +163,11 @@ def test_the_dashboard_form_needs_its_csrf_token_and_valid_fields(client, ada, l
     log_in("ada")
     assert client.post("/dashboard/quota-requests", data={"amount": "5", "reason": "x"}).status_code == 400
     token = csrf_token(client.get("/dashboard").data)
-    for form in ({"amount": "0", "reason": "x"}, {"amount": "5", "reason": ""}, {"amount": "lots", "reason": "x"}):
+    for form in (
+        {"amount": "0", "reason": "x"},
+        {"amount": "5", "reason": ""},
+        {"amount": "lots", "reason": "x"},
+    ):
         assert client.post("/dashboard/quota-requests", data={**form, "csrf_token": token}).status_code == 400
     assert QuotaRequest.select().count() == 0
 
@@ -146,7 +176,12 @@ def test_a_user_asks_by_json_with_their_key(client, ada, ada_key):
     response = ask(client, ada_key)
     assert response.status_code == 201, response.data
     body = response.get_json()
-    assert (body["user"], body["amount"], body["status"], body["decided_by"]) == ("ada", 5_000, "pending", None)
+    assert (body["user"], body["amount"], body["status"], body["decided_by"]) == (
+        "ada",
+        5_000,
+        "pending",
+        None,
+    )
 
 
 def test_a_json_request_with_a_session_needs_the_csrf_header(client, ada, log_in, csrf_token):
@@ -158,8 +193,15 @@ def test_a_json_request_with_a_session_needs_the_csrf_header(client, ada, log_in
 
 def test_json_requests_are_checked(client, ada_key):
     assert_api_error(ask(client, {}), 401)
-    for amount, reason, status in ((0, "x", 422), (-5, "x", 422), (2.5, "x", 422), ("10", "x", 422),
-                                   (10, "", 400), (10, "   ", 422), (None, "x", 400)):
+    for amount, reason, status in (
+        (0, "x", 422),
+        (-5, "x", 422),
+        (2.5, "x", 422),
+        ("10", "x", 422),
+        (10, "", 400),
+        (10, "   ", 422),
+        (None, "x", 400),
+    ):
         assert_api_error(ask(client, ada_key, amount, reason), status)
     assert QuotaRequest.select().count() == 0
 
@@ -181,12 +223,20 @@ def test_admins_list_requests_by_status_and_user(client, admin_headers, ada_key,
     QuotaRequest.update(status="denied").where(QuotaRequest.amount == 1).execute()
 
     listed = lambda query: [  # noqa: E731
-        r["amount"] for r in client.get(f"/admin/quota-requests{query}", headers=admin_headers).get_json()["quota_requests"]
+        r["amount"]
+        for r in client.get(f"/admin/quota-requests{query}", headers=admin_headers).get_json()[
+            "quota_requests"
+        ]
     ]
     assert listed("") == [3, 2, 1]  # newest first
     assert listed("?status=pending") == [3, 2]
     assert listed("?status=pending&user=ada") == [2]
-    assert_api_error(client.get("/admin/quota-requests?status=maybe", headers=admin_headers), 400, "invalid_filter")
+    assert_api_error(
+        client.get("/admin/quota-requests?status=maybe", headers=admin_headers), 400, "invalid_filter"
+    )
+    assert_api_error(
+        client.get("/admin/quota-requests?user=ghost", headers=admin_headers), 400, "invalid_filter"
+    )
 
 
 def test_approve_adds_the_amount_to_this_months_budget_once(client, admin, admin_headers, ada, ada_key):
@@ -217,7 +267,9 @@ def test_approve_adds_the_amount_to_this_months_budget_once(client, admin, admin
 def test_approve_tops_up_an_existing_row_keeping_its_usage(client, admin_headers, ada, ada_key):
     Quota.create(user=ada, period=this_month(), budget=1_000, used=900, reserved=50)
     request_id = ask(client, ada_key, 500).get_json()["id"]
-    assert client.post(f"/admin/quota-requests/{request_id}/approve", headers=admin_headers).status_code == 200
+    assert (
+        client.post(f"/admin/quota-requests/{request_id}/approve", headers=admin_headers).status_code == 200
+    )
     quota = Quota.get(Quota.user == ada.id)
     assert (quota.budget, quota.used, quota.reserved) == (1_500, 900, 50)
 
@@ -230,7 +282,10 @@ def test_deny_needs_a_note_and_changes_no_budget(client, admin, admin_headers, a
 
     denied = client.post(url, headers=admin_headers, json={"note": "use the smaller model"})
     assert denied.status_code == 200
-    assert (denied.get_json()["status"], denied.get_json()["decision_note"]) == ("denied", "use the smaller model")
+    assert (denied.get_json()["status"], denied.get_json()["decision_note"]) == (
+        "denied",
+        "use the smaller model",
+    )
     assert Quota.select().count() == 0
     action, before, after = the_action("quota_request.deny", f"quota_request:{request_id}")
     assert action.actor_id == admin.id and (before["status"], after["status"]) == ("pending", "denied")

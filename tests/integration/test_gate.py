@@ -19,7 +19,8 @@ def slow_cluster(tmp_path_factory):
     """Nodes at 5 tokens/s (an answer takes seconds) with 2 slots registered per node: requests queue at the gate."""
     work_dir = tmp_path_factory.mktemp("gate")
     stack = start_cluster(work_dir, f"sqlite:///{work_dir / 'db.sqlite'}", sim_args=("--tokens-per-s", "5"),
-                          max_concurrent=2, gateway_options=("scheduler_max_queue_per_user=600", *NO_LIMITS))
+                          max_concurrent=2,
+                          gateway_options=("scheduler_max_queue_per_user=600", "breaker_cooldown_s=1", *NO_LIMITS))
     yield stack
     stack.stop()
 
@@ -85,10 +86,10 @@ def test_slots_come_back_after_engine_errors_and_dropped_connections(slow_cluste
             assert failed.status_code >= 500
     httpx.post(f"{slow_cluster.ollama_url}/_sim/reset")
     wait_until(lambda: gauges(slow_cluster)["mindrouter_in_flight_requests"] == 0, 10, "in-flight back at zero")
-    # Both slots of each node are free again: two requests run side by side.
-    ok = client.post(f"{slow_cluster.gateway_url}/api/generate",
-                     json={"model": MODEL, "prompt": "fine", "stream": False, "options": {"num_predict": 2}})
-    assert ok.status_code == 200
+    # The failures opened the node's breaker; after its 1 s cool-down a probe succeeds and closes it.
+    wait_until(lambda: client.post(f"{slow_cluster.gateway_url}/api/generate", json={
+        "model": MODEL, "prompt": "fine", "stream": False, "options": {"num_predict": 2}}).status_code == 200,
+        15, "the node back in rotation")
 
 
 def test_500_clients_leaving_queued_or_mid_stream_leave_no_slot_or_gauge_behind(slow_cluster):

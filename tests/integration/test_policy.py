@@ -95,11 +95,11 @@ def start_gateways(work_dir, redis_prefix: str | None) -> Gateways:
 
 
 def add_slow_node(gateways: Gateways) -> None:
-    """A node streaming 20 tokens a second, to hold requests open."""
+    """A node streaming 3 tokens a second, to hold requests open for seconds."""
     port = free_port()
     gateways.stack.services.append(Service("ollama-slow", [
         PYTHON, "-m", "sim", "ollama", "--port", str(port), "--models", SLOW_MODEL, "--slots", "16",
-        "--tokens-per-s", "20"], {}, gateways.work_dir))
+        "--tokens-per-s", "3"], {}, gateways.work_dir))
     gateways.stack.service("ollama-slow").wait_http(f"http://127.0.0.1:{port}/api/version")
     admin = {"Authorization": f"Bearer {gateways.stack.keys['admin']}"}
     httpx.post(f"{gateways.stack.gateway_url}/admin/backends/register", headers=admin, json={
@@ -263,7 +263,7 @@ async def open_slow_stream(client: httpx.AsyncClient, url: str, key: str):
     assert response.status_code == 200, await response.aread()
     lines = response.aiter_lines()
     await lines.__anext__()
-    return response
+    return response, lines  # the line iterator too: collected, it would close the stream
 
 
 @requires_redis
@@ -275,7 +275,7 @@ def test_concurrency_and_rate_limits_hold_across_two_gateways(redis_gateways):
         async with httpx.AsyncClient(timeout=30) as client:
             held = [await open_slow_stream(client, gateway_a, key), await open_slow_stream(client, gateway_b, key)]
             third = [await call(client, gateway_a, key, "ollama", False), await call(client, gateway_b, key, "openai", False)]
-            for response in held:  # the callers hang up mid-stream: their slots come back
+            for response, _ in held:  # the callers hang up mid-stream: their slots come back
                 await response.aclose()
             started = time.monotonic()
             while (again := await call(client, gateway_b, key, "openai", False)).status_code == 429:
@@ -318,7 +318,7 @@ def test_a_killed_gateway_locks_its_user_out_no_longer_than_the_lease_ttl(redis_
                 assert time.monotonic() - killed_at < LEASE_TTL_S + 1.5, "still locked out past the lease TTL"
                 await asyncio.sleep(0.05)
             free_after = time.monotonic() - killed_at
-            for response in held:
+            for response, _ in held:
                 await response.aclose()
             return locked_out, attempt, free_after
 

@@ -200,3 +200,19 @@ def test_lowering_the_burst_cap_trims_credit_already_earned():
     scheduler.submit("over-new-cap", "b", 1.0, "llama3.2", 1001, now=1.0)
     bursts = {grant.request_id: grant.burst for grant in scheduler.dispatch(1.0)}
     assert bursts == {"at-new-cap": True, "over-new-cap": False}
+
+
+def test_transfer_moves_a_granted_request_to_another_backend_and_frees_the_failed_slot():
+    from scheduler import BackendState, Scheduler
+
+    scheduler = Scheduler()
+    scheduler.update_backends([BackendState(1, frozenset({"m"}), 1), BackendState(2, frozenset({"m"}), 1)])
+    scheduler.submit("a", "u", 1.0, "m", 10, now=0)
+    (grant,) = scheduler.dispatch(0)
+    moved = scheduler.transfer("a", frozenset(), now=1)
+    assert moved.request_id == "a" and moved.backend_id != grant.backend_id
+    assert scheduler.transfer("a", frozenset(), now=2).backend_id == grant.backend_id  # back, the first is free again
+    assert scheduler.transfer("a", frozenset({1, 2}), now=3) is None
+    assert not scheduler.release("a", 10, now=4)  # the failed transfer already freed it
+    scheduler.submit("b", "u", 1.0, "m", 10, now=5)
+    assert len(scheduler.dispatch(5)) == 1
