@@ -41,7 +41,9 @@ class RequestContext:
     model: str | None = None
     stream: bool = False
     backend: BackendView | None = None
+    queued_at: float | None = None
     granted_at: float | None = None
+    sent_at: float | None = None  # the first attempt upstream
     first_byte_at: float | None = None
     finished_at: float | None = None
     error: str = ""

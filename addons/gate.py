@@ -12,8 +12,8 @@ import json
 import logging
 import socket
 import time
-from itertools import count
 from dataclasses import dataclass, field
+from itertools import count
 
 from mitmproxy import ctx, exceptions, http
 
@@ -61,6 +61,21 @@ def backend_state(view: BackendView) -> BackendState:
         draining=view.draining,
         priority=view.priority,
     )
+
+
+def capability_refusal(canonical, model: str, capabilities: set[str] | None) -> str | None:
+    """Why the model cannot take this request, from what its nodes say it can do (None: it can, or nobody says)."""
+    if capabilities is None:
+        return None
+    if canonical.kind == "embedding" and "embedding" not in capabilities:
+        return f"model {model!r} does not produce embeddings"
+    if canonical.kind != "embedding" and "completion" not in capabilities:
+        return f"model {model!r} is an embedding model: it cannot {canonical.kind}"
+    if canonical.images and "vision" not in capabilities:
+        return f"model {model!r} does not accept images"
+    if canonical.tools and "tools" not in capabilities:
+        return f"model {model!r} does not support tools"
+    return None
 
 
 class Gate:
@@ -149,8 +164,11 @@ class Gate:
                 code="model_not_found"))
             return
         canonical, principal = context.canonical, context.principal
+        if refusal := capability_refusal(canonical, context.model, self.registry.capabilities(context.model)):
+            reply_error(flow, context.dialect, GatewayError(400, refusal, code="model_capability"))
+            return
         cost = expected_cost(canonical.estimated_prompt_tokens, canonical.max_tokens, generates=canonical.kind != "embedding")
-        now = time.monotonic()
+        now = context.queued_at = time.monotonic()
         try:
             self.scheduler.submit(context.request_id, principal.user_id, principal.weight, context.model, cost, now)
         except (QueueFull, NoBackend) as refused:

@@ -8,7 +8,6 @@ from mitmproxy import http
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from addons.context import context_of
-from addons.metrics import BACKEND_UP
 from addons.registry import BackendRegistry
 from addons.replies import point_at_backend, reply_error, reply_json
 from translators import catalog
@@ -82,8 +81,6 @@ class Local:
         })
 
     def answer_metrics(self, flow: http.HTTPFlow) -> None:
-        for view in self.registry.views.values():
-            BACKEND_UP.labels(view.name).set(1 if view.healthy else 0)
         flow.response = http.Response.make(200, generate_latest(), {"Content-Type": CONTENT_TYPE_LATEST})
 
     def answer_v1_models(self, flow: http.HTTPFlow) -> None:

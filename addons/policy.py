@@ -227,7 +227,7 @@ class Policy:
 
     def configure(self, updated):
         for name, target in (("rate_limit_rpm", "rpm_limits"), ("max_concurrent_per_user", "concurrency_limits")):
-            if name in updated:
+            if name in updated or not getattr(self, target):
                 try:
                     setattr(self, target, parse_role_limits(getattr(ctx.options, name), ROLES))
                 except ValueError as error:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from mitmproxy import http
 
+from addons import metrics
 from addons.context import RequestContext, context_of
 from addons.writer import StoreWriter
 from store.artifacts import store_artifact
@@ -33,6 +34,21 @@ def prompt_with_image_references(raw: str, images: list[tuple[str, bytes]]) -> s
     for base64_text, data in images:
         raw = raw.replace(base64_text, f"artifact:sha256:{hashlib.sha256(data).hexdigest()}")
     return raw
+
+
+def observe(context: RequestContext, finished: float) -> None:
+    """The request's timings and tokens as Prometheus metrics."""
+    model = context.model or ""
+    if context.first_byte_at is not None:
+        metrics.TIME_TO_FIRST_TOKEN.labels(model).observe(context.first_byte_at - context.received_at)
+    metrics.TOTAL_TIME.labels(model).observe(finished - context.received_at)
+    if context.sent_at is not None:
+        waited = context.granted_at - context.queued_at if context.granted_at and context.queued_at else 0.0
+        metrics.OVERHEAD.observe(max(0.0, context.sent_at - context.received_at - waited))
+    usage = context.translator.usage if context.translator else None
+    if usage and context.principal:
+        metrics.TOKENS.labels(model, context.principal.role, "prompt").inc(usage.prompt_tokens)
+        metrics.TOKENS.labels(model, context.principal.role, "completion").inc(usage.completion_tokens)
 
 
 class Record:
@@ -90,6 +106,7 @@ class Record:
         validation = json.dumps(translator.validation) if translator and translator.validation else ""
         artifacts = [(data, media_type) for (_, data), media_type in zip(images, media_types)]
         self.writer.submit(lambda: self.write(row, prompt, response_text, validation, artifacts))
+        observe(context, finished)
 
     def write(self, row: dict, prompt: str, response: str, validation: str, artifacts: list[tuple[bytes, str]]) -> None:
         """Runs on the writer thread."""

@@ -1,27 +1,35 @@
 """Backend registry: the backends in the database, what each serves and whether it answers.
 
-A background task re-reads the `backend` table and polls every backend (Ollama `/api/tags` and
-`/api/ps`, vLLM `/health` and `/v1/models`) every `backend_poll_s`; requests only ever read the
-in-memory views this task keeps current.
+A background task re-reads the `backend` table and polls every backend (addons/polling.py)
+every `backend_poll_s`; requests only ever read the in-memory views this task keeps current.
+What a poll finds goes to the database through the writer (health and models when they change,
+a telemetry sample every `telemetry_sample_s`) and to the Prometheus gauges.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import httpx
 from mitmproxy import ctx
 
+from addons import metrics
+from addons.polling import POLLERS, EngineLoad, ModelView, poll_gpus
 from addons.writer import StoreWriter
-from scheduler.breaker import Breaker
-from store.models import Backend, BackendModel, utcnow
+from scheduler.breaker import OPEN, Breaker
+from store.models import Backend, BackendModel, TelemetrySample, utcnow
+from telemetry_agent.client import GpuReading, summarize
 
 log = logging.getLogger(__name__)
+
+__all__ = ["BackendRegistry", "BackendView", "ModelView", "model_aliases"]
 
 
 def model_aliases(name: str) -> set[str]:
@@ -34,16 +42,6 @@ def model_aliases(name: str) -> set[str]:
 
 
 @dataclass
-class ModelView:
-    name: str
-    resident: bool = False
-    size_bytes: int | None = None
-    vram_bytes: int | None = None
-    details: dict = field(default_factory=dict)  # the engine's own listing entry, for catalogs
-    context_length: int | None = None
-
-
-@dataclass
 class BackendView:
     id: int
     name: str
@@ -53,13 +51,19 @@ class BackendView:
     enabled: bool
     draining: bool
     priority: int
+    telemetry_url: str | None = None
+    gpu_indices: list[int] = field(default_factory=list)
     healthy: bool = False
     last_error: str = ""
     version: str | None = None
     models: dict[str, ModelView] = field(default_factory=dict)
+    load: EngineLoad = field(default_factory=EngineLoad)
+    gpus: list[GpuReading] = field(default_factory=list)
     in_flight: int = 0
-    recorded_state: tuple | None = None  # what the database last heard from this process
     breaker: Breaker = field(default_factory=Breaker)
+    shown: dict[tuple, tuple] = field(default_factory=dict)  # Ollama /api/show answers by (model, digest)
+    recorded_state: tuple | None = None  # what the database last heard from this process
+    sampled_at: float = 0.0
 
     def state(self) -> tuple:
         return self.healthy, self.last_error, tuple(sorted((m.name, m.resident) for m in self.models.values()))
@@ -80,36 +84,8 @@ def backend_rows() -> list[dict]:
     return list(Backend.select().order_by(Backend.id).dicts())
 
 
-async def poll_ollama(client: httpx.AsyncClient, backend: BackendView) -> dict[str, ModelView]:
-    tags, ps, version = await asyncio.gather(
-        client.get(f"{backend.url}/api/tags"), client.get(f"{backend.url}/api/ps"),
-        client.get(f"{backend.url}/api/version"),
-    )
-    for response in (tags, ps):
-        response.raise_for_status()
-    backend.version = version.json().get("version") if version.status_code == 200 else None
-    models = {
-        entry["name"]: ModelView(name=entry["name"], size_bytes=entry.get("size"), details=entry)
-        for entry in tags.json().get("models", [])
-    }
-    for entry in ps.json().get("models", []):
-        model = models.setdefault(entry["name"], ModelView(name=entry["name"], details=entry))
-        model.resident = True
-        model.vram_bytes = entry.get("size_vram")
-    return models
-
-
-async def poll_vllm(client: httpx.AsyncClient, backend: BackendView) -> dict[str, ModelView]:
-    health, listing = await asyncio.gather(client.get(f"{backend.url}/health"), client.get(f"{backend.url}/v1/models"))
-    health.raise_for_status()
-    listing.raise_for_status()
-    return {
-        entry["id"]: ModelView(name=entry["id"], resident=True, details=entry, context_length=entry.get("max_model_len"))
-        for entry in listing.json().get("data", [])
-    }
-
-
-POLLERS = {"ollama": poll_ollama, "vllm": poll_vllm}
+def gpu_indices(text: str) -> list[int]:
+    return [int(part) for part in text.replace(" ", "").split(",") if part.isdigit()]
 
 
 def record_poll(backend_id: int, healthy: bool, error: str, models: dict[str, ModelView] | None) -> None:
@@ -121,15 +97,38 @@ def record_poll(backend_id: int, healthy: bool, error: str, models: dict[str, Mo
         return
     BackendModel.delete().where(BackendModel.backend == backend_id, BackendModel.name.not_in(list(models) or [""])).execute()
     for model in models.values():
-        values = dict(
-            resident=model.resident, size_bytes=model.size_bytes, vram_bytes=model.vram_bytes,
-            context_length=model.context_length, updated_at=utcnow(),
-        )
+        values = {
+            "resident": model.resident, "size_bytes": model.size_bytes, "vram_bytes": model.vram_bytes,
+            "context_length": model.context_length, "capabilities": json.dumps(list(model.capabilities)),
+            "updated_at": utcnow(),
+        }
         updated = BackendModel.update(**values).where(
             BackendModel.backend == backend_id, BackendModel.name == model.name
         ).execute()
         if not updated:
-            BackendModel.create(backend=backend_id, name=model.name, capabilities=json.dumps([]), **values)
+            BackendModel.create(backend=backend_id, name=model.name, **values)
+
+
+def telemetry_sample(view: BackendView) -> dict:
+    gpus = summarize(view.gpus) if view.gpus else None
+    return {
+        "backend": view.id,
+        "models_loaded": sum(1 for m in view.models.values() if m.resident),
+        "requests_running": view.load.running if view.load.running is not None else view.in_flight,
+        "requests_waiting": view.load.waiting,
+        "kv_cache_usage": view.load.kv_cache_usage,
+        "gpu_utilization": gpus.gpu_utilization if gpus else None,
+        "gpu_memory_used_bytes": gpus.memory_used_bytes if gpus else None,
+        "gpu_memory_total_bytes": gpus.memory_total_bytes if gpus else None,
+        "details": json.dumps({
+            "prefix_cache_hit_rate": view.load.prefix_cache_hit_rate,
+            "gpus": [asdict(reading) for reading in view.gpus],
+        }),
+    }
+
+
+def prune_telemetry(older_than: dt.datetime) -> None:
+    TelemetrySample.delete().where(TelemetrySample.taken_at < older_than).execute()
 
 
 class BackendRegistry:
@@ -141,16 +140,15 @@ class BackendRegistry:
         self.database_ok = False
         self.task: asyncio.Task | None = None
         self.client: httpx.AsyncClient | None = None
-        self.listeners: list[Callable[[], None]] = []  # told after every refresh
+        self.listeners: list[Callable[[], None]] = []  # told after every refresh and when a breaker opens
+        self.pruned_at = 0.0
 
     def load(self, loader):
         loader.add_option(
             "backend_poll_s", int, 2,
-            "Seconds between re-reading the backend table and polling every backend for health and models.",
+            "Seconds between re-reading the backend table and polling every backend for health, models and load.",
         )
-        loader.add_option(
-            "backend_poll_timeout_s", int, 2, "Timeout of one health or model poll of a backend.",
-        )
+        loader.add_option("backend_poll_timeout_s", int, 2, "Timeout of one poll of a backend.")
         loader.add_option(
             "breaker_failures", int, 3,
             "Consecutive failed requests (connection refused, timeout or 5xx before the first byte, or a stream "
@@ -160,6 +158,8 @@ class BackendRegistry:
             "breaker_cooldown_s", int, 10,
             "Seconds a backend stays out after its breaker opens; then one request probes it.",
         )
+        loader.add_option("telemetry_sample_s", int, 30, "Seconds between stored telemetry samples of a backend.")
+        loader.add_option("telemetry_retention_h", int, 168, "Hours telemetry samples are kept.")
 
     def running(self):
         self.client = httpx.AsyncClient(timeout=ctx.options.backend_poll_timeout_s, trust_env=False)
@@ -183,14 +183,14 @@ class BackendRegistry:
         try:
             rows = await asyncio.to_thread(backend_rows)
             self.database_ok = True
-        except Exception as exc:
+        except Exception as exc:  # any database failure: keep serving from what we know
             self.database_ok = False
             log.warning("cannot read backends from the database: %s", exc)
             return
         self.reconcile(rows)
         await asyncio.gather(*(self.poll(view) for view in self.views.values() if view.enabled))
-        for listener in self.listeners:
-            listener()
+        self.store_telemetry()
+        self.notify()
 
     def reconcile(self, rows: list[dict]) -> None:
         """Take the database's word on configuration; keep what only this process knows (health, in-flight)."""
@@ -205,13 +205,14 @@ class BackendRegistry:
             view.name, view.url, view.engine = row["name"], row["url"].rstrip("/"), row["engine"]
             view.max_concurrent, view.enabled = row["max_concurrent"], row["enabled"]
             view.draining, view.priority = row["draining"], row["priority"]
+            view.telemetry_url, view.gpu_indices = row["telemetry_url"], gpu_indices(row["gpu_indices"] or "")
             current[row["id"]] = view
         self.views = current
 
     async def poll(self, view: BackendView) -> None:
         started = time.monotonic()
         try:
-            models = await POLLERS[view.engine](self.client, view)
+            found = await POLLERS[view.engine](self.client, view.url, view.shown)
         except (httpx.HTTPError, ValueError, KeyError) as exc:
             error = f"{exc.__class__.__name__}: {exc}"
             if view.healthy or not view.last_error:
@@ -219,23 +220,72 @@ class BackendRegistry:
             view.healthy, view.last_error = False, error
         else:
             if not view.healthy:
-                log.info("backend %s healthy: %d models in %.0f ms", view.name, len(models), 1000 * (time.monotonic() - started))
-            view.healthy, view.last_error, view.models = True, "", models
+                log.info("backend %s healthy: %d models in %.0f ms", view.name, len(found.models),
+                         1000 * (time.monotonic() - started))
+            view.healthy, view.last_error, view.models = True, "", found.models
+            view.version, view.load = found.version, found.load
+        if view.telemetry_url:
+            await self.poll_gpus(view)
+        self.export(view)
         if view.state() != view.recorded_state:
             view.recorded_state = view.state()
             healthy, error, models = view.healthy, view.last_error, dict(view.models) if view.healthy else None
             self.writer.submit(lambda: record_poll(view.id, healthy, error, models))
 
+    async def poll_gpus(self, view: BackendView) -> None:
+        try:
+            view.gpus = await poll_gpus(self.client, view.telemetry_url, os.environ.get("TELEMETRY_SECRET", ""),
+                                        view.gpu_indices)
+        except (httpx.HTTPError, ValueError) as exc:
+            log.warning("backend %s: no GPU telemetry from %s: %s", view.name, view.telemetry_url, exc)
+            view.gpus = []
+
+    def export(self, view: BackendView) -> None:
+        """The backend's state as Prometheus gauges."""
+        metrics.BACKEND_UP.labels(view.name).set(1 if view.healthy else 0)
+        metrics.BACKEND_BREAKER_OPEN.labels(view.name).set(1 if view.breaker.state == OPEN else 0)
+        for model in view.models.values():
+            metrics.MODEL_RESIDENT.labels(view.name, model.name).set(1 if model.resident else 0)
+        for gauge, value in ((metrics.BACKEND_WAITING, view.load.waiting), (metrics.BACKEND_RUNNING, view.load.running),
+                             (metrics.KV_CACHE_USAGE, view.load.kv_cache_usage)):
+            if value is not None:
+                gauge.labels(view.name).set(value)
+        for reading in view.gpus:
+            if reading.utilization_gpu_pct is not None:
+                metrics.GPU_UTILIZATION.labels(view.name, str(reading.index)).set(reading.utilization_gpu_pct / 100)
+            if reading.memory_used_bytes is not None:
+                metrics.GPU_MEMORY_USED.labels(view.name, str(reading.index)).set(reading.memory_used_bytes)
+
+    def store_telemetry(self) -> None:
+        """A sample per backend every telemetry_sample_s, and an hourly prune past the retention."""
+        now = time.monotonic()
+        due = [view for view in self.views.values() if view.enabled and now - view.sampled_at >= ctx.options.telemetry_sample_s]
+        for view in due:
+            view.sampled_at = now
+        samples = [telemetry_sample(view) for view in due]
+        if samples:
+            self.writer.submit(lambda: TelemetrySample.insert_many(samples).execute())
+        if now - self.pruned_at >= 3600:
+            self.pruned_at = now
+            cutoff = utcnow() - dt.timedelta(hours=ctx.options.telemetry_retention_h)
+            self.writer.submit(lambda: prune_telemetry(cutoff))
+
+    def notify(self) -> None:
+        for listener in self.listeners:
+            listener()
+
     def succeeded(self, view: BackendView) -> None:
         view.breaker.succeeded()
+        metrics.UPSTREAM_ATTEMPTS.labels(view.name, "ok").inc()
 
     def failed(self, view: BackendView, reason: str) -> None:
         """A request to `view` failed; when that opens its breaker, nobody is sent there for a while."""
+        metrics.UPSTREAM_ATTEMPTS.labels(view.name, "failed").inc()
         if view.breaker.failed(time.monotonic()):
             log.warning("backend %s out for %.0f s after %d failures in a row (last: %s)",
                         view.name, view.breaker.cooldown_s, view.breaker.failures, reason)
-            for listener in self.listeners:
-                listener()
+            metrics.BACKEND_BREAKER_OPEN.labels(view.name).set(1)
+            self.notify()
 
     def serving(self, model: str) -> list[BackendView]:
         """Backends that take new requests for `model`."""
@@ -243,6 +293,12 @@ class BackendRegistry:
 
     def known_models(self) -> set[str]:
         return {name for view in self.views.values() if view.accepts_requests for name in view.models}
+
+    def capabilities(self, model: str) -> set[str] | None:
+        """What the model can do, as its Ollama nodes describe it; None where no backend says."""
+        described = [set(view.models[name].capabilities) for view in self.views.values()
+                     if (name := view.served_name(model)) and view.models[name].capabilities]
+        return set.union(*described) if described else None
 
     @property
     def ready(self) -> bool:

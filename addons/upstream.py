@@ -26,7 +26,7 @@ from mitmproxy import ctx, http
 
 from addons.context import RequestContext, context_of
 from addons.gate import Gate
-from addons.metrics import REQUESTS
+from addons.metrics import FAILOVERS, REQUESTS
 from addons.registry import BackendRegistry
 from addons.replies import point_at_backend, reply_error
 from translators.errors import GatewayError
@@ -128,6 +128,7 @@ class Upstream:
                     # The gateway reads and rewrites every answer: compressed bodies would only cost CPU twice.
                     headers={"Content-Type": "application/json", "Accept-Encoding": "identity"},
                 )
+                context.sent_at = context.sent_at or time.monotonic()
                 try:
                     async with asyncio.timeout(ctx.options.upstream_header_timeout_s):
                         response = await self.client.send(request, stream=True)
@@ -147,6 +148,7 @@ class Upstream:
             tried.add(backend.id)
             if self.gate.transfer(context, frozenset(tried)) is None:
                 break
+            FAILOVERS.labels(context.model).inc()
             log.info("request %s: failing over to %s", context.request_id, context.backend.name)
         context.error = failure[1].decode("utf-8", "replace")[:500]
         return failure

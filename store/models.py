@@ -96,6 +96,8 @@ class Backend(BaseModel):
     last_checked_at = peewee.DateTimeField(null=True)
     last_error = peewee.TextField(default="")
     created_at = peewee.DateTimeField(default=utcnow)
+    telemetry_url = peewee.CharField(max_length=512, null=True)  # the node's telemetry_agent, if it runs one
+    gpu_indices = peewee.CharField(max_length=64, default="")  # "0,1": this backend's GPUs on that node
 
 
 class BackendModel(BaseModel):

@@ -29,7 +29,7 @@ def token(client, csrf_token):
 
 def test_creating_a_key_shows_it_once(client, ada, token):
     response = client.post("/dashboard/keys", data={"label": "notebook", "csrf_token": token()})
-    assert response.status_code == 200
+    assert response.status_code == 200 and response.headers["Cache-Control"] == "no-store"
     key = KEY_ON_PAGE.search(response.get_data(as_text=True)).group(1)
     row = ApiKey.get(ApiKey.prefix == key_prefix(key))
     assert row.user_id == ada.id and row.label == "notebook" and verify_key(row.key_hash, key)

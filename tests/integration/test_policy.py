@@ -20,13 +20,14 @@ from addons.limits import RedisCounters, connect
 from addons.policy import request_cost
 from scheduler.quota import period_of
 from sim.stack import MITMDUMP, PYTHON, Service, Stack, free_port, start_stack, wait_until
-from store import database
+from store import api_keys, database
 from store.db import open_database
 from store.models import ApiKey, Quota, User, utcnow
 from tests.unit.policy.support import REDIS_URL, delete_prefix, requires_redis
 from translators.pipeline import parse_client_request
 
 LEASE_TTL_S = 3.0
+MARGIN_S = 2.0  # polling, and a loaded test machine
 RATE_WINDOW_S = 4.0
 SLOW_MODEL = "slowllama"
 OPENAI_MODEL, OLLAMA_MODEL = "Qwen/Qwen2.5-0.5B-Instruct", "llama3.2"
@@ -48,16 +49,16 @@ class Gateways:
 
     def user(self, role: str = "student", **overrides) -> tuple[int, str]:
         """A new user with these User overrides and a key of its own: (user id, key)."""
-        name = f"policy-{secrets.token_hex(4)}"
         self.bind()
-        self.stack.flask("users", "create", name, "--role", role, "--password", secrets.token_hex(8))
-        User.update(**overrides).where(User.username == name).execute()
-        return User.get(User.username == name).id, self.stack.new_key(name, "policy test")
+        user = User.create(username=f"policy-{secrets.token_hex(4)}", role=role, **overrides)
+        return user.id, self.key_for(user.id)
 
     def key_for(self, user_id: int, rpm_override: int | None = None) -> str:
+        """A new key of the user's (straight into the database: the CLI costs seconds a call)."""
         self.bind()
-        key = self.stack.new_key(User.get_by_id(user_id).username, "policy test")
-        ApiKey.update(rpm_override=rpm_override).where(ApiKey.prefix == key.split("_")[1]).execute()
+        key, prefix = api_keys.generate_key()
+        ApiKey.create(user=user_id, prefix=prefix, key_hash=api_keys.hash_key(key), label="policy test",
+                      rpm_override=rpm_override)
         return key
 
     def start_gateway(self, name: str) -> tuple[Service, str]:
@@ -235,11 +236,11 @@ def test_requests_per_window_per_key_then_recovery(gateways):
     async def scenario():
         async with httpx.AsyncClient(timeout=30) as client:
             admitted = [await call(client, url, key, dialect, False) for dialect in ("openai", "ollama", "openai")]
-            first_at = time.monotonic()
             refused = [await call(client, url, key, dialect, False) for dialect in ("openai", "ollama")]
+            refused_at = time.monotonic()  # Retry-After counts from the refusal, which came before this
             other = await call(client, url, other_key, "openai", False)
             wait = int(refused[-1].headers["Retry-After"])
-            await asyncio.sleep(max(0.0, first_at + wait - time.monotonic()))
+            await asyncio.sleep(max(0.0, refused_at + wait - time.monotonic()))
             recovered = await call(client, url, key, "ollama", False)
             return admitted, refused, other, wait, recovered
 
@@ -279,7 +280,7 @@ def test_concurrency_and_rate_limits_hold_across_two_gateways(redis_gateways):
                 await response.aclose()
             started = time.monotonic()
             while (again := await call(client, gateway_b, key, "openai", False)).status_code == 429:
-                assert time.monotonic() - started < 3, again.text
+                assert time.monotonic() - started < 5, again.text
                 await asyncio.sleep(0.05)
             return third, again
 
@@ -315,7 +316,7 @@ def test_a_killed_gateway_locks_its_user_out_no_longer_than_the_lease_ttl(redis_
             killed_at = time.monotonic()
             locked_out = await call(client, gateway_a, key, "ollama", False, max_tokens=1)
             while (attempt := await call(client, gateway_a, key, "ollama", False, max_tokens=1)).status_code == 429:
-                assert time.monotonic() - killed_at < LEASE_TTL_S + 1.5, "still locked out past the lease TTL"
+                assert time.monotonic() - killed_at < LEASE_TTL_S + MARGIN_S, "locked out past the lease TTL"
                 await asyncio.sleep(0.05)
             free_after = time.monotonic() - killed_at
             for response, _ in held:
@@ -326,7 +327,7 @@ def test_a_killed_gateway_locks_its_user_out_no_longer_than_the_lease_ttl(redis_
     assert_429_in_dialect(locked_out, "ollama", "concurrency_limit_exceeded")
     assert attempt.status_code == 200, attempt.text
     # Leases were last renewed at most one heartbeat before the kill: they expire no sooner than that allows.
-    assert LEASE_TTL_S - heartbeat_s - 0.3 <= free_after <= LEASE_TTL_S + 1.5
+    assert LEASE_TTL_S - heartbeat_s - 0.5 <= free_after <= LEASE_TTL_S + MARGIN_S
 
     async def reserved_now() -> int:
         store = RedisCounters(connect(REDIS_URL, 2.0), redis_gateways.redis_prefix)

@@ -67,3 +67,16 @@ def test_audit_bodies_hold_more_than_64_kib(migrated_db):
     prompt = "x" * 300_000
     RequestBody.create(request=request, prompt=prompt)
     assert RequestBody.get(RequestBody.request == request).prompt == prompt
+
+
+def test_backend_telemetry_columns_are_added_to_a_database_made_before_them(any_database_url):
+    """0001 creates today's tables; a database made by an older 0001 lacks later columns until 0002 runs."""
+    from playhouse.migrate import migrate
+
+    db = init_database(any_database_url)
+    migrations.upgrade(db)
+    migrate(*(migrations.migrator_for(db).drop_column("backend", name) for name in ("telemetry_url", "gpu_indices")))
+    migrations.SchemaMigration.bind(db)
+    migrations.SchemaMigration.delete().where(migrations.SchemaMigration.version >= 2).execute()
+    assert [m.version for m in migrations.upgrade(db)][:1] == [2]
+    assert {"telemetry_url", "gpu_indices"} <= {column.name for column in db.get_columns("backend")}

@@ -1,0 +1,118 @@
+"""What each engine says about itself when polled: models, residency, capabilities, load, GPUs.
+
+Ollama: `/api/tags` (models), `/api/ps` (resident, VRAM), `/api/version`, and `/api/show` once
+per model (capabilities, context length). vLLM: `/health`, `/v1/models` (max_model_len) and
+`/metrics` (running, waiting, KV-cache use, prefix-cache hits). A node running the telemetry
+agent adds its GPUs. The parsing is plain functions; the pollers only fetch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from telemetry_agent.client import GpuReading, parse_report, select_gpus
+
+
+@dataclass
+class ModelView:
+    name: str
+    resident: bool = False
+    size_bytes: int | None = None
+    vram_bytes: int | None = None
+    details: dict = field(default_factory=dict)  # the engine's own listing entry, for catalogs
+    context_length: int | None = None
+    capabilities: tuple[str, ...] = ()  # Ollama's words: completion, vision, tools, thinking, embedding
+
+
+@dataclass
+class EngineLoad:
+    running: int | None = None
+    waiting: int | None = None
+    kv_cache_usage: float | None = None  # 0..1
+    prefix_cache_hit_rate: float | None = None  # 0..1 since the engine started
+
+
+@dataclass
+class Poll:
+    models: dict[str, ModelView]
+    version: str | None = None
+    load: EngineLoad = field(default_factory=EngineLoad)
+
+
+def parse_vllm_metrics(text: str) -> EngineLoad:
+    """vLLM's Prometheus text, summed over its model_name labels (one engine may serve several)."""
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+    kv = totals.get("vllm:kv_cache_usage_perc", totals.get("vllm:gpu_cache_usage_perc"))
+    queries = totals.get("vllm:prefix_cache_queries_total") or totals.get("vllm:gpu_prefix_cache_queries_total")
+    hits = totals.get("vllm:prefix_cache_hits_total", totals.get("vllm:gpu_prefix_cache_hits_total"))
+    return EngineLoad(
+        running=int(totals["vllm:num_requests_running"]) if "vllm:num_requests_running" in totals else None,
+        waiting=int(totals["vllm:num_requests_waiting"]) if "vllm:num_requests_waiting" in totals else None,
+        kv_cache_usage=kv,
+        prefix_cache_hit_rate=hits / queries if queries and hits is not None else None,
+    )
+
+
+def capabilities_from_show(show: dict) -> tuple[tuple[str, ...], int | None]:
+    """Ollama `/api/show`: the capability list and the context length from `model_info`."""
+    context_length = next(
+        (int(value) for key, value in (show.get("model_info") or {}).items() if key.endswith(".context_length")), None
+    )
+    return tuple(show.get("capabilities") or ()), context_length
+
+
+async def poll_ollama(client: httpx.AsyncClient, url: str, shown: dict[str, tuple]) -> Poll:
+    """`shown` caches /api/show answers by (name, digest): a model is described once, not every poll."""
+    tags, ps, version = await asyncio.gather(
+        client.get(f"{url}/api/tags"), client.get(f"{url}/api/ps"), client.get(f"{url}/api/version"),
+    )
+    tags.raise_for_status()
+    ps.raise_for_status()
+    models = {
+        entry["name"]: ModelView(name=entry["name"], size_bytes=entry.get("size"), details=entry)
+        for entry in tags.json().get("models", [])
+    }
+    for entry in ps.json().get("models", []):
+        model = models.setdefault(entry["name"], ModelView(name=entry["name"], details=entry))
+        model.resident = True
+        model.vram_bytes = entry.get("size_vram")
+    unknown = [name for name, model in models.items() if (name, model.details.get("digest")) not in shown]
+    answers = await asyncio.gather(*(client.post(f"{url}/api/show", json={"model": name}) for name in unknown))
+    for name, answer in zip(unknown, answers):
+        if answer.status_code == 200:
+            shown[name, models[name].details.get("digest")] = capabilities_from_show(answer.json())
+    for name, model in models.items():
+        model.capabilities, model.context_length = shown.get((name, model.details.get("digest")), ((), None))
+    return Poll(models, version=version.json().get("version") if version.status_code == 200 else None)
+
+
+async def poll_vllm(client: httpx.AsyncClient, url: str, shown: dict[str, tuple]) -> Poll:
+    health, listing, metrics = await asyncio.gather(
+        client.get(f"{url}/health"), client.get(f"{url}/v1/models"), client.get(f"{url}/metrics"),
+    )
+    health.raise_for_status()
+    listing.raise_for_status()
+    models = {
+        entry["id"]: ModelView(name=entry["id"], resident=True, details=entry, context_length=entry.get("max_model_len"))
+        for entry in listing.json().get("data", [])
+    }
+    load = parse_vllm_metrics(metrics.text) if metrics.status_code == 200 else EngineLoad()
+    return Poll(models, load=load)
+
+
+POLLERS = {"ollama": poll_ollama, "vllm": poll_vllm}
+
+
+async def poll_gpus(client: httpx.AsyncClient, telemetry_url: str, secret: str, indices: list[int]) -> list[GpuReading]:
+    """The backend's GPUs as its node's telemetry agent reports them (all of them when no indices are set)."""
+    answer = await client.get(f"{telemetry_url.rstrip('/')}/gpus", headers={"Authorization": f"Bearer {secret}"})
+    answer.raise_for_status()
+    readings = parse_report(answer.json())
+    return select_gpus(readings, indices) if indices else readings

@@ -1,0 +1,43 @@
+"""Requests a model cannot take are refused with a reason, from the capabilities its nodes report."""
+
+from __future__ import annotations
+
+import json
+
+from addons.gate import capability_refusal
+from addons.polling import capabilities_from_show, parse_vllm_metrics
+from translators.pipeline import parse_client_request
+
+
+def chat(**extra):
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi", **extra}], "stream": False}
+    return parse_client_request("/api/chat", json.dumps(body).encode())
+
+
+def test_nothing_is_refused_when_no_node_describes_the_model():
+    assert capability_refusal(chat(images=["aGk="]), "m", None) is None
+
+
+def test_images_need_vision_and_embeddings_need_an_embedding_model():
+    assert capability_refusal(chat(images=["aGk="]), "m", {"completion"}) == "model 'm' does not accept images"
+    assert capability_refusal(chat(images=["aGk="]), "m", {"completion", "vision"}) is None
+    embed = parse_client_request("/api/embed", b'{"model": "m", "input": ["a"]}')
+    assert "does not produce embeddings" in capability_refusal(embed, "m", {"completion"})
+    assert "embedding model" in capability_refusal(chat(), "m", {"embedding"})
+
+
+def test_ollama_show_gives_capabilities_and_context_length():
+    # Shape from the Ollama API reference (docs/api.md, "Show Model Information").
+    show = {"capabilities": ["completion", "vision"], "model_info": {"llama.context_length": 131072}}
+    assert capabilities_from_show(show) == (("completion", "vision"), 131072)
+
+
+def test_vllm_metrics_are_summed_over_models_and_give_the_kv_cache_and_prefix_hit_rate():
+    # Metric names as vLLM's /metrics exposes them (docs: "Production Metrics").
+    text = "\n".join([
+        'vllm:num_requests_running{model_name="a"} 2.0', 'vllm:num_requests_running{model_name="b"} 1.0',
+        'vllm:num_requests_waiting{model_name="a"} 4.0', 'vllm:kv_cache_usage_perc{model_name="a"} 0.25',
+        'vllm:prefix_cache_queries_total{model_name="a"} 200.0', 'vllm:prefix_cache_hits_total{model_name="a"} 50.0',
+    ]) + "\n"
+    load = parse_vllm_metrics(text)
+    assert (load.running, load.waiting, load.kv_cache_usage, load.prefix_cache_hit_rate) == (3, 4, 0.25, 0.25)
