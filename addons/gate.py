@@ -87,6 +87,7 @@ class Gate:
         self.scheduler = Scheduler(SchedulerConfig(fairness_window_s=fairness_window_s))
         self.waiters: dict[str, Waiter] = {}
         self.queued_by_client: dict[str, set[str]] = {}  # client connection id → its queued request ids
+        self.transfers: dict[str, tuple[frozenset[int], asyncio.Future]] = {}  # failing over, waiting for a slot
         self.ticker: asyncio.Task | None = None
         registry.listeners.append(self.backends_changed)
 
@@ -193,7 +194,11 @@ class Gate:
         QUEUE_WAIT.observe(context.granted_at - context.received_at)
 
     def wake(self, now: float) -> None:
-        """Resume every request the scheduler grants a slot now."""
+        """Move failed-over requests where a slot came free, then resume every request granted one now."""
+        for request_id, (exclude, moved) in list(self.transfers.items()):
+            if grant := self.scheduler.transfer(request_id, exclude, now):
+                del self.transfers[request_id]
+                moved.set_result(grant)
         for grant in self.scheduler.dispatch(now):
             waiter = self.unqueue(grant.request_id)
             backend = self.registry.views[grant.backend_id]
@@ -211,22 +216,25 @@ class Gate:
         backend.in_flight -= 1
         IN_FLIGHT.labels(backend.name).dec()
 
-    def transfer(self, context: RequestContext, exclude: frozenset[int]) -> BackendView | None:
-        """Move a request whose backend failed before answering to another with a free slot, if any.
+    async def transfer(self, context: RequestContext, exclude: frozenset[int]) -> BackendView | None:
+        """Move a request whose backend failed before answering to another backend that serves its model.
 
-        When none can take it, its slot is given back here and now: the request is over.
+        It keeps its slot while it waits for one (ahead of the queue: it has waited its turn already),
+        for at most scheduler_max_wait_s; then its slot is given back and the request is over.
         """
-        now = time.monotonic()
-        failed = context.backend
-        grant = self.scheduler.transfer(context.request_id, exclude, now)
-        self.vacate(failed)
+        grant = self.scheduler.transfer(context.request_id, exclude, time.monotonic())
         if grant is None:
-            context.finished_at = now
-            self.wake(now)
-            return None
+            moved = asyncio.get_running_loop().create_future()
+            self.transfers[context.request_id] = (exclude, moved)
+            try:
+                grant = await asyncio.wait_for(moved, self.scheduler.config.max_wait_s)
+            except (TimeoutError, asyncio.CancelledError):
+                self.transfers.pop(context.request_id, None)
+                self.release(context)
+                return None
+        self.vacate(context.backend)
         context.backend = self.registry.views[grant.backend_id]
         self.occupy(context.backend)
-        self.wake(now)
         return context.backend
 
     def release(self, context: RequestContext) -> None:

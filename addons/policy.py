@@ -329,6 +329,7 @@ class Policy:
             store, outcome = await self.counted("token budget", start_and_reserve)
             if outcome.state == UNKNOWN:  # only if someone deleted the keys between the two calls
                 return BUDGET_UNAVAILABLE
+        self.ledgers[user_id, period] = time.monotonic()  # refused ones too: a top-up must reach them
         if outcome.state == REFUSED:
             renews, seconds = renewal_of(now)
             return GatewayError(
@@ -339,7 +340,6 @@ class Policy:
                 headers={"Retry-After": retry_after_header(seconds), "x-should-retry": "false"})
         admission.quota_store, admission.period, admission.reserved = store, period, cost
         self.held[lease] = admission
-        self.ledgers[user_id, period] = time.monotonic()
         return None
 
     async def quota_row(self, principal: Principal, period: str) -> tuple[int, int]:

@@ -146,7 +146,7 @@ class Upstream:
                 self.registry.failed(backend, reason)
             log.warning("request %s: %s %s", context.request_id, backend.name, reason)
             tried.add(backend.id)
-            if self.gate.transfer(context, frozenset(tried)) is None:
+            if await self.gate.transfer(context, frozenset(tried)) is None:
                 break
             FAILOVERS.labels(context.model).inc()
             log.info("request %s: failing over to %s", context.request_id, context.backend.name)

@@ -146,6 +146,9 @@ class BackendPool:
     def holds(self, request_id: str) -> bool:
         return request_id in self._slots
 
+    def slot_of(self, request_id: str) -> Slot | None:
+        return self._slots.get(request_id)
+
     def slots(self) -> Iterable[Slot]:
         return self._slots.values()
 

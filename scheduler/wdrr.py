@@ -269,17 +269,16 @@ class Scheduler:
 
     def transfer(self, request_id: str, exclude: frozenset[int], now: float) -> Grant | None:
         """Move a granted request to the best other backend with a free slot (its own failed before
-        answering), skipping the queue it already waited in; None, with its slot freed, if none can.
+        answering), skipping the queue it already waited in. None when no other backend has a free
+        slot now: the request keeps the slot it holds, to try again after the next release.
         """
-        slot = self._pool.release(request_id)
+        slot = self._pool.slot_of(request_id)
         if slot is None:
             return None
         backend_id = self._pool.best_backend(slot.model, exclude | {slot.backend_id})
         if backend_id is None:
-            user = self._users[slot.user_id]
-            user.in_flight -= 1
-            self._note_if_idle(user, now)
             return None
+        self._pool.release(request_id)
         self._pool.acquire(slot._replace(backend_id=backend_id))
         return Grant(request_id, backend_id, slot.model, slot.user_id, now - slot.granted_at, False)
 

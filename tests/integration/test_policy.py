@@ -225,6 +225,23 @@ def test_fifty_concurrent_requests_spend_at_most_the_budget_plus_one_request(gat
     assert openai_refusal.headers["x-should-retry"] == "false"  # the OpenAI SDK must not retry this
 
 
+def test_a_budget_top_up_in_the_database_lands_within_the_refresh(gateways):
+    cost = expected_cost_of(*chat_request("ollama", False))
+    user_id, key = gateways.user(token_budget_override=cost - 1)
+    url = gateways.urls[-1]
+
+    async def attempt() -> httpx.Response:
+        async with httpx.AsyncClient(timeout=30) as client:
+            return await call(client, url, key, "ollama", False)
+
+    assert_429_in_dialect(asyncio.run(attempt()), "ollama", "insufficient_quota")
+    gateways.bind()  # what an admin approving a quota request does to the row
+    Quota.update(budget=Quota.budget + 10 * cost).where(Quota.user == user_id).execute()
+    topped_up_at = time.monotonic()
+    wait_until(lambda: asyncio.run(attempt()).status_code == 200, 5, "the top-up to admit the request")
+    assert time.monotonic() - topped_up_at <= 1 + MARGIN_S  # quota_refresh_s=1
+
+
 # ---- rate limits --------------------------------------------------------------------------------
 
 def test_requests_per_window_per_key_then_recovery(gateways):

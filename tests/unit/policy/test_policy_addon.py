@@ -88,8 +88,8 @@ def answered(flow, status: int = 200) -> None:
     flow.response = tutils.tresp(status_code=status)
 
 
-def error_of(flow):
-    return json.loads(flow.response.content)
+def error_of(response):
+    return json.loads(response.content)
 
 
 def test_requests_that_are_not_inference_or_have_no_principal_pass_untouched(budget):
@@ -250,3 +250,31 @@ def test_an_unreachable_redis_falls_back_to_in_process_counters_quickly(budget):
     statuses, elapsed = run(scenario)
     assert statuses == [None, 429, 429]  # the in-process counters still hold the limit
     assert elapsed < 1.5  # one failed attempt, then Redis is left alone for redis_retry_s
+
+
+def test_a_top_up_reaches_a_refused_user_at_the_next_refresh(budget, monkeypatch):
+    budget["tokens"] = COST - 1
+
+    async def scenario(policy, writer):
+        refused, _ = inference_flow(principal())
+        await policy.request(refused)
+        monkeypatch.setattr(policy_module, "budgets_of", lambda period, user_ids: {1: COST - 1 + 10 * COST})
+        await policy.refresh_budgets()
+        admitted, _ = inference_flow(principal())
+        await policy.request(admitted)
+        return refused.response.status_code, admitted.response
+
+    assert run(scenario) == (429, None)
+
+
+def test_the_refresh_writes_back_what_is_reserved(budget, monkeypatch):
+    monkeypatch.setattr(policy_module, "budgets_of", lambda period, user_ids: {1: budget["tokens"]})
+
+    async def scenario(policy, writer):
+        flow, _ = inference_flow(principal())
+        await policy.request(flow)
+        await policy.refresh_budgets()
+        await policy.refresh_budgets()  # unchanged: not written again
+        return len(writer.writes)
+
+    assert run(scenario) == 1

@@ -202,7 +202,7 @@ def test_lowering_the_burst_cap_trims_credit_already_earned():
     assert bursts == {"at-new-cap": True, "over-new-cap": False}
 
 
-def test_transfer_moves_a_granted_request_to_another_backend_and_frees_the_failed_slot():
+def test_transfer_moves_a_granted_request_to_another_backend_or_keeps_its_slot():
     from scheduler import BackendState, Scheduler
 
     scheduler = Scheduler()
@@ -211,8 +211,9 @@ def test_transfer_moves_a_granted_request_to_another_backend_and_frees_the_faile
     (grant,) = scheduler.dispatch(0)
     moved = scheduler.transfer("a", frozenset(), now=1)
     assert moved.request_id == "a" and moved.backend_id != grant.backend_id
-    assert scheduler.transfer("a", frozenset(), now=2).backend_id == grant.backend_id  # back, the first is free again
-    assert scheduler.transfer("a", frozenset({1, 2}), now=3) is None
-    assert not scheduler.release("a", 10, now=4)  # the failed transfer already freed it
-    scheduler.submit("b", "u", 1.0, "m", 10, now=5)
-    assert len(scheduler.dispatch(5)) == 1
+    assert scheduler.transfer("a", frozenset({grant.backend_id}), now=2) is None  # nowhere else: keeps its slot
+    scheduler.submit("b", "u", 1.0, "m", 10, now=3)
+    (second,) = scheduler.dispatch(3)
+    assert second.backend_id == grant.backend_id  # the first backend's slot was freed by the move
+    assert scheduler.transfer("a", frozenset(), now=4) is None  # both busy
+    assert scheduler.release("a", 10, now=5) and not scheduler.release("a", 10, now=6)
