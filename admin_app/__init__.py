@@ -8,7 +8,7 @@ from __future__ import annotations
 from flask import Flask
 from flask_wtf.csrf import CSRFProtect
 
-from admin_app import admin_api, auth, commands, dashboard, db, public
+from admin_app import accounts_api, admin_api, audit_api, auth, commands, dashboard, db, public
 from admin_app.config import ensure_secret_key, settings_from_environment
 
 csrf = CSRFProtect()
@@ -33,7 +33,10 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.register_blueprint(public.bp)
     app.register_blueprint(auth.bp)
     app.register_blueprint(dashboard.bp)
-    # Key-authenticated calls carry no cookie to forge; session calls are CSRF-checked in `admin_required`.
-    csrf.exempt(admin_api.bp)
-    app.register_blueprint(admin_api.bp)
+    # Key-authenticated calls carry no cookie to forge; session calls are CSRF-checked in `authenticate`
+    # (and the quota-request form by its own form token).
+    csrf.exempt(dashboard.request_quota)
+    for api in (admin_api.bp, accounts_api.bp, audit_api.bp):
+        csrf.exempt(api)
+        app.register_blueprint(api)
     return app

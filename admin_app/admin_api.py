@@ -1,4 +1,9 @@
-"""The admin API (JSON): backends, authorised by an admin's API key or an admin's browser session."""
+"""The admin API (JSON): who may call it, its error shape, and the backends.
+
+Users, keys and quotas live in `accounts_api`, the audit log in `audit_api`; all share the
+authorisation (`admin_required`: an admin's API key or an admin's browser session with CSRF)
+and the OpenAI-shaped errors defined here.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from werkzeug.exceptions import HTTPException
 from wtforms.validators import ValidationError
 
 from admin_app.admin_actions import record_action
+from admin_app.api_values import FieldError
 from admin_app.backends import (
     RegistrationError,
     backend_json,
@@ -23,14 +29,8 @@ from admin_app.key_auth import KeyVerifier, key_from_request
 from store.db import database
 from store.models import Backend, BackendModel
 
-bp = Blueprint("admin_api", __name__, url_prefix="/admin")
 VERIFIER = "mindrouter.key_verifier"
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
-
-
-@bp.record_once
-def _create_key_verifier(state) -> None:
-    state.app.extensions[VERIFIER] = KeyVerifier()
 
 
 def api_error(status: int, message: str, type_: str, code: str, param: str | None = None):
@@ -43,14 +43,55 @@ def api_error(status: int, message: str, type_: str, code: str, param: str | Non
     return response
 
 
-@bp.errorhandler(HTTPException)
-def _http_error(error: HTTPException):
+def field_error(error: FieldError):
+    """A body field or query filter that could not be accepted: 400 or 422, naming the field."""
+    return api_error(error.status, str(error), "invalid_request_error", error.code, error.param)
+
+
+def not_found(message: str, code: str):
+    return api_error(404, message, "not_found_error", code)
+
+
+def conflict(message: str, code: str):
+    return api_error(409, message, "conflict_error", code)
+
+
+def http_error_as_json(error: HTTPException):
     return api_error(
         error.code or 500, error.description, "invalid_request_error", error.name.lower().replace(" ", "_")
     )
 
 
-def _authenticate():
+def json_api_blueprint(name: str, import_name: str) -> Blueprint:
+    """A blueprint under /admin whose errors, raised or returned, all come in the API's JSON shape.
+    Register it CSRF-exempt: `authenticate` checks CSRF itself for session calls."""
+    blueprint = Blueprint(name, import_name, url_prefix="/admin")
+    blueprint.register_error_handler(HTTPException, http_error_as_json)
+    blueprint.register_error_handler(FieldError, field_error)
+    return blueprint
+
+
+bp = json_api_blueprint("admin_api", __name__)
+
+
+@bp.record_once
+def _create_key_verifier(state) -> None:
+    state.app.extensions[VERIFIER] = KeyVerifier()
+
+
+def json_body(required: bool = True, shape: str = "a JSON object") -> dict:
+    """The request's JSON object; an empty body is `{}` where nothing is required."""
+    body = request.get_json(force=True, silent=True)
+    if body is None:
+        if not required and not request.get_data():
+            return {}
+        raise FieldError(f"request body must be JSON: {shape}", status=400, code="invalid_json")
+    if not isinstance(body, dict):
+        raise FieldError(f"request body must be a JSON object: {shape}", status=400, code="invalid_json")
+    return body
+
+
+def authenticate():
     """The acting user, or the error response: a key when one is sent, else the browser session."""
     key = key_from_request(request)
     if key is not None:
@@ -82,12 +123,26 @@ def _authenticate():
     return current_user.user, None
 
 
+def user_required(view):
+    """Any active user, by API key or session (with CSRF on writes), reaches `view`; `g.actor` is that user."""
+
+    @functools.wraps(view)
+    def wrapped(**kwargs):
+        user, error = authenticate()
+        if error is not None:
+            return error
+        g.actor = user
+        return view(**kwargs)
+
+    return wrapped
+
+
 def admin_required(view):
     """Only an active admin, by API key or session, reaches `view`; `g.actor` is that admin."""
 
     @functools.wraps(view)
     def wrapped(**kwargs):
-        user, error = _authenticate()
+        user, error = authenticate()
         if error is not None:
             return error
         if user.role != "admin":

@@ -1,23 +1,27 @@
-"""Operator commands: `flask --app admin_app db upgrade | seed | users create | keys create`."""
+"""Operator commands: `flask --app admin_app db upgrade | seed | users create | keys create | audit prune`."""
 
 from __future__ import annotations
 
 import click
-from flask import Flask
+from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
 
 import migrations
 from admin_app.accounts import DEV_USERS, AccountError, create_user, issue_key
+from admin_app.admin_actions import record_action
+from admin_app.api_values import iso_utc
 from admin_app.db import app_database
-from store.models import ROLES, User
+from admin_app.retention import DEFAULT_BATCH_SIZE, count_prunable, parse_age, prune_audit
+from store.models import ROLES, User, utcnow
 
 db_cli = AppGroup("db", help="Database schema.")
 users_cli = AppGroup("users", help="Users.")
 keys_cli = AppGroup("keys", help="API keys.")
+audit_cli = AppGroup("audit", help="The audit log of requests.")
 
 
 def init_app(app: Flask) -> None:
-    for group in (db_cli, users_cli, keys_cli):
+    for group in (db_cli, users_cli, keys_cli, audit_cli):
         app.cli.add_command(group)
     app.cli.add_command(seed_command)
 
@@ -81,3 +85,48 @@ def create_key_command(name: str, label: str) -> None:
         raise click.ClickException(str(error)) from None
     click.echo(f"API key for {user.username}; it is shown only this once, store it now:", err=True)
     click.echo(key)
+
+
+def _age(_ctx, _param, value: str):
+    try:
+        return value, parse_age(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+
+
+@audit_cli.command("prune")
+@click.option(
+    "--older-than",
+    "age",
+    required=True,
+    callback=_age,
+    help="Remove requests older than this: days (365d) or hours (48h).",
+)
+@click.option("--batch-size", default=DEFAULT_BATCH_SIZE, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--dry-run", is_flag=True, help="Count what would be removed; remove nothing.")
+def prune_command(age: tuple, batch_size: int, dry_run: bool) -> None:
+    """Remove old requests, their bodies and artifact links, and every artifact (and its file) that
+    no remaining request uses."""
+    _require_current_schema()
+    text, delta = age
+    cutoff = utcnow() - delta
+    if dry_run:
+        counts = count_prunable(cutoff)
+        click.echo(
+            f"would remove {counts.requests} requests, {counts.bodies} bodies, {counts.artifact_links} "
+            f"artifact links and {counts.artifacts} artifacts (created before {iso_utc(cutoff)})"
+        )
+        return
+    counts = prune_audit(cutoff, current_app.config["ARTIFACT_STORAGE_PATH"], batch_size)
+    record_action(
+        None,
+        "audit.prune",
+        "requests",
+        before={"older_than": text, "cutoff": iso_utc(cutoff)},
+        after=counts.as_dict(),
+    )
+    click.echo(
+        f"removed {counts.requests} requests, {counts.bodies} bodies, {counts.artifact_links} artifact links "
+        f"and {counts.artifacts} artifacts ({counts.files} files; {counts.missing_files} already missing) "
+        f"created before {iso_utc(cutoff)}"
+    )

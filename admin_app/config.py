@@ -11,6 +11,8 @@ from store.db import DEFAULT_DATABASE_URL
 from store.environment import read_env_file
 
 TRUTHY = {"1", "true", "yes", "on"}
+DEFAULT_TOKEN_BUDGET = 100_000
+DEFAULT_ARTIFACT_STORAGE_PATH = "data/artifacts"
 
 
 class ConfigError(RuntimeError):
@@ -26,7 +28,28 @@ def settings_from_environment(
         "DATABASE_URL": env.get("DATABASE_URL") or DEFAULT_DATABASE_URL,
         "SECRET_KEY": env.get("SECRET_KEY") or None,
         "DEBUG": env.get("FLASK_DEBUG", "").lower() in TRUTHY,
+        "DEFAULT_TOKEN_BUDGET": _token_budget(env.get("DEFAULT_TOKEN_BUDGET")),
+        # Absolute, because Flask resolves relative directories against the package, not the
+        # working directory the operator started from (where the gateway writes its files).
+        "ARTIFACT_STORAGE_PATH": os.path.abspath(
+            env.get("ARTIFACT_STORAGE_PATH") or DEFAULT_ARTIFACT_STORAGE_PATH
+        ),
     }
+
+
+def _token_budget(value: str | None) -> int:
+    if not value:
+        return DEFAULT_TOKEN_BUDGET
+    try:
+        budget = int(value)
+    except ValueError:
+        budget = -1
+    if budget < 0:
+        raise ConfigError(
+            f"DEFAULT_TOKEN_BUDGET must be a whole number of tokens of at least 0, not {value!r} "
+            f"(the default is {DEFAULT_TOKEN_BUDGET})"
+        )
+    return budget
 
 
 def ensure_secret_key(config) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import peewee
 from flask import Flask, abort, current_app
 from flask.signals import appcontext_pushed
 
@@ -12,11 +13,19 @@ EXTENSION = "mindrouter.database"
 
 
 def init_app(app: Flask) -> None:
-    app.extensions[EXTENSION] = open_database(app.config["DATABASE_URL"])
+    db = open_database(app.config["DATABASE_URL"])
+    if isinstance(db, peewee.SqliteDatabase):
+        # SQLite's own LOWER folds ASCII only, MariaDB's all of Unicode; the audit search needs them to agree.
+        db.register_function(_unicode_lower, "lower", 1, deterministic=True)
+    app.extensions[EXTENSION] = db
     app.extensions[EXTENSION + ".schema_checked"] = False
     appcontext_pushed.connect(_bind_store, app)
     app.before_request(_require_current_schema)
     app.teardown_appcontext(_close_connection)
+
+
+def _unicode_lower(value):
+    return value.lower() if isinstance(value, str) else value
 
 
 def app_database(app: Flask | None = None):
