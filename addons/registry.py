@@ -64,6 +64,7 @@ class BackendView:
     shown: dict[tuple, tuple] = field(default_factory=dict)  # Ollama /api/show answers by (model, digest)
     recorded_state: tuple | None = None  # what the database last heard from this process
     sampled_at: float = 0.0
+    refresh_seen: object = None  # the last admin refresh request acted on
 
     def state(self) -> tuple:
         return self.healthy, self.last_error, tuple(sorted((m.name, m.resident) for m in self.models.values()))
@@ -206,6 +207,12 @@ class BackendRegistry:
             view.max_concurrent, view.enabled = row["max_concurrent"], row["enabled"]
             view.draining, view.priority = row["draining"], row["priority"]
             view.telemetry_url, view.gpu_indices = row["telemetry_url"], gpu_indices(row["gpu_indices"] or "")
+            if row["refresh_requested_at"] != view.refresh_seen:
+                if view.refresh_seen is not None or row["id"] in self.views:
+                    log.info("backend %s: refresh asked for; forgetting its failures and descriptions", view.name)
+                view.refresh_seen = row["refresh_requested_at"]
+                view.breaker.succeeded()
+                view.shown.clear()
             current[row["id"]] = view
         self.views = current
 

@@ -26,8 +26,9 @@ from admin_app.backends import (
     validate_registration,
 )
 from admin_app.key_auth import KeyVerifier, key_from_request
+from admin_app.queue import QUEUE_SNAPSHOT_MAX_AGE, live_queue
 from store.db import database
-from store.models import Backend, BackendModel
+from store.models import Backend, BackendModel, utcnow
 
 VERIFIER = "mindrouter.key_verifier"
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
@@ -219,32 +220,49 @@ def register_backend():
     )
 
 
-def _set_enabled(backend_id: int, enabled: bool):
+def _change_backend(backend_id: int, action: str, **columns):
+    """Set only these columns (the gateway writes health and models to the same row concurrently)."""
     backend, error = _backend_or_404(backend_id)
     if error is not None:
         return error
     before = backend_state(backend)
     with database.atomic():
-        # Only this column: the gateway writes health and latency to the same row concurrently.
-        Backend.update(enabled=enabled).where(Backend.id == backend.id).execute()
+        Backend.update(**columns).where(Backend.id == backend.id).execute()
         backend = Backend.get_by_id(backend.id)
-        record_action(
-            g.actor,
-            "backend.enable" if enabled else "backend.disable",
-            f"backend:{backend.id}",
-            before=before,
-            after=backend_state(backend),
-        )
+        record_action(g.actor, action, f"backend:{backend.id}", before=before, after=backend_state(backend))
     return jsonify(backend_json(backend, _models_of(backend)))
 
 
 @bp.post("/backends/<int:backend_id>/enable")
 @admin_required
 def enable_backend(backend_id: int):
-    return _set_enabled(backend_id, True)
+    """Back in rotation: enabled, and no longer draining."""
+    return _change_backend(backend_id, "backend.enable", enabled=True, draining=False)
 
 
 @bp.post("/backends/<int:backend_id>/disable")
 @admin_required
 def disable_backend(backend_id: int):
-    return _set_enabled(backend_id, False)
+    """Out of rotation at once; requests already running on it finish."""
+    return _change_backend(backend_id, "backend.disable", enabled=False)
+
+
+@bp.post("/backends/<int:backend_id>/drain")
+@admin_required
+def drain_backend(backend_id: int):
+    """No new requests; the running ones finish (then disable it for maintenance)."""
+    return _change_backend(backend_id, "backend.drain", draining=True)
+
+
+@bp.post("/backends/<int:backend_id>/refresh")
+@admin_required
+def refresh_backend(backend_id: int):
+    """Ask the gateways to re-examine it now: poll it afresh and forget its circuit breaker's failures."""
+    return _change_backend(backend_id, "backend.refresh", refresh_requested_at=utcnow())
+
+
+@bp.get("/queue")
+@admin_required
+def queue():
+    """The live queue of every gateway, from the snapshots they write every second."""
+    return jsonify({"gateways": live_queue(QUEUE_SNAPSHOT_MAX_AGE)})

@@ -10,7 +10,9 @@ from urllib.parse import urlsplit
 
 from store.models import ENGINES, Backend, BackendModel
 
-REGISTRATION_FIELDS = ("name", "url", "engine", "max_concurrent", "gpu_memory_gb", "priority")
+REGISTRATION_FIELDS = (
+    "name", "url", "engine", "max_concurrent", "gpu_memory_gb", "priority", "telemetry_url", "gpu_indices",
+)
 REQUIRED_FIELDS = ("name", "url", "engine")
 MAX_CONCURRENT_LIMIT = 10_000
 PRIORITY_LIMIT = 1_000_000
@@ -55,6 +57,9 @@ def backend_state(backend: Backend) -> dict:
         "last_checked_at": _timestamp(backend.last_checked_at),
         "last_error": backend.last_error,
         "created_at": _timestamp(backend.created_at),
+        "telemetry_url": backend.telemetry_url,
+        "gpu_indices": [int(i) for i in backend.gpu_indices.split(",") if i],
+        "refresh_requested_at": _timestamp(backend.refresh_requested_at),
     }
 
 
@@ -99,7 +104,18 @@ def validate_registration(body) -> dict:
         fields["gpu_memory_gb"] = _non_negative_number("gpu_memory_gb", body["gpu_memory_gb"])
     if body.get("priority") is not None:
         fields["priority"] = _int("priority", body["priority"], -PRIORITY_LIMIT, PRIORITY_LIMIT)
+    if body.get("telemetry_url") is not None:
+        fields["telemetry_url"] = _url(body["telemetry_url"], "telemetry_url")
+    if body.get("gpu_indices") is not None:
+        fields["gpu_indices"] = _gpu_indices(body["gpu_indices"])
     return fields
+
+
+def _gpu_indices(value) -> str:
+    """A list of GPU indices on the backend's node, stored as "0,1"."""
+    if not isinstance(value, list) or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 64 for i in value):
+        raise RegistrationError("'gpu_indices' must be a list of GPU indices like [0, 1]", param="gpu_indices")
+    return ",".join(str(index) for index in sorted(set(value)))
 
 
 def _name(value) -> str:
@@ -111,23 +127,23 @@ def _name(value) -> str:
     return name
 
 
-def _url(value) -> str:
+def _url(value, field: str = "url") -> str:
     if not isinstance(value, str):
-        raise RegistrationError("'url' must be a string like http://host:11434", param="url")
+        raise RegistrationError(f"{field!r} must be a string like http://host:11434", param=field)
     url = value.strip().rstrip("/")
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 -- raises ValueError on a port that is not a number in range
     except ValueError:
-        raise RegistrationError(f"'url' {value!r} is not a valid URL", param="url") from None
+        raise RegistrationError(f"{field!r} {value!r} is not a valid URL", param=field) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise RegistrationError(
-            f"'url' {value!r} must be http:// or https:// with a host, like http://gpu1:11434", param="url"
+            f"{field!r} {value!r} must be http:// or https:// with a host, like http://gpu1:11434", param=field
         )
     if parts.query or parts.fragment:
-        raise RegistrationError(f"'url' {value!r} must not have a query or fragment", param="url")
+        raise RegistrationError(f"{field!r} {value!r} must not have a query or fragment", param=field)
     if len(url) > Backend.url.max_length:
-        raise RegistrationError(f"'url' is longer than {Backend.url.max_length} characters", param="url")
+        raise RegistrationError(f"{field!r} is longer than {Backend.url.max_length} characters", param=field)
     return url
 
 

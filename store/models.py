@@ -98,6 +98,7 @@ class Backend(BaseModel):
     created_at = peewee.DateTimeField(default=utcnow)
     telemetry_url = peewee.CharField(max_length=512, null=True)  # the node's telemetry_agent, if it runs one
     gpu_indices = peewee.CharField(max_length=64, default="")  # "0,1": this backend's GPUs on that node
+    refresh_requested_at = peewee.DateTimeField(null=True)  # an admin asked the gateways to re-examine it
 
 
 class BackendModel(BaseModel):

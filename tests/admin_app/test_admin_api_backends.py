@@ -185,3 +185,40 @@ def test_enable_or_disable_an_unknown_backend_is_404(client, admin_headers, verb
     assert response.status_code == 404
     assert response.get_json()["error"]["code"] == "backend_not_found"
     assert not AdminAction.select().where(AdminAction.action.startswith("backend.")).exists()
+
+
+def test_a_registration_may_name_its_node_agent_and_gpus(register):
+    body = register({**GPU1, "telemetry_url": "http://gpu1:8007/", "gpu_indices": [1, 0]}).get_json()
+    assert body["telemetry_url"] == "http://gpu1:8007" and body["gpu_indices"] == [0, 1]
+    with pytest.raises(RegistrationError, match="gpu_indices"):
+        validate_registration({**GPU1, "gpu_indices": "0,1"})
+
+
+def test_drain_refresh_and_enable_change_only_their_columns_and_are_audited(register, client, admin_headers):
+    backend = register(GPU1).get_json()
+    drained = client.post(f"/admin/backends/{backend['id']}/drain", headers=admin_headers).get_json()
+    assert drained["draining"] is True and drained["enabled"] is True
+    refreshed = client.post(f"/admin/backends/{backend['id']}/refresh", headers=admin_headers).get_json()
+    assert refreshed["refresh_requested_at"] is not None and refreshed["draining"] is True
+    enabled = client.post(f"/admin/backends/{backend['id']}/enable", headers=admin_headers).get_json()
+    assert enabled["draining"] is False and enabled["enabled"] is True
+    actions = [a.action for a in AdminAction.select().order_by(AdminAction.id)]
+    assert actions[-3:] == ["backend.drain", "backend.refresh", "backend.enable"]
+    assert client.post("/admin/backends/999/drain", headers=admin_headers).status_code == 404
+
+
+def test_the_queue_shows_each_gateways_live_snapshot_with_usernames(client, admin_headers, admin):
+    from store.models import QueueSnapshot, User, utcnow
+
+    student = User.create(username="sam", role="student")
+    snapshot = {"waiting": 2, "in_flight": 1,
+                "queues": [{"user_id": student.id, "model": "llama3.2", "waiting": 2, "in_flight": 1,
+                            "deficit": 0.0, "oldest_wait_s": 1.5}],
+                "users": [{"user_id": student.id, "weight": 1.0, "burst_credit": 250.0, "debt": 0.0}],
+                "backends": [{"backend_id": 1, "in_flight": 1, "max_concurrent": 4}]}
+    QueueSnapshot.create(gateway="gw-1:8000", taken_at=utcnow(), data=json.dumps(snapshot))
+    QueueSnapshot.create(gateway="gw-stopped:8000", taken_at=utcnow().replace(year=2020), data=json.dumps(snapshot))
+    body = client.get("/admin/queue", headers=admin_headers).get_json()
+    assert [g["gateway"] for g in body["gateways"]] == ["gw-1:8000"]
+    (row,) = body["gateways"][0]["queues"]
+    assert (row["username"], row["waiting"], row["burst_credit"], row["oldest_wait_s"]) == ("sam", 2, 250.0, 1.5)

@@ -13,8 +13,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sim import generation
 from sim.stack import PYTHON, Service, free_port, wait_until
-from store import init_database
-from store.models import Backend
 from tests.support.cluster import NO_LIMITS, start_cluster
 
 MODEL = "llama3.2"
@@ -46,6 +44,10 @@ def fleet(tmp_path_factory):
     for node in nodes.values():
         node.stop()
     stack.stop()
+
+
+def admin(stack) -> dict[str, str]:
+    return {"Authorization": f"Bearer {stack.keys['admin']}"}
 
 
 def ready_backends(stack) -> set[str]:
@@ -178,8 +180,8 @@ def test_a_draining_backend_finishes_its_streams_and_gets_no_new_requests(fleet)
         async with httpx.AsyncClient(timeout=60) as client:
             running = [asyncio.create_task(ollama_stream(client, fleet, f"long running {i}")) for i in range(3)]
             await asyncio.sleep(0.3)
-            init_database(fleet.env["DATABASE_URL"])
-            Backend.update(draining=True).where(Backend.id == node_b.backend_id).execute()
+            drained = httpx.post(f"{fleet.gateway_url}/admin/backends/{node_b.backend_id}/drain", headers=admin(fleet))
+            assert drained.json()["draining"] is True
             wait_until(lambda: "node-b" not in ready_backends(fleet), 10, "node-b draining")
             served_before = httpx.get(f"{node_b.url}/_sim/stats").json()["requests"].get("/api/generate", 0)
             refused = await client.post(f"{fleet.gateway_url}/api/generate", json={"model": MODEL, "prompt": "new"},
@@ -191,4 +193,22 @@ def test_a_draining_backend_finishes_its_streams_and_gets_no_new_requests(fleet)
     assert all(result["done"] and result["error"] is None for result in finished)
     assert refused.status_code == 503 and "Retry-After" in refused.headers
     assert httpx.get(f"{node_b.url}/_sim/stats").json()["requests"].get("/api/generate", 0) == served_before
-    Backend.update(draining=False).where(Backend.id == node_b.backend_id).execute()
+    httpx.post(f"{fleet.gateway_url}/admin/backends/{node_b.backend_id}/enable", headers=admin(fleet))
+    wait_until(lambda: "node-b" in ready_backends(fleet), 10, "node-b back after enable")
+
+
+def test_refresh_brings_a_repaired_node_back_before_its_breaker_cooldown(fleet):
+    """node-a died in the first test and its breaker is open for 300 s; an admin repairs it and refreshes it."""
+    node_a = fleet.nodes["node-a"]
+    assert "node-a" not in ready_backends(fleet)
+    port = node_a.url.rsplit(":", 1)[1]
+    repaired = Service("node-a-repaired", [PYTHON, "-m", "sim", "ollama", "--port", port, "--models", MODEL],
+                       {}, node_a.log_path.parent)
+    try:
+        repaired.wait_http(f"{node_a.url}/api/version")
+        time.sleep(3)  # polls see it answer again, but the open breaker keeps it out
+        assert "node-a" not in ready_backends(fleet)
+        httpx.post(f"{fleet.gateway_url}/admin/backends/{node_a.backend_id}/refresh", headers=admin(fleet))
+        wait_until(lambda: "node-a" in ready_backends(fleet), 10, "node-a back in rotation")
+    finally:
+        repaired.stop()

@@ -75,8 +75,9 @@ def test_backend_telemetry_columns_are_added_to_a_database_made_before_them(any_
 
     db = init_database(any_database_url)
     migrations.upgrade(db)
-    migrate(*(migrations.migrator_for(db).drop_column("backend", name) for name in ("telemetry_url", "gpu_indices")))
+    added = ("telemetry_url", "gpu_indices", "refresh_requested_at")
+    migrate(*(migrations.migrator_for(db).drop_column("backend", name) for name in added))
     migrations.SchemaMigration.bind(db)
     migrations.SchemaMigration.delete().where(migrations.SchemaMigration.version >= 2).execute()
     assert [m.version for m in migrations.upgrade(db)][:1] == [2]
-    assert {"telemetry_url", "gpu_indices"} <= {column.name for column in db.get_columns("backend")}
+    assert set(added) <= {column.name for column in db.get_columns("backend")}
