@@ -17,6 +17,7 @@ def start_cluster(work_dir: Path, database_url: str, gateway_options: tuple[str,
                   environment: dict[str, str] | None = None, **stack_options) -> Stack:
     env = {
         "DEFAULT_TOKEN_BUDGET": str(10**12),
+        "TELEMETRY_SECRET": secrets.token_hex(16),
         **(environment or {}),
         "DATABASE_URL": database_url,
         "SECRET_KEY": secrets.token_hex(16),
