@@ -223,6 +223,9 @@ class Gate:
         for at most scheduler_max_wait_s; then its slot is given back and the request is over.
         """
         grant = self.scheduler.transfer(context.request_id, exclude, time.monotonic())
+        if grant is None and not any(view.id not in exclude for view in self.registry.serving(context.model)):
+            self.release(context)  # no other backend serves the model: the failure is the answer
+            return None
         if grant is None:
             moved = asyncio.get_running_loop().create_future()
             self.transfers[context.request_id] = (exclude, moved)

@@ -16,6 +16,11 @@ UPSTREAM_ATTEMPTS = Counter(
     "mindrouter_upstream_attempts_total", "Requests sent to a backend, by backend and outcome (ok, failed).",
     ["backend", "outcome"],
 )
+REFUSALS = Counter(
+    "mindrouter_policy_refusals_total",
+    "Requests refused by policy, by reason (rate_limit_exceeded, concurrency_limit_exceeded, insufficient_quota) "
+    "and user role.", ["reason", "role"],
+)
 FAILOVERS = Counter("mindrouter_failovers_total", "Requests moved to another backend before the first byte.", ["model"])
 TOKENS = Counter(
     "mindrouter_tokens_total", "Tokens the backends reported, by model, user role and direction (prompt, completion).",

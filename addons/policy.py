@@ -29,9 +29,10 @@ Where the counters live: in process without `REDIS_URL`; in Redis with it (`addo
 the key layout), so every gateway sharing that Redis enforces the same limits and budgets. What a
 request holds in Redis is a lease renewed every `policy_lease_ttl_s / 3` while it runs: a killed
 gateway's slots and reservations vanish within `policy_lease_ttl_s`. If Redis fails (refused,
-timed out), every limit falls back to this process's own counters for `redis_retry_s` and a warning
-is logged: each gateway then enforces the limits alone, rather than failing every request or
-letting all through.
+timed out after `redis_timeout_ms`) during admission, every limit falls back to this process's own
+counters for `redis_retry_s` and a warning is logged: each gateway then enforces the limits alone
+(budgets from the database's `used`), rather than failing every request or letting all through.
+A failed release, settle or renewal only logs: what it was about expires with its lease.
 
 Budgets come from the database (`Quota` rows, created on first use for the month with
 `budget_for(role, override, DEFAULT_TOKEN_BUDGET)`), read off the event loop and re-read every
@@ -46,7 +47,7 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import peewee
@@ -64,14 +65,14 @@ from addons.limits import (
     connect,
     quota_keys_expire_at,
 )
+from addons.metrics import REFUSALS
 from addons.replies import reply_error
 from addons.settings import Environment
 from addons.writer import StoreWriter
 from scheduler.cost import expected_cost
 from scheduler.limits import UNLIMITED, limit_for, parse_role_limits, retry_after_header
 from scheduler.quota import budget_for, next_period_start, period_of
-from store import database
-from store.models import ROLES, Quota, utcnow
+from store.models import ROLES, Quota, get_or_create_quota, utcnow
 from translators.canonical import CanonicalRequest
 from translators.errors import GatewayError
 
@@ -87,6 +88,9 @@ SHARED_FAILURES = (redis.RedisError, OSError, TimeoutError)
 # from the database the next time its user comes back).
 LEDGER_IDLE_S = 3600
 BUDGET_QUERY_CHUNK = 500
+# The heartbeat stops renewing a request's Redis leases after this long: should a request ever end
+# without mitmproxy telling us, its slot then frees itself instead of being renewed for ever.
+LEASE_RENEWAL_LIMIT_S = 4 * 3600
 # Whole numbers: mitmproxy's `--set` cannot parse a float option.
 POSITIVE_OPTIONS = ("rate_limit_window_s", "policy_lease_ttl_s", "quota_refresh_s", "redis_timeout_ms", "redis_retry_s")
 
@@ -105,6 +109,7 @@ class Admission:
     period: str = ""
     reserved: int = 0
     settled: bool = False
+    admitted_at: float = field(default_factory=time.monotonic)
 
 
 def request_cost(canonical: CanonicalRequest) -> int:
@@ -121,19 +126,9 @@ def tokens_to_charge(context: RequestContext, admission: Admission, delivered: b
 
 
 def load_quota(user_id: int, role: str, override: int | None, period: str, default_budget: int) -> tuple[int, int]:
-    """(budget, used) of the user's row for `period`, created with the role's budget if there is none.
-
-    Runs in a worker thread. Safe against a concurrent creator (another gateway, the admin app):
-    whoever loses the race on the unique (user, period) index reads the winner's row.
-    """
-    where = (Quota.user == user_id) & (Quota.period == period)
-    row = Quota.get_or_none(where)
-    if row is None:
-        try:
-            with database.atomic():
-                row = Quota.create(user=user_id, period=period, budget=budget_for(role, override, default_budget))
-        except peewee.IntegrityError:
-            row = Quota.get(where)
+    """(budget, used) of the user's row for `period`, created with the role's budget if there is none
+    (race-safe against another gateway or the admin app). Runs in a worker thread."""
+    row = get_or_create_quota(user_id, period, budget_for(role, override, default_budget))
     return row.budget, row.used
 
 
@@ -271,6 +266,7 @@ class Policy:
         if refusal is not None:
             self.settle(admission, 0)  # give back what the earlier steps took
             log.info("request %s refused: %s", context.request_id, refusal.message)
+            REFUSALS.labels(refusal.code, context.principal.role).inc()
             reply_error(flow, context.dialect, refusal)
 
     async def admit(self, admission: Admission, principal: Principal, cost: int) -> GatewayError | None:
@@ -372,9 +368,17 @@ class Policy:
         return self.local, await run(self.local)
 
     def shared_failed(self, what: str, exc: BaseException) -> None:
+        """An admission step failed on Redis: count in this process for a while instead of paying timeouts."""
         self.shared_retry_at = time.monotonic() + ctx.options.redis_retry_s
         log.warning("Redis failed during %s (%s: %s); counting limits in this process for %g s",
                     what, type(exc).__name__, exc, ctx.options.redis_retry_s)
+
+    @staticmethod
+    def shared_missed(what: str, exc: BaseException) -> None:
+        """A settle or background call failed on Redis: what it was about expires with its lease anyway.
+        It does not switch admissions to in-process counters; only an admission step's own failure does."""
+        log.warning("Redis failed during %s (%s: %s); leases left there expire on their own",
+                    what, type(exc).__name__, exc)
 
     # ---- settling --------------------------------------------------------------------------------
 
@@ -422,7 +426,7 @@ class Policy:
         except SHARED_FAILURES as exc:
             if not store.shared:
                 raise
-            self.shared_failed(what, exc)
+            self.shared_missed(what, exc)
 
     # ---- background ------------------------------------------------------------------------------
 
@@ -432,6 +436,7 @@ class Policy:
             await asyncio.sleep(ctx.options.policy_lease_ttl_s / 3)
             if self.shared is None:
                 continue
+            self.forget_ancient_admissions()
             slots = [(a.user_id, a.lease) for a in self.held.values() if a.slot_store is self.shared]
             reservations = [(a.user_id, a.period, a.lease) for a in self.held.values() if a.quota_store is self.shared]
             if not slots and not reservations:
@@ -440,12 +445,19 @@ class Policy:
                 async with asyncio.timeout(2 * self.redis_timeout_s):
                     renewed = await self.shared.renew(slots, reservations, ctx.options.policy_lease_ttl_s)
             except SHARED_FAILURES as exc:
-                self.shared_failed("lease renewal", exc)
+                self.shared_missed("lease renewal", exc)
                 continue
             if renewed < len(slots) + len(reservations):
                 log.warning("%d of %d Redis leases had expired before their renewal (a stall longer than "
                             "policy_lease_ttl_s?)", len(slots) + len(reservations) - renewed,
                             len(slots) + len(reservations))
+
+    def forget_ancient_admissions(self) -> None:
+        oldest = time.monotonic() - LEASE_RENEWAL_LIMIT_S
+        for lease in [lease for lease, a in self.held.items() if a.admitted_at < oldest]:
+            log.warning("request %s: running for over %d s; its Redis leases are no longer renewed",
+                        lease, LEASE_RENEWAL_LIMIT_S)
+            del self.held[lease]
 
     async def refresh_forever(self) -> None:
         while True:
@@ -475,7 +487,7 @@ class Policy:
                     await self.shared.set_budgets(by_key)
                     store, standings = self.shared, await self.shared.standings(keys)
             except SHARED_FAILURES as exc:
-                self.shared_failed("budget refresh", exc)
+                self.shared_missed("budget refresh", exc)
         if standings is None:
             standings = await self.local.standings(keys)
         for key, ledger in standings.items():

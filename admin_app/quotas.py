@@ -1,6 +1,6 @@
 """Token quotas in the store: a user's row for a period, made by whoever needs it first, and quota requests.
 
-Nothing here imports Flask: the default budget is passed in. `get_or_create_quota` is the one helper
+Nothing here imports Flask: the default budget is passed in. `store.models.get_or_create_quota` is the one helper
 the gateway shares (it reserves against the same rows the admin app shows and tops up).
 """
 
@@ -15,7 +15,7 @@ from admin_app.admin_actions import record_action
 from admin_app.api_values import iso_utc
 from scheduler.quota import Ledger, budget_for, period_of
 from store.db import database
-from store.models import Quota, QuotaRequest, User, utcnow
+from store.models import Quota, QuotaRequest, User, get_or_create_quota, latest_committed, utcnow
 
 QUOTA_REQUEST_STATUSES = ("pending", "approved", "denied")
 MAX_PENDING_REQUESTS = 5
@@ -31,33 +31,6 @@ class QuotaConflict(RuntimeError):
 def base_budget(user: User, default_budget: int) -> int:
     """The user's monthly budget before any approved top-up: role × default, or the override."""
     return budget_for(user.role, user.token_budget_override, default_budget)
-
-
-def _latest_committed(query: peewee.Select) -> peewee.Select:
-    # Inside a transaction InnoDB (REPEATABLE READ) answers a plain SELECT from the snapshot of the
-    # transaction's first read, which may predate a row another connection just committed; a locking
-    # read sees it. SQLite lets one writer in at a time and has no FOR UPDATE.
-    if isinstance(database.obj, peewee.MySQLDatabase):
-        return query.for_update()
-    return query
-
-
-def get_or_create_quota(user_id: int, period: str, initial_budget: int) -> Quota:
-    """The quota row of `user_id` for `period` ("YYYY-MM"), created with `initial_budget` if there is
-    none yet (callers pass `budget_for(role, token_budget_override, DEFAULT_TOKEN_BUDGET)`).
-
-    Safe against a concurrent creator (the gateway, another admin-app worker): whoever loses the race
-    on the unique (user, period) index reads the winner's row, inside a transaction too. Needs only
-    peewee and the store, so it can move to `store/` as it is."""
-    where = (Quota.user == user_id) & (Quota.period == period)
-    row = Quota.get_or_none(where)
-    if row is not None:
-        return row
-    try:
-        with database.atomic():  # a savepoint when the caller holds a transaction
-            return Quota.create(user=user_id, period=period, budget=initial_budget)
-    except peewee.IntegrityError:
-        return _latest_committed(Quota.select().where(where)).get()
 
 
 def quota_of(user: User, period: str, default_budget: int) -> Quota:
@@ -121,7 +94,7 @@ def shift_current_budget(user: User, delta: int, now: dt.datetime | None = None)
     top-ups: what a change of role or budget override does to a month already under way.
     Returns (before, after), or None when the period has no row yet (it will start at the new budget)."""
     where = (Quota.user == user.id) & (Quota.period == period_of(now or utcnow()))
-    row = _latest_committed(Quota.select().where(where)).first()
+    row = latest_committed(Quota.select().where(where)).first()
     if row is None or delta == 0:
         return None
     after = max(0, row.budget + delta)

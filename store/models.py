@@ -215,5 +215,31 @@ def active_key_by_prefix(prefix: str) -> ApiKey | None:
     return ApiKey.select(ApiKey, User).join(User).where(ApiKey.prefix == prefix).first()
 
 
+def latest_committed(query: peewee.Select) -> peewee.Select:
+    # Inside a transaction InnoDB (REPEATABLE READ) answers a plain SELECT from the snapshot of the
+    # transaction's first read, which may predate a row another connection just committed; a locking
+    # read sees it. SQLite lets one writer in at a time and has no FOR UPDATE.
+    if isinstance(database.obj, peewee.MySQLDatabase):
+        return query.for_update()
+    return query
+
+
+def get_or_create_quota(user_id: int, period: str, initial_budget: int) -> Quota:
+    """The quota row of `user_id` for `period` ("YYYY-MM"), created with `initial_budget` if there is
+    none yet (callers pass `budget_for(role, token_budget_override, DEFAULT_TOKEN_BUDGET)`).
+
+    Safe against a concurrent creator (a gateway, an admin-app worker): whoever loses the race on the
+    unique (user, period) index reads the winner's row, inside a transaction too."""
+    where = (Quota.user == user_id) & (Quota.period == period)
+    row = Quota.get_or_none(where)
+    if row is not None:
+        return row
+    try:
+        with database.atomic():  # a savepoint when the caller holds a transaction
+            return Quota.create(user=user_id, period=period, budget=initial_budget)
+    except peewee.IntegrityError:
+        return latest_committed(Quota.select().where(where)).get()
+
+
 def enabled_backends() -> list[Backend]:
     return list(Backend.select().where(Backend.enabled == True).order_by(Backend.id))  # noqa: E712

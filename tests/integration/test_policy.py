@@ -81,7 +81,9 @@ def start_gateways(work_dir, redis_prefix: str | None) -> Gateways:
     options = (f"rate_limit_window_s={RATE_WINDOW_S:g}", f"policy_lease_ttl_s={LEASE_TTL_S:g}", "quota_refresh_s=1")
     if redis_prefix:
         env["REDIS_URL"] = REDIS_URL
-        options += (f"redis_key_prefix={redis_prefix}",)
+        # A loaded test machine can stall a Redis reply past the default 500 ms, and a fallback to
+        # in-process counters would split the limits these tests check across gateways.
+        options += (f"redis_key_prefix={redis_prefix}", "redis_timeout_ms=3000")
     ports = {name: free_port() for name in ("gateway", "admin", "ollama", "vllm")}
     stack = start_stack(work_dir, env, ports, options, key_users=("admin",))
     gateways = Gateways(stack, [stack.gateway_url], options, work_dir)

@@ -93,7 +93,7 @@ def test_renewal_reports_live_leases(run_with_store):
 
 
 def test_stores_answer_quickly(run_with_store):
-    """A sanity bound, not a benchmark: one admission's three calls well under a millisecond each locally."""
+    """A sanity bound, not a benchmark (a loaded test machine must pass it too): milliseconds at most."""
     async def scenario(store):
         await store.start_ledger(1, PERIOD, 10**9, 0, EXPIRES)
         started = time.perf_counter()
@@ -103,4 +103,4 @@ def test_stores_answer_quickly(run_with_store):
             await store.reserve(1, PERIOD, 1, f"r{i}", 30)
         return (time.perf_counter() - started) / 600
 
-    assert run_with_store(scenario) < 0.005
+    assert run_with_store(scenario) < 0.02
