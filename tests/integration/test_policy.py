@@ -358,3 +358,26 @@ def test_a_killed_gateway_locks_its_user_out_no_longer_than_the_lease_ttl(redis_
 
     # The dead gateway's reservations went with their leases; the live request settled its own.
     wait_until(lambda: asyncio.run(reserved_now()) == 0, 5, "the dead gateway's reservations to lapse")
+
+
+def test_a_revoked_key_or_disabled_user_is_refused_by_both_gateways_within_5_s(redis_gateways):
+    gateways = redis_gateways
+    admin = {"Authorization": f"Bearer {gateways.stack.keys['admin']}"}
+    for revoke in ("key", "user"):
+        user_id, key = gateways.user("staff")
+        headers = {"Authorization": f"Bearer {key}"}
+        for url in gateways.urls:
+            assert httpx.get(f"{url}/api/tags", headers=headers).status_code == 200  # cached by both
+        gateways.bind()
+        if revoke == "key":
+            key_id = ApiKey.get(ApiKey.prefix == api_keys.key_prefix(key)).id
+            answer = httpx.post(f"{gateways.stack.gateway_url}/admin/keys/{key_id}/revoke", headers=admin)
+        else:
+            answer = httpx.post(f"{gateways.stack.gateway_url}/admin/users/{user_id}", headers=admin,
+                                json={"active": False})
+        assert answer.status_code == 200, answer.text
+        revoked_at = time.monotonic()
+        for url in gateways.urls:
+            wait_until(lambda u=url: httpx.get(f"{u}/api/tags", headers=headers).status_code == 401, 10,
+                       f"{url} to refuse the {revoke}")
+        assert time.monotonic() - revoked_at <= 5
