@@ -231,10 +231,14 @@ class Gate:
             self.transfers[context.request_id] = (exclude, moved)
             try:
                 grant = await asyncio.wait_for(moved, self.scheduler.config.max_wait_s)
-            except (TimeoutError, asyncio.CancelledError):
+            except TimeoutError:
                 self.transfers.pop(context.request_id, None)
                 self.release(context)
                 return None
+            except asyncio.CancelledError:  # the caller left while it waited
+                self.transfers.pop(context.request_id, None)
+                self.release(context)
+                raise
         self.vacate(context.backend)
         context.backend = self.registry.views[grant.backend_id]
         self.occupy(context.backend)

@@ -90,6 +90,8 @@ class Settings:
         except Exception as exc:  # any failure here means the gateway cannot serve
             print(f"mindrouter: cannot start: {exc}", file=sys.stderr)
             sys.stderr.flush()
+            # mitmproxy logs an exception raised while a script loads and goes on serving without the
+            # script: an open proxy with no auth. Leave instead, before any listener takes a request.
             os._exit(2)
 
     def running(self):
