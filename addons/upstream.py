@@ -116,7 +116,8 @@ class Upstream:
         failure: tuple[int, bytes, str | None] = (502, engine_error("no backend answered"), None)
         for _ in range(1 + ctx.options.failover_attempts):
             backend, canonical = context.backend, context.canonical
-            canonical.model = backend.served_name(context.model) or canonical.model
+            if backend.engine == "vllm":  # vLLM knows one spelling; Ollama answers the name as the caller typed it
+                canonical.model = backend.served_name(context.model) or canonical.model
             try:
                 path, payload = build_backend_request(canonical, backend.engine, context.request_id)
             except GatewayError as error:  # this engine cannot take it; another may

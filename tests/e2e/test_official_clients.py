@@ -71,6 +71,7 @@ def test_ollama_chat_returns_the_nodes_answer_and_counts(ollama_client):
     prompt = "Why is the sky blue?"
     answer = ollama_client.chat(model=OLLAMA_CHAT, messages=[{"role": "user", "content": prompt}], stream=False)
     assert answer.message.content == generation.reply_text(OLLAMA_CHAT, prompt)
+    assert answer.model == OLLAMA_CHAT  # as typed, the way Ollama itself answers
     assert answer.done and answer.done_reason == "stop"
     assert answer.prompt_eval_count == chat_prompt_tokens(prompt)
     assert answer.eval_count == len(generation.split_tokens(answer.message.content))
