@@ -13,7 +13,7 @@ from mitmproxy import ctx, http
 from addons.context import context_of
 from addons.replies import reply_error
 from store import api_keys
-from store.models import ApiKey, User, utcnow
+from store.models import ApiKey, User, key_by_prefix, utcnow
 from translators.errors import GatewayError
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ def refusal(key: ApiKey, now: dt.datetime) -> str | None:
 def verify(key: str) -> Principal | str:
     """Database lookup by prefix, then Argon2: runs in a worker thread. Returns a refusal text on failure."""
     prefix = api_keys.key_prefix(key)
-    row = ApiKey.select(ApiKey, User).join(User).where(ApiKey.prefix == prefix).first() if prefix else None
+    row = key_by_prefix(prefix) if prefix else None
     if row is None or not api_keys.verify_key(row.key_hash, key):
         return "invalid API key"
     return refusal(row, utcnow()) or principal_of(row)

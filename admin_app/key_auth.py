@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from flask import Request
 
 from store.api_keys import key_fingerprint, key_prefix, verify_key
-from store.models import User, active_key_by_prefix, utcnow
+from store.models import User, key_by_prefix, utcnow
 
 CACHE_SECONDS = 5.0
 
@@ -43,7 +43,7 @@ class KeyVerifier:
 
     def user_for(self, key: str) -> User | None:
         prefix = key_prefix(key)
-        row = active_key_by_prefix(prefix) if prefix else None
+        row = key_by_prefix(prefix) if prefix else None
         if row is None or row.status != "active" or not row.user.active:
             return None
         if row.expires_at is not None and row.expires_at <= utcnow():

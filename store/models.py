@@ -210,7 +210,7 @@ ALL_MODELS = [
 ]
 
 
-def active_key_by_prefix(prefix: str) -> ApiKey | None:
+def key_by_prefix(prefix: str) -> ApiKey | None:
     """The key row with this prefix joined to its user, whatever its status (the caller decides)."""
     return ApiKey.select(ApiKey, User).join(User).where(ApiKey.prefix == prefix).first()
 
@@ -239,7 +239,3 @@ def get_or_create_quota(user_id: int, period: str, initial_budget: int) -> Quota
             return Quota.create(user=user_id, period=period, budget=initial_budget)
     except peewee.IntegrityError:
         return latest_committed(Quota.select().where(where)).get()
-
-
-def enabled_backends() -> list[Backend]:
-    return list(Backend.select().where(Backend.enabled == True).order_by(Backend.id))  # noqa: E712

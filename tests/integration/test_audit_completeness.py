@@ -80,7 +80,7 @@ def test_every_request_is_audited_after_sigterm(tmp_path):
     served = [sum(a[i] - b[i] for a, b in zip(after, before)) for i in (0, 1)]
     assert [sum(row.prompt_tokens for row in rows), sum(row.completion_tokens for row in rows)] == served
     root = Path(stack.env["ARTIFACT_STORAGE_PATH"])
-    for index, image in images.items():
+    for image in images.values():
         artifact = Artifact.get(Artifact.sha256 == hashlib.sha256(image).hexdigest())
         assert (root / artifact.path).read_bytes() == image
     assert RequestArtifact.select().count() == len(images)

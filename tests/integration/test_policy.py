@@ -378,6 +378,6 @@ def test_a_revoked_key_or_disabled_user_is_refused_by_both_gateways_within_5_s(r
         assert answer.status_code == 200, answer.text
         revoked_at = time.monotonic()
         for url in gateways.urls:
-            wait_until(lambda u=url: httpx.get(f"{u}/api/tags", headers=headers).status_code == 401, 10,
+            wait_until(lambda u=url, h=headers: httpx.get(f"{u}/api/tags", headers=h).status_code == 401, 10,
                        f"{url} to refuse the {revoke}")
         assert time.monotonic() - revoked_at <= 5

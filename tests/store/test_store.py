@@ -15,7 +15,7 @@ from store.models import (
     Request,
     RequestBody,
     User,
-    active_key_by_prefix,
+    key_by_prefix,
 )
 
 
@@ -45,9 +45,9 @@ def test_reapplying_a_migration_changes_nothing(migrated_db):
 def test_key_lookup_by_prefix_joins_its_user(migrated_db):
     user = User.create(username="ada", role="faculty")
     ApiKey.create(user=user, prefix="abcdefgh", key_hash="$argon2id$…")
-    found = active_key_by_prefix("abcdefgh")
+    found = key_by_prefix("abcdefgh")
     assert found.user.username == "ada" and found.user.weight == 3.0
-    assert active_key_by_prefix("zzzzzzzz") is None
+    assert key_by_prefix("zzzzzzzz") is None
 
 
 def test_weight_override_beats_the_role_weight(migrated_db):
