@@ -27,7 +27,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONF = REPO_ROOT / "mitmproxy.conf"
 
 log = logging.getLogger(__name__)
-logging.getLogger("peewee").setLevel(logging.INFO)  # its DEBUG is every SQL statement
+# mitmproxy sets the root logger to DEBUG: peewee would log every SQL statement, httpcore trace every
+# socket operation and httpx write a line per upstream request, all on the event loop's thread.
+logging.getLogger("peewee").setLevel(logging.INFO)
+logging.getLogger("httpcore").setLevel(logging.WARNING)
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 @dataclass(frozen=True)
