@@ -72,8 +72,11 @@ lint: install
 format: install
 	$(BIN)/ruff format .
 
-bench: install
-	$(BIN)/python bench/scheduler_decision.py
+bench: install  ## every benchmark, one after the other (~20 minutes); figures in docs/benchmarks.md
+	PYTHONPATH=. $(BIN)/python bench/scheduler_decision.py
+	PYTHONPATH=. $(BIN)/python bench/fairness.py
+	PYTHONPATH=. $(BIN)/python bench/overhead.py
+	PYTHONPATH=. $(BIN)/python bench/held_connections.py
 
 docker-up:
 	docker compose --profile sim up -d
