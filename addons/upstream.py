@@ -167,16 +167,17 @@ class Upstream:
         relayed.content_type = answer.headers.get("Content-Type", "application/octet-stream").split(";")[0]
         try:
             await relayed.prepare(request)
-            async for chunk in answer.aiter_raw():
-                await relayed.write(chunk)
-        except httpx.HTTPError as exc:  # the backend broke off: end early, the translator reports it
-            context.error = f"backend {context.backend.name} broke off mid-stream: {exc!r}"
-            self.registry.failed(context.backend, context.error)
+            try:
+                async for chunk in answer.aiter_raw():
+                    await relayed.write(chunk)
+            except httpx.HTTPError as exc:  # the backend broke off: end early, the translator reports it
+                context.error = f"backend {context.backend.name} broke off mid-stream: {exc!r}"
+                self.registry.failed(context.backend, context.error)
+            await relayed.write_eof()
         except ConnectionResetError:  # the caller left; closing the backend stream stops the generation
-            return relayed
+            pass
         finally:
             await answer.aclose()
-        await relayed.write_eof()
         return relayed
 
     def response(self, flow: http.HTTPFlow) -> None:
