@@ -26,6 +26,18 @@ SQLITE_PRAGMAS = {
 }
 
 
+class SqliteDatabase(peewee.SqliteDatabase):
+    """Transactions take SQLite's write lock when they begin (BEGIN IMMEDIATE).
+
+    In WAL mode a transaction that reads first and writes later fails at once with "database is
+    locked" when another connection committed in between, whatever the busy timeout; taking the lock
+    up front makes it wait its turn instead (the gateway's writer and the admin app share the file).
+    """
+
+    def atomic(self, lock_type: str | None = None):
+        return super().atomic(lock_type=lock_type or "IMMEDIATE")
+
+
 def database_url() -> str:
     return os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
 
@@ -37,7 +49,7 @@ def open_database(url: str) -> peewee.Database:
         path = url.removeprefix("sqlite:///")
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return peewee.SqliteDatabase(path, pragmas=SQLITE_PRAGMAS, check_same_thread=False)
+        return SqliteDatabase(path, pragmas=SQLITE_PRAGMAS, check_same_thread=False)
     if scheme in ("mysql", "mariadb"):
         return connect(url.replace("mariadb://", "mysql://", 1), charset="utf8mb4")
     raise ValueError(f"unsupported DATABASE_URL scheme {scheme!r} (use sqlite:///path or mysql://user:pass@host:3306/db)")
