@@ -248,6 +248,13 @@ def format_cell(value) -> str:
     return str(value)
 
 
+def report_checks(results: dict, checks: list[tuple[str, bool]]) -> None:
+    """Print the target checks as a table and keep them in the results (for --json)."""
+    print()
+    print(table("targets (DESIGN section 8)", ["check", "verdict"], [[text, verdict(ok)] for text, ok in checks]))
+    results["checks"] = {text: ok for text, ok in checks}
+
+
 def verdict(met: bool) -> str:
     return "met" if met else "NOT MET"
 

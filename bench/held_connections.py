@@ -27,7 +27,7 @@ import time
 
 import aiohttp
 import harness
-from harness import NO_LIMITS, Stack, auth, chat_body, table, verdict
+from harness import NO_LIMITS, Stack, auth, chat_body, report_checks, table
 from streams import Exchange, connector, post
 
 QUEUE_MODEL = "bench/queued-0.5B"
@@ -392,13 +392,7 @@ def report(results: dict) -> None:
         (f"RSS < {RSS_TARGET_MB} MB with the queue ({q['rss_mb_max']:.1f})", q["rss_mb_max"] < RSS_TARGET_MB),
         ("no queued request lost", q["outcome"]["lost"] == 0 and q["blockers_completed"] == 2),
     ]
-    print()
-    print(
-        table(
-            "targets (DESIGN section 8)", ["check", "verdict"], [[text, verdict(ok)] for text, ok in checks]
-        )
-    )
-    results["checks"] = {text: ok for text, ok in checks}
+    report_checks(results, checks)
 
 
 def main() -> None:

@@ -31,7 +31,17 @@ import time
 
 import aiohttp
 import harness
-from harness import CHAT_MODEL, NO_LIMITS, PROMPT, Stack, auth, chat_body, summary, table, verdict
+from harness import (
+    CHAT_MODEL,
+    NO_LIMITS,
+    PROMPT,
+    Stack,
+    auth,
+    chat_body,
+    report_checks,
+    summary,
+    table,
+)
 from streams import Exchange, connector, post
 
 PACED_MODEL = "bench/paced-0.5B"  # one more simulated vLLM node, paced, for the streaming figures
@@ -567,13 +577,7 @@ def report(results: dict) -> None:
             rows,
         )
     )
-    print()
-    print(
-        table(
-            "targets (DESIGN section 8)", ["check", "verdict"], [[text, verdict(ok)] for text, ok in checks]
-        )
-    )
-    results["checks"] = {text: ok for text, ok in checks}
+    report_checks(results, checks)
 
 
 def main() -> None:
