@@ -38,7 +38,7 @@ from collections.abc import Callable, Sequence
 
 import aiohttp
 import harness
-from harness import CHAT_MODEL, NO_LIMITS, Stack, auth, chat_body, table, verdict
+from harness import CHAT_MODEL, NO_LIMITS, Stack, auth, chat_body, report_checks, table
 from streams import Exchange, connector, post
 
 SECOND_VLLM_MODEL = "Qwen/Qwen2-VL-2B-Instruct"  # the same vLLM node: shares its 2 slots
@@ -509,9 +509,7 @@ def report(results: dict) -> None:
             shared["failed"] == 0 and shared["median_wait_s"] < run["saturated_model_median_wait_s"],
         )
     )
-    print()
-    print(table("targets", ["check", "verdict"], [[text, verdict(ok)] for text, ok in checks]))
-    results["checks"] = {text: ok for text, ok in checks}
+    report_checks(results, checks)
 
 
 def main() -> None:
