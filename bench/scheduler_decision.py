@@ -9,7 +9,16 @@ The seeded sequence of decisions is replayed `--repeat` times. "one run" is the 
 measured; "best of N" takes each decision's fastest replay, which removes what other processes on
 a busy machine add (preemption, cache pollution) and leaves the scheduler's own cost.
 
+A fixed pure-Python workload, sized to take the decision's median time (found by one more replay
+beforehand, not reported), is timed as many times as there are decisions, in blocks between blocks
+of decisions: one after each decision would slow both by some 10 % (each evicts the other from the
+CPU's caches and branch predictors). It does the same work every time and allocates nothing the
+garbage collector counts, so its tail is what the machine alone adds to work of that length
+(interrupts, the hypervisor, other processes): the part of the decisions' tail that is not the
+scheduler's.
+
     python bench/scheduler_decision.py [--queued 10000] [--users 2000] [--decisions 20000] [--repeat 5]
+                                       [--json scheduler_decision.json]
 """
 
 from __future__ import annotations
@@ -19,9 +28,15 @@ import random
 import statistics
 import time
 
+import harness
+from harness import percentile, report_checks
+
 from scheduler import BackendState, Scheduler, SchedulerConfig
 
 PHASES = ("release+submit+dispatch", "submit+dispatch", "dispatch")
+NOISE = "fixed workload of the same median (machine noise)"
+NOISE_BLOCK = 1000  # decisions between two blocks of the fixed workload
+TARGET_US = 50.0
 
 MODELS = ("llama3.2", "qwen2.5", "mistral")
 ROLE_WEIGHTS = (10.0, 3.0, 2.0, 1.0)  # admin, faculty, staff, student
@@ -48,12 +63,30 @@ def cluster() -> list[BackendState]:
     return ollama + vllm
 
 
-def percentile(sorted_values: list[float], fraction: float) -> float:
-    return sorted_values[min(len(sorted_values) - 1, int(fraction * len(sorted_values)))]
+def fixed_workload(iterations: int) -> int:
+    """The same integer arithmetic every time: no I/O, and nothing that triggers a collection."""
+    total = 0
+    for i in range(iterations):
+        total = (total * 31 + i) & 0xFFFF
+    return total
 
 
-def replay(args: argparse.Namespace) -> dict[str, list[float]]:
-    """One seeded run: fill the queue, then time each decision's phases in µs."""
+def workload_iterations(target_us: float) -> int:
+    """How many iterations of `fixed_workload` take `target_us` at the median on this machine."""
+    iterations = 100
+    for _ in range(3):  # each pass at the size the last one found: the call's own cost weighs as it will
+        samples = []
+        for _ in range(500):
+            started = time.perf_counter_ns()
+            fixed_workload(iterations)
+            samples.append((time.perf_counter_ns() - started) / 1000)
+        iterations = max(1, round(iterations * target_us / statistics.median(samples)))
+    return iterations
+
+
+def replay(args: argparse.Namespace, noise_iterations: int = 0) -> dict[str, list[float]]:
+    """One seeded run: fill the queue, then time each decision's phases in µs, and as many runs of
+    `fixed_workload(noise_iterations)` (when non-zero) in blocks between them."""
     rng = random.Random(args.seed)
     scheduler = Scheduler(SchedulerConfig(max_queue_per_user=10 * args.queued // args.users + 10))
     backends = cluster()
@@ -72,8 +105,8 @@ def replay(args: argparse.Namespace) -> dict[str, list[float]]:
     running = [grant.request_id for grant in scheduler.dispatch(now)]
     assert len(running) == slots and scheduler.snapshot(now)["waiting"] == args.queued
 
-    timings: dict[str, list[float]] = {phase: [] for phase in PHASES}
-    for _ in range(args.decisions):
+    timings: dict[str, list[float]] = {phase: [] for phase in (*PHASES, NOISE)}
+    for decision in range(1, args.decisions + 1):
         now += 0.01
         finished = running.pop(rng.randrange(len(running)))
         next_arrival = arrival()
@@ -90,16 +123,25 @@ def replay(args: argparse.Namespace) -> dict[str, list[float]]:
         timings["submit+dispatch"].append((ended - submitted) / 1000)
         timings["dispatch"].append((ended - dispatched) / 1000)
         running.extend(grant.request_id for grant in grants)
+        if noise_iterations and (decision % NOISE_BLOCK == 0 or decision == args.decisions):
+            while len(timings[NOISE]) < decision:  # as many as there have been decisions
+                started = time.perf_counter_ns()
+                fixed_workload(noise_iterations)
+                timings[NOISE].append((time.perf_counter_ns() - started) / 1000)
     return timings
 
 
-def report(label: str, timings: dict[str, list[float]]) -> None:
+def summary(samples: list[float]) -> dict[str, float]:
+    return {"p50": percentile(samples, 0.5), "p99": percentile(samples, 0.99), "max": max(samples)}
+
+
+def report(label: str, summaries: dict[str, dict[str, float]]) -> None:
     print(f"  {label}")
-    for phase in PHASES:
-        samples = sorted(timings[phase])
+    width = max(len(name) for name in summaries)
+    for name, row in summaries.items():
         print(
-            f"    {phase:24s} p50 {statistics.median(samples):6.1f} µs   p99 {percentile(samples, 0.99):6.1f} µs"
-            f"   max {samples[-1]:8.1f} µs"
+            f"    {name:{width}s}  p50 {row['p50']:6.1f} µs   p99 {row['p99']:6.1f} µs"
+            f"   max {row['max']:8.1f} µs"
         )
 
 
@@ -110,17 +152,43 @@ def main() -> None:
     parser.add_argument("--decisions", type=int, default=20_000)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args()
+    results: dict = {"machine": harness.machine(), "parameters": vars(args).copy()}
+    results["machine"]["note"] = "the scheduler alone, in this one process"
 
-    replays = [replay(args) for _ in range(args.repeat)]
-    best = {phase: [min(values) for values in zip(*(run[phase] for run in replays))] for phase in PHASES}
+    # One replay first, not reported: the decision's median, which sizes the fixed workload.
+    decision_median_us = percentile(replay(args)[PHASES[0]], 0.5)
+    iterations = workload_iterations(decision_median_us)
+    results["fixed_workload"] = {"iterations": iterations, "sized_for_us": decision_median_us}
+
+    replays = [replay(args, iterations) for _ in range(args.repeat)]
+    best = {name: [min(values) for values in zip(*(run[name] for run in replays))] for name in replays[0]}
+    results["one_run"] = {name: summary(samples) for name, samples in replays[0].items()}
+    results[f"best_of_{args.repeat}"] = {name: summary(samples) for name, samples in best.items()}
+
     slots = sum(state.max_concurrent for state in cluster())
     print(
         f"scheduler decision: {args.queued} queued, {args.users} users, {len(MODELS)} models, "
         f"{len(cluster())} backends / {slots} slots, {args.decisions} decisions"
     )
-    report("one run", replays[0])
-    report(f"best of {args.repeat}", best)
+    report("one run", results["one_run"])
+    report(f"best of {args.repeat}", results[f"best_of_{args.repeat}"])
+    print(
+        f"  (the fixed workload is {iterations} iterations of integer arithmetic, "
+        f"sized for {decision_median_us:.1f} µs)"
+    )
+    one_run_p99 = results["one_run"][PHASES[0]]["p99"]
+    report_checks(
+        results,
+        [
+            (
+                f"one decision ≤ {TARGET_US:.0f} µs at p99, one run ({one_run_p99:.1f} µs)",
+                one_run_p99 <= TARGET_US,
+            )
+        ],
+    )
+    harness.write_json(args.json, results)
 
 
 if __name__ == "__main__":

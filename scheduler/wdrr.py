@@ -23,9 +23,10 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-from collections import Counter, deque
-from collections.abc import Callable, Hashable, Iterable
+from collections import Counter, defaultdict, deque
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import NamedTuple
 
 from scheduler.backends import BackendPool, BackendState, Slot
@@ -38,6 +39,8 @@ MAX_RETRY_AFTER_S = 120
 # How long a request is assumed to hold its slot until one for that model has finished.
 ASSUMED_HOLD_S = 5.0
 HOLD_EMA_ALPHA = 0.2
+# What `_flows` holds for a user with no open flow, without making a dict for each look-up.
+_NO_FLOWS: Mapping[str, _Flow] = MappingProxyType({})
 
 
 @dataclass(frozen=True)
@@ -95,39 +98,62 @@ class NoBackend(Rejected):
     """No healthy, enabled, undrained backend serves the model (the gateway answers 503)."""
 
 
-class _LazyHeap:
-    """A heap whose entries go stale rather than being removed: re-keying just pushes a fresh one.
+class _FlowHeap:
+    """One model's flows, smallest key first, as entries `(*key, version, flow)`.
 
-    Stale entries are skipped when they reach the top, and shed whenever the heap has doubled
-    since it was last shed, so memory stays proportional to the live entries at O(1) amortised.
+    Re-keying a flow just pushes a fresh entry: only the one with the flow's latest version is live,
+    and stale ones are skipped when they reach the top. Stale entries are also shed whenever the
+    heap has doubled since it was last shed, so memory stays proportional to the flows. Shedding is
+    spread over the pushes that follow, so that no one call pays for the whole heap: the entries so
+    far are set aside as an older heap, still read, and each push moves a few off its end (which
+    leaves it a heap), putting the live ones back and dropping the stale ones.
     """
 
-    def __init__(self, is_live: Callable[[tuple], bool]) -> None:
+    SHED_PER_PUSH = 4  # at 2, the pushes made while shedding would outgrow what it sheds
+
+    def __init__(self) -> None:
         self._entries: list[tuple] = []
-        self._is_live = is_live
+        self._older: list[tuple] = []  # being shed; empty when no shedding is under way
         self._size_after_shedding = 0
 
     def push(self, entry: tuple) -> None:
         heapq.heappush(self._entries, entry)
-        if len(self._entries) > 2 * self._size_after_shedding + 64:
-            self._entries = [entry for entry in self._entries if self._is_live(entry)]
-            heapq.heapify(self._entries)
-            self._size_after_shedding = len(self._entries)
+        if self._older:
+            self._shed_some()
+        elif len(self._entries) > 2 * self._size_after_shedding + 64:
+            self._older, self._entries = self._entries, []
 
     def head(self) -> tuple | None:
         """The smallest live entry, left in place."""
-        while self._entries and not self._is_live(self._entries[0]):
-            heapq.heappop(self._entries)
-        return self._entries[0] if self._entries else None
+        top = self._live_top(self._entries)
+        if not self._older:
+            return top
+        older_top = self._live_top(self._older)
+        if top is None or (older_top is not None and older_top < top):
+            return older_top
+        return top
 
     def pop_head(self) -> tuple:
-        """Remove the entry `head()` just returned."""
-        return heapq.heappop(self._entries)
+        """Remove the entry `head()` just returned: the smaller of the two heaps' tops, both live now."""
+        older, entries = self._older, self._entries
+        if older and (not entries or older[0] < entries[0]):
+            return heapq.heappop(older)
+        return heapq.heappop(entries)
 
+    @staticmethod
+    def _live_top(heap: list[tuple]) -> tuple | None:
+        while heap and heap[0][-1].version != heap[0][-2]:
+            heapq.heappop(heap)
+        return heap[0] if heap else None
 
-def _flow_entry_is_live(entry: tuple) -> bool:
-    """Flow entries end with (version, flow); only the flow's latest push is live."""
-    return entry[-1].version == entry[-2]
+    def _shed_some(self) -> None:
+        older = self._older
+        for _ in range(min(self.SHED_PER_PUSH, len(older))):
+            entry = older.pop()
+            if entry[-1].version == entry[-2]:
+                heapq.heappush(self._entries, entry)
+        if not older:
+            self._size_after_shedding = len(self._entries)
 
 
 @dataclass(eq=False, slots=True)
@@ -166,13 +192,14 @@ class Scheduler:
         self._pool = BackendPool()
         self._users: dict[Hashable, UserState] = {}
         self._flows: dict[Hashable, dict[str, _Flow]] = {}  # user id -> model -> open flow
-        self._waiting: dict[str, _Request] = {}
+        self._waiting: dict[str, _Request] = {}  # in submission order: oldest first, as `now` only grows
         self._waiting_by_model: Counter[str] = Counter()
-        self._rings: dict[str, _LazyHeap] = {}  # per model: (round, position, version, flow)
+        # Per model, made on the first push (look up with .get): entries (round, position, version, flow)
+        self._rings: defaultdict[str, _FlowHeap] = defaultdict(_FlowHeap)
         self._ring_sizes: Counter[str] = Counter()  # flows in each model's ring
         self._pointers: dict[str, tuple[int, int]] = {}  # (round, position) of the model's latest visit
-        self._bursting: dict[str, _LazyHeap] = {}  # per model: (head's arrival, version, flow)
-        self._by_age = _LazyHeap(lambda entry: entry[2].waiting)  # (submitted at, arrival, request)
+        # Per model, made on the first push too: entries (head's arrival, version, flow)
+        self._bursting: defaultdict[str, _FlowHeap] = defaultdict(_FlowHeap)
         self._burst_granted_last: dict[int, bool] = {}
         self._hold_ema_s: dict[str, float] = {}
         self._arrivals = itertools.count()
@@ -230,7 +257,6 @@ class Scheduler:
         self._waiting[request_id] = request
         self._waiting_by_model[model] += 1
         user.waiting += 1
-        self._by_age.push((now, request.arrival, request))
         self._enqueue(request)
 
     def dispatch(self, now: float) -> list[Grant]:
@@ -291,14 +317,16 @@ class Scheduler:
         return True
 
     def expired(self, now: float) -> list[str]:
-        """Withdraw and return the requests that have waited longer than `max_wait_s`."""
+        """Withdraw and return the requests that have waited longer than `max_wait_s`, oldest first."""
         cutoff = now - self.config.max_wait_s
         gone = []
-        while (oldest := self._by_age.head()) is not None and oldest[0] < cutoff:
-            request = self._by_age.pop_head()[2]
+        for request in self._waiting.values():  # oldest first
+            if request.submitted_at >= cutoff:
+                break
+            gone.append(request)
+        for request in gone:  # once the loop is over: withdrawing changes `_waiting`
             self._withdraw(request, now)
-            gone.append(request.request_id)
-        return gone
+        return [request.request_id for request in gone]
 
     def retry_after_s(self, model: str) -> int:
         """Seconds until the model's current backlog has been dispatched, for a Retry-After."""
@@ -377,7 +405,7 @@ class Scheduler:
         elif user.weight != weight:  # an admin changed the role or override
             user.settle(now, self.config.burst_cap, self.config.fairness_window_s)
             user.weight = weight
-            for flow in self._flows.get(user_id, {}).values():
+            for flow in self._flows.get(user_id, _NO_FLOWS).values():
                 self._schedule(flow)
         return user
 
@@ -386,11 +414,14 @@ class Scheduler:
             user.idle_since = now
 
     def _enqueue(self, request: _Request) -> None:
-        flows = self._flows.setdefault(request.user.user_id, {})
+        user = request.user
+        flows = self._flows.get(user.user_id)
+        if flows is None:
+            flows = self._flows[user.user_id] = {}
         flow = flows.get(request.model)
         if flow is None:
-            flow = flows[request.model] = _Flow(request.user, request.model, deficit=-request.user.debt)
-            request.user.debt = 0.0
+            flow = flows[request.model] = _Flow(user, request.model, deficit=-user.debt)
+            user.debt = 0.0
         flow.queue.append(request)
         flow.waiting += 1
         if flow.waiting == 1:
@@ -434,14 +465,7 @@ class Scheduler:
         if key == flow.key:  # its entry is still right
             return
         flow.key, flow.version = key, next(self._versions)
-        self._heap(heaps, flow.model).push((*key, flow.version, flow))
-
-    @staticmethod
-    def _heap(heaps: dict[str, _LazyHeap], model: str) -> _LazyHeap:
-        heap = heaps.get(model)
-        if heap is None:
-            heap = heaps[model] = _LazyHeap(_flow_entry_is_live)
-        return heap
+        heaps[flow.model].push((*key, flow.version, flow))
 
     def _close(self, flow: _Flow) -> None:
         """The flow has nothing waiting: it leaves the ring and, as in DRR, loses a positive deficit.
@@ -470,10 +494,11 @@ class Scheduler:
 
     def _correct(self, user: UserState, model: str, overcharge: float, now: float) -> None:
         """Settle the difference between a request's estimated cost and its real usage."""
-        flow = self._flows.get(user.user_id, {}).get(model)
+        flow = self._flows.get(user.user_id, _NO_FLOWS).get(model)
         if flow is not None:
             flow.deficit += overcharge
-            self._schedule(flow)
+            if flow.in_ring:  # a bursting flow is keyed by its head's arrival, whatever its deficit
+                self._schedule(flow)
             return
         user.settle(now, self.config.burst_cap, self.config.fairness_window_s)
         if overcharge >= 0:
@@ -483,9 +508,10 @@ class Scheduler:
             self._reconsider_bursts(user)
 
     def _reconsider_bursts(self, user: UserState) -> None:
-        """Burst credit shrank: re-key the user's flows that were spending it."""
-        for flow in list(self._flows.get(user.user_id, {}).values()):
-            if not flow.in_ring:
+        """Burst credit shrank: re-key the user's bursting flows whose entry no longer holds, that is
+        those whose head it no longer covers, and the one whose head was just served (it has none)."""
+        for flow in self._flows.get(user.user_id, _NO_FLOWS).values():
+            if not flow.in_ring and (flow.key is None or user.burst_credit < flow.queue[0].cost):
                 self._schedule(flow)
 
     def _withdraw(self, request: _Request, now: float) -> None:
@@ -506,7 +532,7 @@ class Scheduler:
     # --- choosing ---------------------------------------------------------------------------------
 
     @staticmethod
-    def _smallest_head(heaps: dict[str, _LazyHeap], models: Iterable[str]) -> tuple | None:
+    def _smallest_head(heaps: dict[str, _FlowHeap], models: Iterable[str]) -> tuple | None:
         """The smallest live entry over the heaps of `models` (a few models: O(models × log n))."""
         best = None
         for model in models:
@@ -518,6 +544,8 @@ class Scheduler:
 
     def _next_grant(self) -> tuple[_Request, int] | None:
         free_models = self._pool.free_models()
+        if not free_models:  # how every dispatch ends on a busy cluster
+            return None
         burst = self._smallest_head(self._bursting, free_models)
         if burst is not None:
             backend_id = self._pool.best_backend(burst[-1].model)
