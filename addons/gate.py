@@ -25,6 +25,7 @@ from addons.writer import StoreWriter
 from scheduler import BackendState, NoBackend, QueueFull, Scheduler, SchedulerConfig, expected_cost
 from scheduler.breaker import HALF_OPEN
 from store.models import QueueSnapshot, utcnow
+from telemetry_agent.client import summarize
 from translators.errors import GatewayError
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,8 @@ class Waiter:
 
 
 def backend_state(view: BackendView) -> BackendState:
-    """What the scheduler needs to know of a backend; every spelling of a model name serves it.
+    """What the scheduler needs to know of a backend: its models (every spelling serves), what it holds in
+    memory, and the load its last poll and its GPUs' agent reported, to choose among backends.
 
     A backend whose breaker is half-open takes one request, the probe.
     """
@@ -55,10 +57,15 @@ def backend_state(view: BackendView) -> BackendState:
         backend_id=view.id,
         models=frozenset(alias for name in view.models for alias in model_aliases(name)),
         resident=frozenset(alias for name, m in view.models.items() if m.resident for alias in model_aliases(name)),
+        models_held=sum(1 for m in view.models.values() if m.resident),
         max_concurrent=min(view.max_concurrent, 1) if probing else view.max_concurrent,
         healthy=view.healthy and view.breaker.allows(time.monotonic()),
         enabled=view.enabled,
         draining=view.draining,
+        waiting=view.load.waiting or 0,
+        kv_cache_usage=view.load.kv_cache_usage,
+        gpu_utilization=summarize(view.gpus).gpu_utilization if view.gpus else None,
+        latency_ema_ms=view.latency_ema_ms,
         priority=view.priority,
     )
 

@@ -79,10 +79,7 @@ async def poll_ollama(client: httpx.AsyncClient, url: str, shown: dict[str, tupl
         entry["name"]: ModelView(name=entry["name"], size_bytes=entry.get("size"), details=entry)
         for entry in tags.json().get("models", [])
     }
-    for entry in ps.json().get("models", []):
-        model = models.setdefault(entry["name"], ModelView(name=entry["name"], details=entry))
-        model.resident = True
-        model.vram_bytes = entry.get("size_vram")
+    mark_resident(models, ps.json())
     unknown = [name for name, model in models.items() if (name, model.details.get("digest")) not in shown]
     answers = await asyncio.gather(*(client.post(f"{url}/api/show", json={"model": name}) for name in unknown))
     for name, answer in zip(unknown, answers):
@@ -91,6 +88,23 @@ async def poll_ollama(client: httpx.AsyncClient, url: str, shown: dict[str, tupl
     for name, model in models.items():
         model.capabilities, model.context_length = shown.get((name, model.details.get("digest")), ((), None))
     return Poll(models, version=version.json().get("version") if version.status_code == 200 else None)
+
+
+def mark_resident(models: dict[str, ModelView], ps: dict) -> None:
+    """Ollama `/api/ps`: the models it lists are in memory, the others are not."""
+    listed = {entry["name"]: entry for entry in ps.get("models", [])}
+    for name, entry in listed.items():
+        models.setdefault(name, ModelView(name=name, details=entry))
+    for name, model in models.items():
+        model.resident = name in listed
+        model.vram_bytes = listed[name].get("size_vram") if name in listed else None
+
+
+async def poll_ollama_residency(client: httpx.AsyncClient, url: str, models: dict[str, ModelView]) -> None:
+    """Re-read only `/api/ps` into `models` (after a request, which may have loaded one model and evicted another)."""
+    ps = await client.get(f"{url}/api/ps")
+    ps.raise_for_status()
+    mark_resident(models, ps.json())
 
 
 async def poll_vllm(client: httpx.AsyncClient, url: str, shown: dict[str, tuple]) -> Poll:

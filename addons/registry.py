@@ -21,13 +21,15 @@ import httpx
 from mitmproxy import ctx
 
 from addons import metrics
-from addons.polling import POLLERS, EngineLoad, ModelView, poll_gpus
+from addons.polling import POLLERS, EngineLoad, ModelView, poll_gpus, poll_ollama_residency
 from addons.writer import StoreWriter
 from scheduler.breaker import OPEN, Breaker
 from store.models import Backend, BackendModel, TelemetrySample, utcnow
 from telemetry_agent.client import GpuReading, summarize
 
 log = logging.getLogger(__name__)
+
+LATENCY_EMA_ALPHA = 0.2  # weight of the newest poll round trip in a backend's latency EMA
 
 __all__ = ["BackendRegistry", "BackendView", "ModelView", "model_aliases"]
 
@@ -65,6 +67,9 @@ class BackendView:
     recorded_state: tuple | None = None  # what the database last heard from this process
     sampled_at: float = 0.0
     refresh_seen: object = None  # the last admin refresh request acted on
+    latency_ema_ms: float | None = None  # of poll round trips: how quickly the node answers at all
+    residency_task: asyncio.Task | None = None  # an Ollama node's /api/ps being re-read
+    residency_stale: bool = False  # asked again while that read was under way
 
     def state(self) -> tuple:
         return self.healthy, self.last_error, tuple(sorted((m.name, m.resident) for m in self.models.values()))
@@ -126,6 +131,13 @@ def telemetry_sample(view: BackendView) -> dict:
             "gpus": [asdict(reading) for reading in view.gpus],
         }),
     }
+
+
+def store_samples(samples: list[dict], latencies: dict[int, float]) -> None:
+    """Telemetry samples, and each backend's latency EMA for the admin pages (runs on the writer thread)."""
+    TelemetrySample.insert_many(samples).execute()
+    for backend_id, latency_ms in latencies.items():
+        Backend.update(latency_ema_ms=round(latency_ms, 3)).where(Backend.id == backend_id).execute()
 
 
 def prune_telemetry(older_than: dt.datetime) -> None:
@@ -230,9 +242,16 @@ class BackendRegistry:
                 log.info("backend %s healthy: %d models in %.0f ms", view.name, len(found.models),
                          1000 * (time.monotonic() - started))
             view.healthy, view.last_error, view.models = True, "", found.models
+            round_trip_ms = 1000 * (time.monotonic() - started)
+            view.latency_ema_ms = round_trip_ms if view.latency_ema_ms is None else \
+                view.latency_ema_ms + LATENCY_EMA_ALPHA * (round_trip_ms - view.latency_ema_ms)
             view.version, view.load = found.version, found.load
         if view.telemetry_url:
             await self.poll_gpus(view)
+        self.publish(view)
+
+    def publish(self, view: BackendView) -> None:
+        """Show what was learnt of a backend: Prometheus gauges always, the database when it changed."""
         self.export(view)
         if view.state() != view.recorded_state:
             view.recorded_state = view.state()
@@ -270,8 +289,9 @@ class BackendRegistry:
         for view in due:
             view.sampled_at = now
         samples = [telemetry_sample(view) for view in due]
+        latencies = {view.id: view.latency_ema_ms for view in due if view.latency_ema_ms is not None}
         if samples:
-            self.writer.submit(lambda: TelemetrySample.insert_many(samples).execute())
+            self.writer.submit(lambda: store_samples(samples, latencies))
         if now - self.pruned_at >= 3600:
             self.pruned_at = now
             cutoff = utcnow() - dt.timedelta(hours=ctx.options.telemetry_retention_h)
@@ -281,9 +301,33 @@ class BackendRegistry:
         for listener in self.listeners:
             listener()
 
-    def succeeded(self, view: BackendView) -> None:
+    def succeeded(self, view: BackendView, model: str) -> None:
+        """`view` answered a request for `model`. An Ollama node answers once the model is in memory: if it
+        was not resident before, the node has just loaded it and may have evicted another, so its residency
+        is re-read now rather than at the next poll, and the next choice of backend knows what it holds."""
         view.breaker.succeeded()
         metrics.UPSTREAM_ATTEMPTS.labels(view.name, "ok").inc()
+        served = view.models.get(view.served_name(model) or model)
+        if view.engine != "ollama" or (served is not None and served.resident):
+            return
+        if view.residency_task and not view.residency_task.done():
+            view.residency_stale = True  # the read under way may predate this request's load: read once more
+        else:
+            view.residency_task = asyncio.get_running_loop().create_task(self.reread_residency(view))
+
+    async def reread_residency(self, view: BackendView) -> None:
+        view.residency_stale = True
+        while view.residency_stale:
+            view.residency_stale = False
+            before = view.state()
+            try:
+                await poll_ollama_residency(self.client, view.url, view.models)
+            except (httpx.HTTPError, ValueError, KeyError) as exc:  # the next full poll will tell
+                log.debug("backend %s: cannot re-read /api/ps: %s", view.name, exc)
+                return
+            if view.state() != before:
+                self.publish(view)
+                self.notify()
 
     def failed(self, view: BackendView, reason: str) -> None:
         """A request to `view` failed; when that opens its breaker, nobody is sent there for a while."""

@@ -138,7 +138,7 @@ class Upstream:
                     failure = (502, engine_error(f"backend {backend.name} failed: {reason}"), None)
                 else:
                     if response.status_code < 500:
-                        self.registry.succeeded(backend)
+                        self.registry.succeeded(backend, context.model)
                         return response
                     body = await response.aread()
                     await response.aclose()

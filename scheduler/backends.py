@@ -9,6 +9,7 @@ set of backends with a free slot, so finding where a request may go costs nothin
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -22,6 +23,7 @@ class BackendState:
     models: frozenset[str]
     max_concurrent: int
     resident: frozenset[str] = frozenset()  # Ollama /api/ps; a vLLM node's served model is always resident
+    models_held: int | None = None  # distinct models in memory, where `resident` spells one several ways
     healthy: bool = True
     enabled: bool = True
     draining: bool = False
@@ -53,12 +55,14 @@ class Slot(NamedTuple):
     granted_at: float
 
 
-def preference(state: BackendState, in_flight: int, resident: bool) -> tuple:
+def preference(state: BackendState, in_flight: int, resident: bool, models_held: int) -> tuple:
     """Sort key among backends with a free slot, best first (DESIGN section 5).
 
-    A resident model answers without a load of several seconds, so residency comes first. Load then
-    adds the fractions that say how busy the engine is (unknown telemetry counts as idle, so Ollama
-    and vLLM nodes compare on what both report); latency EMA and the admin's priority break ties.
+    A resident model answers without a load of several seconds, so residency comes first. Where the
+    model must be loaded anyway, the backend holding the fewest models is the least likely to evict one
+    that others are using (two nodes asked for two models in turn keep one each, instead of thrashing).
+    Load then adds the fractions that say how busy the engine is (unknown telemetry counts as idle, so
+    Ollama and vLLM nodes compare on what both report); latency EMA and the admin's priority break ties.
     """
     load = (
         (in_flight + state.waiting) / state.max_concurrent
@@ -66,7 +70,7 @@ def preference(state: BackendState, in_flight: int, resident: bool) -> tuple:
         + (state.gpu_utilization or 0.0)
     )
     latency = state.latency_ema_ms if state.latency_ema_ms is not None else math.inf
-    return (not resident, load, latency, -state.priority, state.backend_id)
+    return (not resident, 0 if resident else models_held, load, latency, -state.priority, state.backend_id)
 
 
 class BackendPool:
@@ -76,8 +80,10 @@ class BackendPool:
         self._states: dict[int, BackendState] = {}
         self._in_flight: dict[int, int] = {}
         self._resident: dict[int, set[str]] = {}
+        self._held: dict[int, int] = {}  # how many models each backend holds in memory
         self._slots: dict[str, Slot] = {}
-        self._free: dict[str, set[int]] = {}  # model -> accepting backends with a free slot; no empty sets
+        # model -> accepting backends with a free slot; no empty sets (look up with .get)
+        self._free: defaultdict[str, set[int]] = defaultdict(set)
         self._capacity: dict[str, int] = {}  # model -> slots over accepting backends that serve it
         self._neighbours: dict[str, frozenset[str]] = {}  # model -> models sharing a backend with it
 
@@ -90,6 +96,10 @@ class BackendPool:
             by_id[state.backend_id] = state
         self._states = by_id
         self._resident = {backend_id: set(state.resident) for backend_id, state in by_id.items()}
+        self._held = {
+            backend_id: len(state.resident) if state.models_held is None else state.models_held
+            for backend_id, state in by_id.items()
+        }
         self._in_flight = {
             backend_id: count for backend_id, count in self._in_flight.items() if count or backend_id in by_id
         }
@@ -98,7 +108,7 @@ class BackendPool:
         self._rebuild_indices()
 
     def _rebuild_indices(self) -> None:
-        self._free, self._capacity = {}, {}
+        self._free, self._capacity = defaultdict(set), {}
         hosts: dict[str, list[BackendState]] = {}
         for state in self._states.values():
             if not state.accepts_work:
@@ -108,7 +118,7 @@ class BackendPool:
                 self._capacity[model] = self._capacity.get(model, 0) + state.max_concurrent
                 hosts.setdefault(model, []).append(state)
                 if has_free_slot:
-                    self._free.setdefault(model, set()).add(state.backend_id)
+                    self._free[model].add(state.backend_id)
         self._neighbours = {
             model: frozenset().union(*(state.models for state in serving)) for model, serving in hosts.items()
         }
@@ -133,13 +143,20 @@ class BackendPool:
 
     def best_backend(self, model: str, exclude: frozenset[int] = frozenset()) -> int | None:
         """The best backend with a free slot for `model`, other than `exclude`; None if there is none."""
-        candidates = self._free.get(model, set()) - exclude
+        candidates = self._free.get(model)
+        if candidates and exclude:
+            candidates = candidates - exclude
         if not candidates:
             return None
+        if len(candidates) == 1:  # the usual case on a busy cluster: the slot just released
+            return next(iter(candidates))
         return min(
             candidates,
             key=lambda backend_id: preference(
-                self._states[backend_id], self._in_flight[backend_id], model in self._resident[backend_id]
+                self._states[backend_id],
+                self._in_flight[backend_id],
+                model in self._resident[backend_id],
+                self._held[backend_id],
             ),
         )
 
@@ -157,7 +174,9 @@ class BackendPool:
         state = self._states[slot.backend_id]
         self._slots[slot.request_id] = slot
         self._in_flight[slot.backend_id] += 1
-        self._resident[slot.backend_id].add(slot.model)
+        if slot.model not in self._resident[slot.backend_id]:
+            self._resident[slot.backend_id].add(slot.model)
+            self._held[slot.backend_id] += 1
         if self._in_flight[slot.backend_id] >= state.max_concurrent:
             for model in state.models:
                 backends = self._free.get(model)
@@ -178,7 +197,7 @@ class BackendPool:
                 del self._in_flight[slot.backend_id]
         elif state.accepts_work and self._in_flight[slot.backend_id] < state.max_concurrent:
             for model in state.models:
-                self._free.setdefault(model, set()).add(slot.backend_id)
+                self._free[model].add(slot.backend_id)
         return slot
 
     def snapshot(self) -> list[dict]:

@@ -59,7 +59,9 @@ class OllamaNode:
         app.router.add_post("/api/generate", inference(self.generate))
         app.router.add_post("/api/embed", inference(self.embed))
         app.router.add_post("/api/embeddings", inference(self.embeddings))
-        self.node.add_sim_routes(app, lambda: {"loaded": list(self.residency.loaded())})
+        self.node.add_sim_routes(
+            app, lambda: {"loaded": list(self.residency.loaded()), "loads": dict(self.residency.loads)}
+        )
 
     async def root(self, request: web.Request) -> web.Response:
         return web.Response(text="Ollama is running")

@@ -12,7 +12,7 @@ import asyncio
 import math
 import re
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -55,6 +55,7 @@ class Residency:
         self.load_seconds = load_seconds
         self._loaded: OrderedDict[str, Resident] = OrderedDict()  # least recently used first
         self._loading: set[str] = set()
+        self.loads: Counter[str] = Counter()  # completed loads per model: how often the node paid the load time
         self._changed = asyncio.Condition()
 
     def loaded(self) -> dict[str, Resident]:
@@ -107,6 +108,7 @@ class Residency:
                 self._loading.discard(name)
                 if not asyncio.current_task().cancelling():
                     self._loaded[name] = Resident(expires_at=time.time() + DEFAULT_KEEP_ALIVE_S)
+                    self.loads[name] += 1
                 self._changed.notify_all()
 
     def _has_room(self) -> bool:

@@ -77,6 +77,46 @@ def test_dispatch_marks_the_model_resident_where_it_was_sent():
     assert scheduler.snapshot(2.0)["backends"][first.backend_id - 1]["resident"] == ["llama3.2"]
 
 
+def test_a_model_nobody_holds_goes_where_fewest_models_are_held():
+    models = frozenset({"llama3.2", "mistral", "phi3"})
+    holds_two = BackendState(1, models, max_concurrent=4, resident=frozenset({"llama3.2", "mistral"}))
+    holds_one = BackendState(2, models, max_concurrent=4, resident=frozenset({"mistral"}), gpu_utilization=0.5)
+    scheduler = Scheduler()
+    scheduler.update_backends([holds_two, holds_one])
+    scheduler.submit("r0", "a", 1.0, "phi3", 100, now=0.0)
+
+    assert [grant.backend_id for grant in scheduler.dispatch(0.0)] == [2]  # fewer models beats less load
+
+
+def test_two_cold_nodes_asked_for_two_models_in_turn_take_one_each():
+    models = frozenset({"llama3.2", "mistral"})
+    scheduler = Scheduler()
+    scheduler.update_backends([BackendState(1, models, max_concurrent=4), BackendState(2, models, max_concurrent=4)])
+    placed = {}
+    for n, model in enumerate(["llama3.2", "mistral"] * 4):
+        scheduler.submit(f"r{n}", "a", 1.0, model, 100, now=float(n))
+        (grant,) = scheduler.dispatch(float(n))
+        placed.setdefault(model, set()).add(grant.backend_id)
+        scheduler.release(f"r{n}", None, now=n + 0.5)
+
+    assert placed == {"llama3.2": {1}, "mistral": {2}}
+
+
+def test_models_held_counts_models_spelt_several_ways_once():
+    spelt_twice = frozenset({"llama3.2", "llama3.2:latest"})
+    models = spelt_twice | {"phi3"}
+    one_model_two_names = BackendState(1, models, max_concurrent=4, resident=spelt_twice, models_held=1)
+    other_model = BackendState(
+        2, models | {"qwen2.5:7b"}, max_concurrent=4, resident=frozenset({"qwen2.5:7b"}), latency_ema_ms=1.0
+    )
+    scheduler = Scheduler()
+    scheduler.update_backends([one_model_two_names, other_model])
+    scheduler.submit("r0", "a", 1.0, "phi3", 100, now=0.0)
+
+    # Both hold one model: the tie goes on to latency, where only backend 2 has a measurement.
+    assert [grant.backend_id for grant in scheduler.dispatch(0.0)] == [2]
+
+
 @pytest.mark.parametrize("unavailable", [{"healthy": False}, {"enabled": False}, {"draining": True}])
 def test_backend_that_does_not_accept_work_is_never_granted(unavailable):
     scheduler = Scheduler()
