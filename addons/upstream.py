@@ -5,7 +5,8 @@ gateway talks to the backends itself (httpx) and keeps the choice of backend ope
 response headers arrive: connection refused, a timeout before the headers or a 5xx move the
 request to another backend that serves the model (bounded attempts).
 
-- A whole (non-streamed) answer is fetched in the request hook and becomes the flow's response.
+- A whole (non-streamed) answer is fetched in the request hook and becomes the flow's response. A
+  caller that leaves meanwhile cancels the fetch: the engine aborts the generation and the slot is free.
 - A streamed answer must reach mitmproxy as a stream, which only its own upstream connection gives;
   so the flow is pointed at a relay in this process (127.0.0.1, a free port), which opens the
   backend stream with the same failover and pipes it through. A backend that breaks off mid-stream
@@ -43,6 +44,7 @@ class Upstream:
         self.gate = gate
         self.client: httpx.AsyncClient | None = None
         self.relayed: dict[str, RequestContext] = {}  # streamed requests on their way to the relay
+        self.fetching: dict[str, set[asyncio.Future]] = {}  # client connection id → whole answers being fetched
         self.relay_runner: web.AppRunner | None = None
         self.relay_url = ""
 
@@ -95,19 +97,42 @@ class Upstream:
             flow.request.headers[RELAY_HEADER] = context.request_id
             flow.request.content = b""  # the relay builds each attempt's body from the canonical request
             return
-        answer = await self.open(context)
-        if isinstance(answer, httpx.Response):
-            try:
-                status, body, media_type = answer.status_code, await answer.aread(), answer.headers.get("Content-Type")
-            except httpx.HTTPError as exc:
-                self.registry.failed(context.backend, repr(exc))
-                status, body, media_type = 502, engine_error(f"backend {context.backend.name} broke off: {exc!r}"), None
-            finally:
-                await answer.aclose()
-        else:
-            status, body, media_type = answer
+        fetch = asyncio.ensure_future(self.fetch_whole(context))
+        fetches = self.fetching.setdefault(flow.client_conn.id, set())
+        fetches.add(fetch)
+        try:
+            status, body, media_type = await fetch
+        except asyncio.CancelledError:
+            if asyncio.current_task().cancelling():
+                raise  # the gateway is stopping
+            log.info("request %s: the client left before its answer; backend request cancelled", context.request_id)
+            flow.kill()  # the error hooks give the slot back and record the request
+            return
+        finally:
+            fetches.discard(fetch)
+            if not fetches:
+                self.fetching.pop(flow.client_conn.id, None)
         context.first_byte_at = time.monotonic()
         flow.response = http.Response.make(status, body, {"Content-Type": media_type or "application/json"})
+
+    async def fetch_whole(self, context: RequestContext) -> tuple[int, bytes, str | None]:
+        """A whole answer: (status, body, media type), the last failure's if no backend answered."""
+        answer = await self.open(context)
+        if not isinstance(answer, httpx.Response):
+            return answer
+        try:
+            return answer.status_code, await answer.aread(), answer.headers.get("Content-Type")
+        except httpx.HTTPError as exc:
+            self.registry.failed(context.backend, repr(exc))
+            return 502, engine_error(f"backend {context.backend.name} broke off: {exc!r}"), None
+        finally:
+            await answer.aclose()
+
+    def client_disconnected(self, client) -> None:
+        """A caller that leaves while its whole answer is being generated stops the generation: closing
+        the backend connection makes vLLM and Ollama abort it, and the slot comes back at once."""
+        for fetch in self.fetching.pop(client.id, ()):
+            fetch.cancel()
 
     async def open(self, context: RequestContext) -> httpx.Response | tuple[int, bytes, str | None]:
         """The backend's response with its headers in (body not yet read), after at most

@@ -92,6 +92,27 @@ def test_slots_come_back_after_engine_errors_and_dropped_connections(slow_cluste
         15, "the node back in rotation")
 
 
+def test_callers_that_leave_before_a_whole_answer_free_their_slots_and_the_node_at_once(slow_cluster):
+    body = {"model": MODEL, "prompt": "never wanted after all", "stream": False, "options": {"num_predict": 100}}
+
+    async def scenario():
+        clients = [httpx.AsyncClient(timeout=60) for _ in range(2)]
+        asked = [asyncio.create_task(client.post(f"{slow_cluster.gateway_url}/api/generate", json=body,
+                                                 headers=headers(slow_cluster))) for client in clients]
+        started = asyncio.get_running_loop().time()
+        while node_stats(slow_cluster)["running"] < 2:  # both generating: 100 tokens at 5/s take 20 s
+            assert asyncio.get_running_loop().time() - started < 10, "the two requests never reached the node"
+            await asyncio.sleep(0.1)
+        assert gauges(slow_cluster)["mindrouter_in_flight_requests"] == 2
+        for task, client in zip(asked, clients):
+            task.cancel()
+            await client.aclose()
+
+    asyncio.run(scenario())
+    wait_until(lambda: gauges(slow_cluster)["mindrouter_in_flight_requests"] == 0, 5, "both slots given back")
+    wait_until(lambda: node_stats(slow_cluster)["running"] == 0, 5, "the node no longer generating")
+
+
 def test_500_clients_leaving_queued_or_mid_stream_leave_no_slot_or_gauge_behind(slow_cluster):
     body = {"model": MODEL, "prompt": "a long answer please", "stream": True}
 
