@@ -3,18 +3,23 @@
 Ollama: `/api/tags` (models), `/api/ps` (resident, VRAM), `/api/version`, and `/api/show` once
 per model (capabilities, context length). vLLM: `/health`, `/v1/models` (max_model_len) and
 `/metrics` (running, waiting, KV-cache use, prefix-cache hits). A node running the telemetry
-agent adds its GPUs. The parsing is plain functions; the pollers only fetch.
+agent adds its GPUs. The parsing is plain functions; the pollers only fetch, on a `PollLoop`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from telemetry_agent.client import GpuReading, parse_report, select_gpus
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -100,11 +105,11 @@ def mark_resident(models: dict[str, ModelView], ps: dict) -> None:
         model.vram_bytes = listed[name].get("size_vram") if name in listed else None
 
 
-async def poll_ollama_residency(client: httpx.AsyncClient, url: str, models: dict[str, ModelView]) -> None:
-    """Re-read only `/api/ps` into `models` (after a request, which may have loaded one model and evicted another)."""
+async def poll_ollama_residency(client: httpx.AsyncClient, url: str) -> dict:
+    """Only `/api/ps` (after a request, which may have loaded one model and evicted another)."""
     ps = await client.get(f"{url}/api/ps")
     ps.raise_for_status()
-    mark_resident(models, ps.json())
+    return ps.json()
 
 
 async def poll_vllm(client: httpx.AsyncClient, url: str, shown: dict[str, tuple]) -> Poll:
@@ -122,6 +127,32 @@ async def poll_vllm(client: httpx.AsyncClient, url: str, shown: dict[str, tuple]
 
 
 POLLERS = {"ollama": poll_ollama, "vllm": poll_vllm}
+
+
+class PollLoop:
+    """An event loop of its own, on a thread of its own, for the backend polls.
+
+    On the gateway's loop a poll waits its turn behind everything else the gateway does: when the
+    gateway is busy enough that one turn of its loop outlasts the poll timeout, every backend's poll
+    times out at once and all are taken out of rotation, though none is at fault. The polls need
+    little CPU, and get it here even then. Only the fetching runs here: what a poll found is applied
+    to the registry back on the gateway's loop.
+    """
+
+    def __init__(self, timeout_s: float) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="mindrouter-polls", daemon=True)
+        self.client = httpx.AsyncClient(timeout=timeout_s, trust_env=False)  # used on this loop only
+        self.thread.start()
+
+    async def run(self, fetch: Coroutine[Any, Any, T]) -> T:
+        """Run `fetch` on the poll loop; its result (or exception) back on the caller's loop."""
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(fetch, self.loop))
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.client.aclose(), self.loop).result(timeout=5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)
 
 
 async def poll_gpus(client: httpx.AsyncClient, telemetry_url: str, secret: str, indices: list[int]) -> list[GpuReading]:

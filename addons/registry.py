@@ -21,7 +21,15 @@ import httpx
 from mitmproxy import ctx
 
 from addons import metrics
-from addons.polling import POLLERS, EngineLoad, ModelView, poll_gpus, poll_ollama_residency
+from addons.polling import (
+    POLLERS,
+    EngineLoad,
+    ModelView,
+    PollLoop,
+    mark_resident,
+    poll_gpus,
+    poll_ollama_residency,
+)
 from addons.writer import StoreWriter
 from scheduler.breaker import OPEN, Breaker
 from store.models import Backend, BackendModel, TelemetrySample, utcnow
@@ -152,7 +160,7 @@ class BackendRegistry:
         self.views: dict[int, BackendView] = {}
         self.database_ok = False
         self.task: asyncio.Task | None = None
-        self.client: httpx.AsyncClient | None = None
+        self.polls: PollLoop | None = None
         self.listeners: list[Callable[[], None]] = []  # told after every refresh and when a breaker opens
         self.pruned_at = 0.0
 
@@ -175,14 +183,14 @@ class BackendRegistry:
         loader.add_option("telemetry_retention_h", int, 168, "Hours telemetry samples are kept.")
 
     def running(self):
-        self.client = httpx.AsyncClient(timeout=ctx.options.backend_poll_timeout_s, trust_env=False)
+        self.polls = PollLoop(ctx.options.backend_poll_timeout_s)
         self.task = asyncio.get_running_loop().create_task(self.refresh_forever())
 
     async def done(self):
         if self.task:
             self.task.cancel()
-        if self.client:
-            await self.client.aclose()
+        if self.polls:
+            self.polls.stop()
 
     async def refresh_forever(self) -> None:
         while True:
@@ -231,7 +239,7 @@ class BackendRegistry:
     async def poll(self, view: BackendView) -> None:
         started = time.monotonic()
         try:
-            found = await POLLERS[view.engine](self.client, view.url, view.shown)
+            found = await self.polls.run(POLLERS[view.engine](self.polls.client, view.url, view.shown))
         except (httpx.HTTPError, ValueError, KeyError) as exc:
             error = f"{exc.__class__.__name__}: {exc}"
             if view.healthy or not view.last_error:
@@ -260,8 +268,8 @@ class BackendRegistry:
 
     async def poll_gpus(self, view: BackendView) -> None:
         try:
-            view.gpus = await poll_gpus(self.client, view.telemetry_url, os.environ.get("TELEMETRY_SECRET", ""),
-                                        view.gpu_indices)
+            view.gpus = await self.polls.run(poll_gpus(
+                self.polls.client, view.telemetry_url, os.environ.get("TELEMETRY_SECRET", ""), view.gpu_indices))
         except (httpx.HTTPError, ValueError) as exc:
             log.warning("backend %s: no GPU telemetry from %s: %s", view.name, view.telemetry_url, exc)
             view.gpus = []
@@ -321,7 +329,8 @@ class BackendRegistry:
             view.residency_stale = False
             before = view.state()
             try:
-                await poll_ollama_residency(self.client, view.url, view.models)
+                ps = await self.polls.run(poll_ollama_residency(self.polls.client, view.url))
+                mark_resident(view.models, ps)
             except (httpx.HTTPError, ValueError, KeyError) as exc:  # the next full poll will tell
                 log.debug("backend %s: cannot re-read /api/ps: %s", view.name, exc)
                 return
