@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -129,6 +130,12 @@ async def poll_vllm(client: httpx.AsyncClient, url: str, shown: dict[str, tuple]
 POLLERS = {"ollama": poll_ollama, "vllm": poll_vllm}
 
 
+async def _timed(fetch: Coroutine[Any, Any, T]) -> tuple[T, float]:
+    started = time.monotonic()
+    result = await fetch
+    return result, time.monotonic() - started
+
+
 class PollLoop:
     """An event loop of its own, on a thread of its own, for the backend polls.
 
@@ -148,6 +155,10 @@ class PollLoop:
     async def run(self, fetch: Coroutine[Any, Any, T]) -> T:
         """Run `fetch` on the poll loop; its result (or exception) back on the caller's loop."""
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(fetch, self.loop))
+
+    async def timed(self, fetch: Coroutine[Any, Any, T]) -> tuple[T, float]:
+        """Run `fetch` on the poll loop: its result and how long it took there, the gateway's own lag aside."""
+        return await self.run(_timed(fetch))
 
     def stop(self) -> None:
         asyncio.run_coroutine_threadsafe(self.client.aclose(), self.loop).result(timeout=5)

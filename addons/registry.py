@@ -237,9 +237,8 @@ class BackendRegistry:
         self.views = current
 
     async def poll(self, view: BackendView) -> None:
-        started = time.monotonic()
         try:
-            found = await self.polls.run(POLLERS[view.engine](self.polls.client, view.url, view.shown))
+            found, took_s = await self.polls.timed(POLLERS[view.engine](self.polls.client, view.url, view.shown))
         except (httpx.HTTPError, ValueError, KeyError) as exc:
             error = f"{exc.__class__.__name__}: {exc}"
             if view.healthy or not view.last_error:
@@ -247,12 +246,10 @@ class BackendRegistry:
             view.healthy, view.last_error = False, error
         else:
             if not view.healthy:
-                log.info("backend %s healthy: %d models in %.0f ms", view.name, len(found.models),
-                         1000 * (time.monotonic() - started))
+                log.info("backend %s healthy: %d models in %.0f ms", view.name, len(found.models), 1000 * took_s)
             view.healthy, view.last_error, view.models = True, "", found.models
-            round_trip_ms = 1000 * (time.monotonic() - started)
-            view.latency_ema_ms = round_trip_ms if view.latency_ema_ms is None else \
-                view.latency_ema_ms + LATENCY_EMA_ALPHA * (round_trip_ms - view.latency_ema_ms)
+            view.latency_ema_ms = 1000 * took_s if view.latency_ema_ms is None else \
+                view.latency_ema_ms + LATENCY_EMA_ALPHA * (1000 * took_s - view.latency_ema_ms)
             view.version, view.load = found.version, found.load
         if view.telemetry_url:
             await self.poll_gpus(view)

@@ -65,3 +65,5 @@ def test_a_healthy_node_stays_healthy_while_the_gateway_loop_is_jammed(ollama_no
         registry.polls.stop()
     assert view.healthy, view.last_error
     assert "llama3.2:latest" in view.models
+    # The node's latency is timed where the poll ran: the jammed loop's turns are not the node's.
+    assert view.latency_ema_ms < 1000 * LOOP_TURN_S / 2
