@@ -185,7 +185,11 @@ class _Flow:
 
 
 class Scheduler:
-    """Decides which waiting request gets which free backend slot. Drive it from one thread."""
+    """Decides which waiting request gets which free backend slot.
+
+    Drive it from one thread, with a `now` that never goes backwards (`time.monotonic()`): the queue
+    of waiting requests is kept in submission order, and taken as oldest first.
+    """
 
     def __init__(self, config: SchedulerConfig | None = None) -> None:
         self.config = config or SchedulerConfig()
