@@ -102,16 +102,20 @@ class Record:
             "created_at": dt.datetime.fromtimestamp(context.received_wall, dt.UTC).replace(tzinfo=None),
         }
         prompt = prompt_with_image_references(context.client_body.decode("utf-8", "replace"), images)
-        response_text = delivered.decode("utf-8", "replace")
+        response = delivered.decode("utf-8", "replace")
+        answer_text = "\n".join(part for part in (translator.thinking_text, translator.output_text) if part) \
+            if translator else ""
         validation = json.dumps(translator.validation) if translator and translator.validation else ""
         artifacts = [(data, media_type) for (_, data), media_type in zip(images, media_types)]
-        self.writer.submit(lambda: self.write(row, prompt, response_text, validation, artifacts))
+        self.writer.submit(lambda: self.write(row, prompt, response, answer_text, validation, artifacts))
         observe(context, finished)
 
-    def write(self, row: dict, prompt: str, response: str, validation: str, artifacts: list[tuple[bytes, str]]) -> None:
+    def write(self, row: dict, prompt: str, response: str, answer_text: str, validation: str,
+              artifacts: list[tuple[bytes, str]]) -> None:
         """Runs on the writer thread."""
         request = Request.create(**row)
-        RequestBody.create(request=request, prompt=prompt, response=response, validation=validation)
+        RequestBody.create(request=request, prompt=prompt, response=response, response_text=answer_text,
+                           validation=validation)
         for data, media_type in artifacts:
             artifact = store_artifact(self.artifact_root, data, media_type)
             RequestArtifact.get_or_create(request=request, artifact=artifact)

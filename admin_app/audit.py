@@ -116,7 +116,9 @@ def parse_search(args: Mapping[str, str]) -> AuditSearch:
         if len(text) > MAX_QUERY_LENGTH:
             raise _bad_filter("q", f"q is longer than {MAX_QUERY_LENGTH} characters")
         holding = RequestBody.select(RequestBody.request).where(
-            contains_folded(RequestBody.prompt, text) | contains_folded(RequestBody.response, text)
+            contains_folded(RequestBody.prompt, text)
+            | contains_folded(RequestBody.response, text)
+            | contains_folded(RequestBody.response_text, text)
         )
         conditions.append(Request.id.in_(holding))
     return AuditSearch(
@@ -222,6 +224,7 @@ def request_detail(request_id: str) -> dict | None:
     detail.update(
         prompt=body.prompt if body else None,
         response=body.response if body else None,
+        response_text=body.response_text if body else None,
         validation=_validation(body.validation) if body else None,
         artifacts=[
             {

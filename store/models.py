@@ -154,7 +154,10 @@ class Request(BaseModel):
 class RequestBody(BaseModel):
     request = peewee.ForeignKeyField(Request, unique=True, backref="bodies", on_delete="CASCADE")
     prompt = LongTextField(default="")
-    response = LongTextField(default="")
+    response = LongTextField(default="")  # as delivered: SSE events or NDJSON lines for a stream
+    # The answer's thinking and text assembled from those events: what audit search reads, since a
+    # stream splits words across events.
+    response_text = LongTextField(default="")
     validation = peewee.TextField(default="")  # JSON: structured-output validation result, if any
 
 

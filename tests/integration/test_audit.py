@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 
+import httpx
 import ollama
 import openai
 
@@ -79,3 +80,21 @@ def test_refused_requests_are_recorded_too_and_keys_count_their_use(cluster):
     assert missing.status == 404 and missing.backend is None
     wait_until(lambda: ApiKey.get(ApiKey.prefix == key.split("_")[1]).request_count == 2, 10, "the key's use counted")
     assert ApiKey.get(ApiKey.prefix == key.split("_")[1]).last_used_at is not None
+
+
+def test_audit_search_finds_words_that_a_stream_split_across_events(cluster):
+    """A streamed answer is stored as delivered, one event per token; search also reads its assembled text."""
+    prompt = "An audited question about rye"
+    client = ollama.Client(host=cluster.gateway_url, headers={"Authorization": f"Bearer {cluster.keys['staff1']}"})
+    streamed = "".join(part.message.content for part in client.chat(
+        model="qwen2.5vl", messages=[{"role": "user", "content": prompt}], stream=True))
+    phrase = " ".join(streamed.split()[2:5])
+    (row,) = audit_rows(cluster, prompt)
+    body = RequestBody.get(RequestBody.request == row)
+    assert phrase not in body.response  # the delivered lines split it
+    assert body.response_text == streamed == generation.reply_text("qwen2.5vl", prompt)
+
+    found = httpx.get(f"{cluster.gateway_url}/admin/audit/search", params={"q": phrase.upper()},
+                      headers={"Authorization": f"Bearer {cluster.keys['admin']}"})
+    assert found.status_code == 200, found.text
+    assert [result["request_id"] for result in found.json()["results"]] == [row.request_id]

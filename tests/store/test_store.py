@@ -81,3 +81,19 @@ def test_backend_telemetry_columns_are_added_to_a_database_made_before_them(any_
     migrations.SchemaMigration.delete().where(migrations.SchemaMigration.version >= 2).execute()
     assert [m.version for m in migrations.upgrade(db)][:1] == [2]
     assert set(added) <= {column.name for column in db.get_columns("backend")}
+
+
+def test_the_assembled_answer_column_is_added_to_a_database_made_before_it(any_database_url):
+    from playhouse.migrate import migrate
+
+    db = init_database(any_database_url)
+    migrations.upgrade(db)
+    migrate(migrations.migrator_for(db).drop_column("request_body", "response_text"))
+    migrations.SchemaMigration.bind(db)
+    migrations.SchemaMigration.delete().where(migrations.SchemaMigration.version >= 3).execute()
+    request = Request.create(request_id="before-0003", endpoint="/api/chat", client_dialect="ollama")
+    db.execute_sql("INSERT INTO request_body (request_id, prompt, response, validation) VALUES (%s, '', 'old', '')"
+                   .replace("%s", str(request.id)))
+
+    assert [m.version for m in migrations.upgrade(db)] == [3]
+    assert RequestBody.get(RequestBody.request == request).response_text == ""  # rows made before it: empty
