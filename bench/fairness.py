@@ -236,9 +236,10 @@ def audit_timeline(stack: Stack, model: str) -> list[dict]:
 
 
 def probe_starts(timeline: list[dict], user: str, since: float) -> list[dict]:
-    """For each request of `user` that arrived after `since`: its wait for a slot in the gateway, and the
-    service time of the request whose slot it took (the last release before its grant). It started
-    within one service time exactly when it took the first slot that came free after it arrived."""
+    """For each request of `user` that arrived after `since`: its wait for a slot in the gateway, the
+    service time of the request whose slot it took (the last release before its grant), and how many
+    requests of others were granted while it waited. A request that takes the first slot to come free
+    after it arrives (none granted meanwhile) never waits longer than that service time."""
     others = [row for row in timeline if row["user"] != user]
     releases = sorted((row["released"], row["released"] - row["granted"]) for row in others)
     release_times = [released for released, _ in releases]
