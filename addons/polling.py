@@ -164,6 +164,8 @@ class PollLoop:
         asyncio.run_coroutine_threadsafe(self.client.aclose(), self.loop).result(timeout=5)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=5)
+        if not self.thread.is_alive():
+            self.loop.close()
 
 
 async def poll_gpus(client: httpx.AsyncClient, telemetry_url: str, secret: str, indices: list[int]) -> list[GpuReading]:
