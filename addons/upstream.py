@@ -69,7 +69,9 @@ class Upstream:
         )
         app = web.Application()
         app.router.add_post("/relay", self.relay)
-        self.relay_runner = web.AppRunner(app, access_log=None)
+        # A caller that leaves before the backend's headers closes mitmproxy's connection to the relay:
+        # cancelling the handler then closes the backend request too, so the engine stops at once.
+        self.relay_runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await self.relay_runner.setup()
         site = web.TCPSite(self.relay_runner, "127.0.0.1", 0)
         await site.start()

@@ -8,7 +8,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sim.stack import wait_until
+from sim.stack import PYTHON, Service, free_port, wait_until
 from tests.support.cluster import NO_LIMITS, start_cluster
 
 MODEL = "llama3.2"
@@ -111,6 +111,40 @@ def test_callers_that_leave_before_a_whole_answer_free_their_slots_and_the_node_
     asyncio.run(scenario())
     wait_until(lambda: gauges(slow_cluster)["mindrouter_in_flight_requests"] == 0, 5, "both slots given back")
     wait_until(lambda: node_stats(slow_cluster)["running"] == 0, 5, "the node no longer generating")
+
+
+def test_a_caller_that_leaves_a_stream_before_its_first_byte_stops_the_backend_at_once(slow_cluster, tmp_path):
+    """An Ollama node that takes 5 s to load the model: the caller leaves during the load."""
+    port = free_port()
+    node = Service("slow-loader", [PYTHON, "-m", "sim", "ollama", "--port", str(port), "--models", "phi3",
+                                   "--load-ms", "5000"], {}, tmp_path)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        node.wait_http(f"{url}/api/version")
+        registered = httpx.post(f"{slow_cluster.gateway_url}/admin/backends/register", headers=headers(slow_cluster, "admin"),
+                                json={"name": "slow-loader", "url": url, "engine": "ollama", "max_concurrent": 2})
+        assert registered.status_code == 201, registered.text
+        wait_until(lambda: "slow-loader" in httpx.get(f"{slow_cluster.gateway_url}/readyz").json()["healthy_backends"],
+                   15, "the slow loader in rotation")
+
+        async def scenario():
+            async with httpx.AsyncClient(timeout=60) as client:
+                asked = asyncio.create_task(hold_stream(client, slow_cluster, {"model": "phi3", "prompt": "load me"}))
+                for _ in range(50):  # the node holds it, loading the model
+                    if (await client.get(f"{url}/_sim/stats")).json()["running"] == 1:
+                        break
+                    await asyncio.sleep(0.1)
+                else:
+                    raise AssertionError("the request never reached the node")
+                asked.cancel()
+                await asyncio.gather(asked, return_exceptions=True)
+
+        asyncio.run(scenario())
+        # Well before the load would have ended, the node has let the request go and the slot is back.
+        wait_until(lambda: httpx.get(f"{url}/_sim/stats").json()["running"] == 0, 2, "the node no longer busy")
+        wait_until(lambda: gauges(slow_cluster)["mindrouter_in_flight_requests"] == 0, 2, "the slot given back")
+    finally:
+        node.stop()
 
 
 def test_500_clients_leaving_queued_or_mid_stream_leave_no_slot_or_gauge_behind(slow_cluster):
