@@ -187,8 +187,9 @@ class BackendRegistry:
         self.task = asyncio.get_running_loop().create_task(self.refresh_forever())
 
     async def done(self):
-        if self.task:
-            self.task.cancel()
+        for task in (self.task, *(view.residency_task for view in self.views.values())):
+            if task:
+                task.cancel()
         if self.polls:
             self.polls.stop()
 
