@@ -77,15 +77,14 @@ def capabilities_from_show(show: dict) -> tuple[tuple[str, ...], int | None]:
 async def poll_ollama(client: httpx.AsyncClient, url: str, shown: dict[str, tuple]) -> Poll:
     """`shown` caches /api/show answers by (name, digest): a model is described once, not every poll."""
     tags, ps, version = await asyncio.gather(
-        client.get(f"{url}/api/tags"), client.get(f"{url}/api/ps"), client.get(f"{url}/api/version"),
+        client.get(f"{url}/api/tags"), poll_ollama_residency(client, url), client.get(f"{url}/api/version"),
     )
     tags.raise_for_status()
-    ps.raise_for_status()
     models = {
         entry["name"]: ModelView(name=entry["name"], size_bytes=entry.get("size"), details=entry)
         for entry in tags.json().get("models", [])
     }
-    mark_resident(models, ps.json())
+    mark_resident(models, ps)
     unknown = [name for name, model in models.items() if (name, model.details.get("digest")) not in shown]
     answers = await asyncio.gather(*(client.post(f"{url}/api/show", json={"model": name}) for name in unknown))
     for name, answer in zip(unknown, answers):
