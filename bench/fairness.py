@@ -610,11 +610,7 @@ def main() -> None:
     parser.add_argument("--quantum", type=int, default=0, help="scheduler_quantum (0: the gateway's default)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args()
-    results = asyncio.run(run_all(args))
-    try:
-        report(results)
-    finally:
-        harness.write_json(args.json, results)
+    harness.run_and_report(run_all, report, args)
 
 
 if __name__ == "__main__":

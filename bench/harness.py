@@ -7,6 +7,8 @@ a process (CPU time, RSS, open descriptors) come from /proc, so no extra depende
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import contextlib
 import json
 import math
@@ -19,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -263,6 +265,19 @@ def write_json(path: str | None, results: dict) -> None:
     if path:
         Path(path).write_text(json.dumps(results, indent=2, default=str) + "\n")
         print(f"results written to {path}", file=sys.stderr)
+
+
+def run_and_report(
+    run_all: Callable[[argparse.Namespace], Awaitable[dict]],
+    report: Callable[[dict], None],
+    args: argparse.Namespace,
+) -> None:
+    """Measure, print the tables, and write the JSON (`--json`) even if printing them fails."""
+    results = asyncio.run(run_all(args))
+    try:
+        report(results)
+    finally:
+        write_json(args.json, results)
 
 
 def chat_body(max_tokens: int, stream: bool, model: str = CHAT_MODEL, prompt: str = PROMPT) -> dict:

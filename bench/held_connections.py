@@ -169,6 +169,13 @@ def ramp_cpu(sampler: Sampler, ramp_s: float) -> float:
     return sum(during) / len(during) if during else float("nan")
 
 
+async def warm_up(session: aiohttp.ClientSession, stack: Stack, body: dict) -> None:
+    """One request of each user before measuring: every key verified once, every path taken once."""
+    for user in USERS:
+        warm = await post(session, f"{stack.gateway_url}/v1/chat/completions", body, auth(stack.keys[user]))
+        assert warm.complete, warm.error
+
+
 async def settle(pid: int, seconds: float = 5.0) -> float:
     await asyncio.sleep(seconds)
     return harness.rss_mb(pid)
@@ -181,14 +188,7 @@ async def streams_phase(stack: Stack, args) -> dict:
     exchanges: list[Exchange] = []
     timeout = aiohttp.ClientTimeout(total=args.hold_s * 4 + 300, sock_connect=60)
     async with aiohttp.ClientSession(connector=connector(), timeout=timeout) as session:
-        for user in USERS:  # warm up: every key verified once, a stream of each user
-            warm = await post(
-                session,
-                f"{stack.gateway_url}/v1/chat/completions",
-                chat_body(2, stream=True),
-                auth(stack.keys[user]),
-            )
-            assert warm.complete, warm.error
+        await warm_up(session, stack, chat_body(2, stream=True))
         before = await settle(pid, 2.0)
         print(
             f"[held] {args.count} streams of {tokens} tokens over ~{args.hold_s:g} s ...",
@@ -230,14 +230,7 @@ async def queued_phase(stack: Stack, args) -> dict:
     timeout = aiohttp.ClientTimeout(total=args.queue_hold_s * 4 + 300, sock_connect=60)
     blocker_tokens = min(8000, int(args.queue_hold_s * QUEUE_NODE_TOKENS_PER_S))  # within the model's context
     async with aiohttp.ClientSession(connector=connector(), timeout=timeout) as session:
-        for user in USERS:
-            warm = await post(
-                session,
-                f"{stack.gateway_url}/v1/chat/completions",
-                chat_body(1, stream=False, model=QUEUE_MODEL),
-                auth(stack.keys[user]),
-            )
-            assert warm.complete, warm.error
+        await warm_up(session, stack, chat_body(1, stream=False, model=QUEUE_MODEL))
         before = await settle(pid, 2.0)
         print(
             f"[held] 2 slots held for {args.queue_hold_s:g} s, {args.count} requests queued behind them ...",
@@ -417,11 +410,7 @@ def main() -> None:
     parser.add_argument("--keep-logs", action="store_true", help="keep the stack's logs")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args()
-    results = asyncio.run(run_all(args))
-    try:
-        report(results)
-    finally:
-        harness.write_json(args.json, results)
+    harness.run_and_report(run_all, report, args)
 
 
 if __name__ == "__main__":

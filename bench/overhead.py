@@ -464,36 +464,12 @@ def report(results: dict) -> None:
     rows = []
     for label, r in results["streaming"].items():
         t, g, late = r["time_to_first_byte"], r["inter_arrival"], r["chunk_transit_from_node"]
-        rows.append(
-            [label, "first byte p50", t["direct_ms"]["p50"], t["gateway_ms"]["p50"], t["added_ms"]["p50"]]
-        )
-        rows.append(
-            ["", "first byte p99", t["direct_ms"]["p99"], t["gateway_ms"]["p99"], t["added_ms"]["p99"]]
-        )
-        rows.append(
-            ["", "chunk gap p50", g["direct_ms"]["p50"], g["gateway_ms"]["p50"], g["added_ms"]["p50"]]
-        )
-        rows.append(
-            ["", "chunk gap p99", g["direct_ms"]["p99"], g["gateway_ms"]["p99"], g["added_ms"]["p99"]]
-        )
-        rows.append(
-            [
-                "",
-                "chunk transit from node p50",
-                late["direct_ms"]["p50"],
-                late["gateway_ms"]["p50"],
-                late["added_ms"]["p50"],
-            ]
-        )
-        rows.append(
-            [
-                "",
-                "chunk transit from node p99",
-                late["direct_ms"]["p99"],
-                late["gateway_ms"]["p99"],
-                late["added_ms"]["p99"],
-            ]
-        )
+        path = label  # named on its first row only
+        for name, measured in (("first byte", t), ("chunk gap", g), ("chunk transit from node", late)):
+            for rank in ("p50", "p99"):
+                row = [measured[side][rank] for side in ("direct_ms", "gateway_ms", "added_ms")]
+                rows.append([path, f"{name} {rank}", *row])
+                path = ""
         checks.append(
             (
                 f"streaming first byte added p50, {label}: {t['added_ms']['p50']:.2f} ms ≤ 10 ms",
@@ -591,11 +567,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each closed-loop run")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args()
-    results = asyncio.run(run_all(args))
-    try:
-        report(results)
-    finally:
-        harness.write_json(args.json, results)
+    harness.run_and_report(run_all, report, args)
 
 
 if __name__ == "__main__":
