@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from addons.auth import Auth
 from addons.gate import Gate
+from addons.image_fetch import ImageFetch
 from addons.local import Local
 from addons.policy import Policy
 from addons.record import Record
@@ -36,6 +37,7 @@ addons = [
     Local(registry),  # health, metrics and model catalogs answered here
     Translate(),  # parse and check the caller's body
     Policy(writer, settings.environment),  # rate limit per key, concurrency per user, token budget
+    ImageFetch(),  # image URLs fetched, only for requests Policy admitted
     gate,  # fair-share wait for a backend slot
     Upstream(registry, gate),  # to the backend in its dialect, failing over before the first byte
     Record(writer, settings.environment.artifact_storage_path),  # audit row, bodies, images

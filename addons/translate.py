@@ -10,17 +10,20 @@ has set the usage before theirs settle quotas, release slots and write the audit
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from mitmproxy import ctx, http
 
 from addons.context import RequestContext, context_of
-from addons.images import ImageFetcher
+from addons.images import check_image_url_count
 from addons.replies import reply_error
 from translators.errors import GatewayError
 from translators.pipeline import parse_client_request, translate_backend_error
 
 STREAMED_MEDIA_TYPES = ("text/event-stream", "application/x-ndjson")
+# Bodies above this are parsed (JSON, base64 images) in a worker thread, off the event loop.
+PARSE_OFF_LOOP_BYTES = 256 * 2**10
 
 
 def stream_translator(context: RequestContext):
@@ -38,34 +41,25 @@ def stream_translator(context: RequestContext):
 
 
 class Translate:
-    def __init__(self) -> None:
-        self.images = ImageFetcher()
-
     def load(self, loader):
         loader.add_option(
             "max_request_body_mb", int, 32,
             "Largest request body accepted, in MiB (inline images count); larger bodies get 413.",
         )
-        self.images.load(loader)
-
-    def running(self):
-        self.images.running()
-
-    async def done(self):
-        await self.images.done()
 
     async def request(self, flow: http.HTTPFlow) -> None:
         context = context_of(flow)
         if flow.response or context is None or context.route.kind != "inference":
             return
         context.client_body = flow.request.raw_content or b""
+        parse_args = (context.route.endpoint, context.client_body, int(ctx.options.max_request_body_mb * 2**20))
         try:
-            canonical = parse_client_request(
-                context.route.endpoint, context.client_body, int(ctx.options.max_request_body_mb * 2**20)
-            )
-            for url in canonical.image_urls_to_fetch():
-                data, media_type = await self.images.fetch(url)
-                canonical.supply_image(url, data, media_type)
+            if len(context.client_body) > PARSE_OFF_LOOP_BYTES:
+                canonical = await asyncio.to_thread(parse_client_request, *parse_args)
+            else:
+                canonical = parse_client_request(*parse_args)
+            # Image URLs are fetched by ImageFetch once Policy has admitted the request; only their count here.
+            check_image_url_count(canonical.image_urls_to_fetch())
         except GatewayError as error:
             reply_error(flow, context.dialect, error)
             return
