@@ -8,9 +8,13 @@ import ipaddress
 import json
 import secrets
 import socket
+import ssl
 import threading
 
+import httpx
 import pytest
+from cryptography.hazmat.primitives import serialization
+from mitmproxy import certs
 from mitmproxy.test import taddons, tflow
 
 import addons.images as images_module
@@ -205,3 +209,51 @@ def test_a_large_body_is_parsed_off_the_event_loop(monkeypatch):
         translate_then_fetch(flow)
         assert flow.response is None
     assert threads[0] is not threading.main_thread() and threads[1] is threading.main_thread()
+
+
+@pytest.fixture
+def tls_image_server(tmp_path):
+    """A PNG over https on 127.0.0.1 with a certificate for images.example only; remembers each TLS server name."""
+    store = certs.CertStore.from_store(tmp_path, "test-ca", 2048)
+    entry = store.get_cert("images.example", [])
+    (tmp_path / "server.pem").write_bytes(entry.cert.to_pem() + entry.privatekey.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    server_names: list[str | None] = []
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tmp_path / "server.pem")
+    context.sni_callback = lambda sock, name, ctx: server_names.append(name)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(PNG)))
+            self.end_headers()
+            self.wfile.write(PNG)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1], server_names, str(tmp_path / "test-ca-ca-cert.pem")
+    server.shutdown()
+
+
+def test_https_keeps_the_urls_name_for_the_tls_server_name_and_certificate(monkeypatch, tls_image_server):
+    port, server_names, ca_file = tls_image_server
+    calls = fake_resolver(monkeypatch, {"images.example": [["127.0.0.1"], ["127.0.0.2"]]})
+    monkeypatch.setattr(images_module, "is_public", lambda address: str(address) == "127.0.0.1")
+    fetcher = ImageFetcher()
+
+    async def main():
+        with taddons.context(fetcher):
+            fetcher.client = httpx.AsyncClient(verify=ssl.create_default_context(cafile=ca_file), trust_env=False)
+            try:
+                return await fetcher.fetch(f"https://images.example:{port}/cat.png")
+            finally:
+                await fetcher.done()
+
+    assert asyncio.run(main()) == (PNG, "image/png")
+    assert server_names == ["images.example"] and calls == {"images.example": 1}
