@@ -2,11 +2,15 @@
 
 The prompt is kept as the caller sent it, except that inline images are replaced by a reference
 to their artifact (`artifact:sha256:<hex>`), stored once by content; the response is kept as
-delivered, assembled from the stream.
+delivered, assembled from the stream. A text past BODY_TEXT_LIMIT (a 30 MiB prompt would be an
+INSERT beyond MariaDB's 16 MiB max_allowed_packet) is stored whole as a text artifact, and the
+row keeps its head, searchable, and the reference. The hook only hands the raw bytes to the
+writer: decoding, the image references and the artifacts are the writer thread's work.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
 import json
@@ -18,7 +22,7 @@ from mitmproxy import http
 
 from addons import metrics
 from addons.context import RequestContext, context_of
-from addons.writer import StoreWriter
+from addons.writer import StoreWriter, Write, writes
 from store.artifacts import store_artifact
 from store.models import ApiKey, Request, RequestArtifact, RequestBody
 
@@ -29,11 +33,36 @@ def milliseconds(start: float, end: float | None) -> float | None:
     return round((end - start) * 1000, 3) if end is not None else None
 
 
+# Prompt and response texts above this many bytes go to artifact storage; the row keeps the first
+# BODY_HEAD_CHARS characters. Three such fields, escaped, stay well under max_allowed_packet (16 MiB).
+BODY_TEXT_LIMIT = 1 * 2**20
+BODY_HEAD_CHARS = 256 * 2**10
+SHORT_TEXT_LIMIT = 60_000  # bytes: error and validation are TEXT columns (64 KiB on MariaDB)
+TEXT_MEDIA_TYPE = "text/plain"
+
+
 def prompt_with_image_references(raw: str, images: list[tuple[str, bytes]]) -> str:
     """The caller's body with each inline image's base64 text replaced by its artifact reference."""
     for base64_text, data in images:
         raw = raw.replace(base64_text, f"artifact:sha256:{hashlib.sha256(data).hexdigest()}")
     return raw
+
+
+def fit_text(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` UTF-8 bytes, on a character boundary."""
+    encoded = text.encode()
+    return text if len(encoded) <= limit else encoded[:limit].decode("utf-8", "ignore")
+
+
+def bounded_body(text: str, artifact_root: Path) -> tuple[str, bytes | None]:
+    """The text to keep in the row and, when it is too large for one, the whole text to store as an
+    artifact: the row then holds its head and where the rest is."""
+    encoded = text.encode()
+    if len(encoded) <= BODY_TEXT_LIMIT:
+        return text, None
+    reference = f"artifact:sha256:{hashlib.sha256(encoded).hexdigest()}"
+    head = fit_text(text[:BODY_HEAD_CHARS], BODY_TEXT_LIMIT)
+    return f"{head}\n[truncated: {len(encoded)} bytes in all, the whole text is {reference}]", encoded
 
 
 def observe(context: RequestContext, finished: float) -> None:
@@ -78,7 +107,7 @@ class Record:
         finished = time.monotonic()
         translator, canonical, principal, backend = context.translator, context.canonical, context.principal, context.backend
         usage = translator.usage if translator else None
-        images = [(image.base64, image.data) for image in canonical.images if image.data] if canonical else []
+        images = [image.data for image in canonical.images if image.data] if canonical else []
         media_types = [image.media_type or "application/octet-stream" for image in canonical.images if image.data] \
             if canonical else []
         row = {
@@ -101,25 +130,41 @@ class Record:
             "error": error or context.error,
             "created_at": dt.datetime.fromtimestamp(context.received_wall, dt.UTC).replace(tzinfo=None),
         }
-        prompt = prompt_with_image_references(context.client_body.decode("utf-8", "replace"), images)
-        response = delivered.decode("utf-8", "replace")
         answer_text = "\n".join(part for part in (translator.thinking_text, translator.output_text) if part) \
             if translator else ""
         validation = json.dumps(translator.validation) if translator and translator.validation else ""
-        artifacts = [(data, media_type) for (_, data), media_type in zip(images, media_types)]
-        self.writer.submit(lambda: self.write(row, prompt, response, answer_text, validation, artifacts))
+        body = context.client_body
+        self.writer.submit(Write("audit", {
+            "row": row, "body": body, "delivered": delivered, "images": images,
+            "media_types": media_types, "answer_text": answer_text, "validation": validation,
+            "artifact_root": str(self.artifact_root),
+        }, size=len(body) + len(delivered) + sum(len(data) for data in images) + len(answer_text)))
         observe(context, finished)
 
-    def write(self, row: dict, prompt: str, response: str, answer_text: str, validation: str,
-              artifacts: list[tuple[bytes, str]]) -> None:
-        """Runs on the writer thread."""
-        request = Request.create(**row)
-        RequestBody.create(request=request, prompt=prompt, response=response, response_text=answer_text,
-                           validation=validation)
-        for data, media_type in artifacts:
-            artifact = store_artifact(self.artifact_root, data, media_type)
-            RequestArtifact.get_or_create(request=request, artifact=artifact)
-        if row["api_key"] is not None:
-            ApiKey.update(request_count=ApiKey.request_count + 1, last_used_at=row["created_at"]).where(
-                ApiKey.id == row["api_key"]
-            ).execute()
+    def write(self, data: dict) -> None:
+        write_audit(data)
+
+
+@writes("audit")
+def write_audit(data: dict) -> None:
+    """One request's audit row, bodies and artifacts, from what Record.record handed over (runs on
+    the writer thread, or when a spill file is replayed)."""
+    root = Path(data["artifact_root"])
+    images = [(base64.b64encode(image).decode("ascii"), image) for image in data["images"]]
+    prompt = prompt_with_image_references(data["body"].decode("utf-8", "replace"), images)
+    texts = [bounded_body(text, root) for text in (prompt, data["delivered"].decode("utf-8", "replace"),
+                                                   data["answer_text"])]
+    row = {**data["row"], "error": fit_text(data["row"]["error"], SHORT_TEXT_LIMIT)}
+    request = Request.create(**row)
+    (prompt, _), (response, _), (answer_text, _) = texts
+    RequestBody.create(request=request, prompt=prompt, response=response, response_text=answer_text,
+                       validation=fit_text(data["validation"], SHORT_TEXT_LIMIT))
+    artifacts = [(image, media_type) for (_, image), media_type in zip(images, data["media_types"])]
+    artifacts += [(whole, TEXT_MEDIA_TYPE) for _, whole in texts if whole is not None]
+    for content, media_type in artifacts:
+        artifact = store_artifact(root, content, media_type)
+        RequestArtifact.get_or_create(request=request, artifact=artifact)
+    if row["api_key"] is not None:
+        ApiKey.update(request_count=ApiKey.request_count + 1, last_used_at=row["created_at"]).where(
+            ApiKey.id == row["api_key"]
+        ).execute()
