@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from mitmproxy import http
+from mitmproxy import connection, http
 
 if TYPE_CHECKING:
     from addons.auth import Principal
@@ -38,7 +38,8 @@ class RequestContext:
     principal: Principal | None = None
     canonical: CanonicalRequest | None = None
     translator: ResponseTranslator | None = None
-    model: str | None = None
+    model: str | None = None  # as the caller named it
+    model_label: str = "unknown"  # for metrics: the model once a backend is known to serve it, never the caller's string
     stream: bool = False
     backend: BackendView | None = None
     queued_at: float | None = None
@@ -60,3 +61,9 @@ class RequestContext:
 
 def context_of(flow: http.HTTPFlow) -> RequestContext | None:
     return flow.metadata.get(CONTEXT_KEY)
+
+
+def client_left(flow: http.HTTPFlow) -> bool:
+    """The caller closed its connection (mitmproxy marks that before its client_disconnected hook)."""
+    client: connection.Client = flow.client_conn
+    return client.timestamp_end is not None

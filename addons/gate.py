@@ -17,7 +17,7 @@ from itertools import count
 
 from mitmproxy import ctx, exceptions, http
 
-from addons.context import RequestContext, context_of
+from addons.context import RequestContext, client_left, context_of
 from addons.metrics import IN_FLIGHT, QUEUE_WAIT, QUEUED
 from addons.registry import BackendRegistry, BackendView, model_aliases
 from addons.replies import reply_error
@@ -30,6 +30,8 @@ from translators.errors import GatewayError
 
 log = logging.getLogger(__name__)
 
+BACKEND_GONE = GatewayError(503, "the backend chosen for this request was just removed; retry",
+                            headers={"Retry-After": "1"})
 TICK_S = 0.25  # how often queued requests are checked against the wait limit
 SNAPSHOT_EVERY_TICKS = 4  # the live queue the admin app shows is at most this many ticks old
 
@@ -166,7 +168,7 @@ class Gate:
         context = context_of(flow)
         if flow.response or context is None or context.route.kind != "inference":
             return
-        if not any(view.served_name(context.model) for view in self.registry.views.values() if view.enabled):
+        if not self.registry.serves(context.model):
             reply_error(flow, context.dialect, GatewayError(
                 404, f"unknown model {context.model!r} (available: {', '.join(sorted(self.registry.known_models())) or 'none'})",
                 code="model_not_found"))
@@ -174,6 +176,9 @@ class Gate:
         canonical, principal = context.canonical, context.principal
         if refusal := capability_refusal(canonical, context.model, self.registry.capabilities(context.model)):
             reply_error(flow, context.dialect, GatewayError(400, refusal, code="model_capability"))
+            return
+        if client_left(flow):  # it left while an earlier step awaited (key check, image fetch, policy)
+            flow.kill()
             return
         cost = expected_cost(canonical.estimated_prompt_tokens, canonical.max_tokens, generates=canonical.kind != "embedding")
         now = context.queued_at = time.monotonic()
@@ -199,16 +204,23 @@ class Gate:
             return
         context.backend, context.granted_at = outcome, time.monotonic()
         QUEUE_WAIT.observe(context.granted_at - context.received_at)
+        if client_left(flow):  # it left between its grant and now: the error hooks give the slot back
+            flow.kill()
 
     def wake(self, now: float) -> None:
         """Move failed-over requests where a slot came free, then resume every request granted one now."""
         for request_id, (exclude, moved) in list(self.transfers.items()):
             if grant := self.scheduler.transfer(request_id, exclude, now):
                 del self.transfers[request_id]
-                moved.set_result(grant)
+                if not moved.done():  # its caller may have left in this very turn of the loop
+                    moved.set_result(grant)
         for grant in self.scheduler.dispatch(now):
             waiter = self.unqueue(grant.request_id)
-            backend = self.registry.views[grant.backend_id]
+            backend = self.registry.views.get(grant.backend_id)
+            if backend is None:  # removed since the scheduler last heard: its grant must not hang the request
+                self.scheduler.release(grant.request_id, 0, now)
+                waiter.granted.set_result(BACKEND_GONE)
+                continue
             self.occupy(backend)
             waiter.granted.set_result(backend)
 
@@ -246,10 +258,14 @@ class Gate:
                 self.transfers.pop(context.request_id, None)
                 self.release(context)
                 raise
+        backend = self.registry.views.get(grant.backend_id)
+        if backend is None:  # removed since the scheduler last heard
+            self.release(context)
+            return None
         self.vacate(context.backend)
-        context.backend = self.registry.views[grant.backend_id]
-        self.occupy(context.backend)
-        return context.backend
+        context.backend = backend
+        self.occupy(backend)
+        return backend
 
     def release(self, context: RequestContext) -> None:
         """Give a granted request's slot back, charging what it really used; once, however it ended."""

@@ -67,7 +67,7 @@ def bounded_body(text: str, artifact_root: Path) -> tuple[str, bytes | None]:
 
 def observe(context: RequestContext, finished: float) -> None:
     """The request's timings and tokens as Prometheus metrics."""
-    model = context.model or ""
+    model = context.model_label  # a served model or "unknown": never the caller's own string
     if context.first_byte_at is not None:
         metrics.TIME_TO_FIRST_TOKEN.labels(model).observe(context.first_byte_at - context.received_at)
     metrics.TOTAL_TIME.labels(model).observe(finished - context.received_at)

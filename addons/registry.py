@@ -349,6 +349,10 @@ class BackendRegistry:
         """Backends that take new requests for `model`."""
         return [view for view in self.views.values() if view.accepts_requests and view.served_name(model)]
 
+    def serves(self, model: str | None) -> bool:
+        """Whether any enabled backend knows `model` (under any of its spellings)."""
+        return bool(model) and any(view.served_name(model) for view in self.views.values() if view.enabled)
+
     def known_models(self) -> set[str]:
         return {name for view in self.views.values() if view.accepts_requests for name in view.models}
 

@@ -2,8 +2,12 @@
 
 mitmproxy answers a failed upstream connection with its own HTML 502 and cannot retry, so the
 gateway talks to the backends itself (httpx) and keeps the choice of backend open until the
-response headers arrive: connection refused, a timeout before the headers or a 5xx move the
-request to another backend that serves the model (bounded attempts).
+response headers arrive: an engine fault (connection refused or reset, a timeout before the
+headers, 502, 503 or 504) moves the request to another backend that serves the model (bounded
+attempts, none after the last) and counts toward the backend's breaker. What the caller's request
+caused counts against no backend and is not replayed: a caller who can make one engine fail
+would otherwise make every engine fail in turn, and open every breaker. A 500 can be either, so
+it gets one more try elsewhere and is blamed on its backend only if another one then answers.
 
 - A whole (non-streamed) answer is fetched in the request hook and becomes the flow's response. A
   caller that leaves meanwhile cancels the fetch: the engine aborts the generation and the slot is free.
@@ -20,15 +24,16 @@ import asyncio
 import json
 import logging
 import time
+from typing import NamedTuple
 
 import httpx
 from aiohttp import web
 from mitmproxy import ctx, http
 
-from addons.context import RequestContext, context_of
+from addons.context import RequestContext, client_left, context_of
 from addons.gate import Gate
 from addons.metrics import FAILOVERS, REQUESTS
-from addons.registry import BackendRegistry
+from addons.registry import BackendRegistry, BackendView
 from addons.replies import point_at_backend, reply_error
 from translators.errors import GatewayError
 from translators.pipeline import build_backend_request, response_translator
@@ -36,6 +41,19 @@ from translators.pipeline import build_backend_request, response_translator
 log = logging.getLogger(__name__)
 
 RELAY_HEADER = "X-MindRouter-Relay"
+# Answers that say the engine (or a proxy in front of it) could not take the request, rather than
+# anything about the request itself: the only ones failed over and counted against the backend.
+ENGINE_FAULT_STATUSES = frozenset({502, 503, 504})
+# Whose fault a failed attempt was: the engine's (counted toward its breaker), the request's, or unclear (a 500).
+ENGINE, REQUEST, UNCLEAR = "engine", "request", "unclear"
+
+Answer = tuple[int, bytes, str | None]  # status, body, media type
+
+
+class Failure(NamedTuple):
+    reason: str
+    answer: Answer
+    blame: str
 
 
 class Upstream:
@@ -46,6 +64,7 @@ class Upstream:
         self.relayed: dict[str, RequestContext] = {}  # streamed requests on their way to the relay
         self.fetching: dict[str, set[asyncio.Future]] = {}  # client connection id → whole answers being fetched
         self.relay_runner: web.AppRunner | None = None
+        self.stream_timeout: httpx.Timeout | None = None
         self.relay_url = ""
 
     def load(self, loader):
@@ -60,8 +79,15 @@ class Upstream:
             "upstream_header_timeout_s", int, 600,
             "Longest a backend may take to start answering (a whole answer counts: generation time included).",
         )
+        loader.add_option(
+            "upstream_stream_idle_s", int, 300,
+            "Longest a streamed answer may go without a byte from its backend (a model load included) before "
+            "the gateway ends it with an error event, frees its slot and counts a backend failure.",
+        )
 
     async def running(self):
+        self.stream_timeout = httpx.Timeout(ctx.options.upstream_stream_idle_s,
+                                            connect=ctx.options.upstream_connect_timeout_s)
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(None, connect=ctx.options.upstream_connect_timeout_s),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
@@ -86,6 +112,9 @@ class Upstream:
     async def request(self, flow: http.HTTPFlow) -> None:
         context = context_of(flow)
         if flow.response or context is None or context.backend is None:
+            return
+        if client_left(flow):  # nobody to answer: the error hooks give the slot back
+            flow.kill()
             return
         try:  # the caller's request may ask what no engine can do (GatewayError 422): say so before trying
             build_backend_request(context.canonical, context.backend.engine, context.request_id)
@@ -117,7 +146,7 @@ class Upstream:
         context.first_byte_at = time.monotonic()
         flow.response = http.Response.make(status, body, {"Content-Type": media_type or "application/json"})
 
-    async def fetch_whole(self, context: RequestContext) -> tuple[int, bytes, str | None]:
+    async def fetch_whole(self, context: RequestContext) -> Answer:
         """A whole answer: (status, body, media type), the last failure's if no backend answered."""
         answer = await self.open(context)
         if not isinstance(answer, httpx.Response):
@@ -136,50 +165,72 @@ class Upstream:
         for fetch in self.fetching.pop(client.id, ()):
             fetch.cancel()
 
-    async def open(self, context: RequestContext) -> httpx.Response | tuple[int, bytes, str | None]:
+    async def open(self, context: RequestContext) -> httpx.Response | Answer:
         """The backend's response with its headers in (body not yet read), after at most
-        `failover_attempts` moves; or (status, body, media type) of the last failure."""
+        `failover_attempts` moves; or (status, body, media type) of the last failure.
+
+        Only engine faults count toward a backend's breaker. A 500 may be the engine's fault or the
+        request's: it is tried once more elsewhere, and counted against the first backend only if
+        another one then answers; a second 500 ends the request without blaming either."""
         tried: set[int] = set()
-        failure: tuple[int, bytes, str | None] = (502, engine_error("no backend answered"), None)
-        for _ in range(1 + ctx.options.failover_attempts):
-            backend, canonical = context.backend, context.canonical
-            if backend.engine == "vllm":  # vLLM knows one spelling; Ollama answers the name as the caller typed it
-                canonical.model = backend.served_name(context.model) or canonical.model
-            try:
-                path, payload = build_backend_request(canonical, backend.engine, context.request_id)
-            except GatewayError as error:  # this engine cannot take it; another may
-                reason, failure = error.message, (error.status, engine_error(error.message), None)
-            else:
-                context.translator = response_translator(canonical, backend.engine, context.request_id, int(time.time()))
-                request = self.client.build_request(
-                    "POST", backend.url + path, content=payload,
-                    # The gateway reads and rewrites every answer: compressed bodies would only cost CPU twice.
-                    headers={"Content-Type": "application/json", "Accept-Encoding": "identity"},
-                )
-                context.sent_at = context.sent_at or time.monotonic()
-                try:
-                    async with asyncio.timeout(ctx.options.upstream_header_timeout_s):
-                        response = await self.client.send(request, stream=True)
-                except (httpx.HTTPError, TimeoutError) as exc:
-                    reason = f"{exc.__class__.__name__}: {exc}" if str(exc) else exc.__class__.__name__
-                    failure = (502, engine_error(f"backend {backend.name} failed: {reason}"), None)
-                else:
-                    if response.status_code < 500:
-                        self.registry.succeeded(backend, context.model)
-                        return response
-                    body = await response.aread()
-                    await response.aclose()
-                    reason = f"answered {response.status_code}"
-                    failure = (response.status_code, body, response.headers.get("Content-Type"))
-                self.registry.failed(backend, reason)
-            log.warning("request %s: %s %s", context.request_id, backend.name, reason)
+        answered_500: list[BackendView] = []
+        failure: Answer = (502, engine_error("no backend answered"), None)
+        attempts = 1 + ctx.options.failover_attempts
+        for attempt in range(1, attempts + 1):
+            backend = context.backend
+            outcome = await self.attempt(context, backend)
+            if isinstance(outcome, httpx.Response):
+                self.registry.succeeded(backend, context.model)
+                for failed in answered_500:
+                    self.registry.failed(failed, "answered 500 to a request another backend served")
+                return outcome
+            log.warning("request %s: %s %s", context.request_id, backend.name, outcome.reason)
+            failure = outcome.answer
+            if outcome.blame == ENGINE:
+                self.registry.failed(backend, outcome.reason)
+            elif outcome.blame == UNCLEAR:
+                if answered_500:  # two engines fail the same request: the request is the cause
+                    break
+                answered_500.append(backend)
             tried.add(backend.id)
-            if await self.gate.transfer(context, frozenset(tried)) is None:
+            if attempt == attempts or await self.gate.transfer(context, frozenset(tried)) is None:
                 break
             FAILOVERS.labels(context.model).inc()
             log.info("request %s: failing over to %s", context.request_id, context.backend.name)
         context.error = failure[1].decode("utf-8", "replace")[:500]
         return failure
+
+    async def attempt(self, context: RequestContext, backend: BackendView) -> httpx.Response | Failure:
+        """One try at `backend`: its response with the headers in, or why not and whose fault that is."""
+        canonical = context.canonical
+        if backend.engine == "vllm":  # vLLM knows one spelling; Ollama answers the name as the caller typed it
+            canonical.model = backend.served_name(context.model) or canonical.model
+        try:
+            path, payload = build_backend_request(canonical, backend.engine, context.request_id)
+        except GatewayError as error:  # this engine cannot take what the caller asked; another may
+            return Failure(error.message, (error.status, engine_error(error.message), None), REQUEST)
+        context.translator = response_translator(canonical, backend.engine, context.request_id, int(time.time()))
+        request = self.client.build_request(
+            "POST", backend.url + path, content=payload,
+            # The gateway reads and rewrites every answer: compressed bodies would only cost CPU twice.
+            headers={"Content-Type": "application/json", "Accept-Encoding": "identity"},
+            # A stream's backend must keep sending; a whole answer is bounded by the header timeout.
+            timeout=self.stream_timeout if context.stream else None,
+        )
+        context.sent_at = context.sent_at or time.monotonic()
+        try:
+            async with asyncio.timeout(ctx.options.upstream_header_timeout_s):
+                response = await self.client.send(request, stream=True)
+        except (httpx.HTTPError, TimeoutError) as exc:
+            reason = f"{exc.__class__.__name__}: {exc}" if str(exc) else exc.__class__.__name__
+            return Failure(reason, (502, engine_error(f"backend {backend.name} failed: {reason}"), None), ENGINE)
+        status = response.status_code
+        if status not in ENGINE_FAULT_STATUSES and status != 500:
+            return response
+        body = await response.aread()
+        await response.aclose()
+        blame = UNCLEAR if status == 500 else ENGINE
+        return Failure(f"answered {status}", (status, body, response.headers.get("Content-Type")), blame)
 
     async def relay(self, request: web.Request) -> web.StreamResponse:
         """The relay's one route: open the backend stream for a flow the request hook sent here, pipe it."""
@@ -211,16 +262,24 @@ class Upstream:
         context = context_of(flow)
         if context is None or context.route.kind == "admin":
             return
-        backend = context.backend.name if context.backend else ""
-        REQUESTS.labels(context.route.endpoint, context.model or "", backend, str(flow.response.status_code)).inc()
+        self.count(context, str(flow.response.status_code))
 
     def error(self, flow: http.HTTPFlow) -> None:
         context = context_of(flow)
-        if context is None or context.backend is None:
+        if context is None or context.route.kind == "admin":
             return
         self.relayed.pop(context.request_id, None)
-        log.warning("request %s to %s failed: %s", context.request_id, context.backend.name, flow.error)
-        REQUESTS.labels(context.route.endpoint, context.model or "", context.backend.name, "error").inc()
+        if context.backend is not None:
+            log.warning("request %s to %s failed: %s", context.request_id, context.backend.name, flow.error)
+        self.count(context, "error")
+
+    def count(self, context: RequestContext, status: str) -> None:
+        """Metrics are labelled with models the backends serve, never with whatever string a caller sent:
+        series stay bounded however many made-up names reach the unauthenticated /metrics."""
+        if self.registry.serves(context.model):
+            context.model_label = context.model
+        backend = context.backend.name if context.backend else ""
+        REQUESTS.labels(context.route.endpoint, context.model_label, backend, status).inc()
 
 
 def engine_error(message: str) -> bytes:

@@ -1,0 +1,92 @@
+"""The gate never hangs a request or leaks a slot: a backend removed under a grant, a caller who already left."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+from mitmproxy.test import taddons, tflow
+
+from addons.auth import Principal
+from addons.context import CONTEXT_KEY, RequestContext, Route
+from addons.gate import Gate, backend_state
+from addons.polling import ModelView
+from addons.registry import BackendView
+from translators.pipeline import parse_client_request
+
+CHAT = b'{"model": "qwen", "messages": [{"role": "user", "content": "hi"}], "stream": false}'
+STUDENT = Principal(user_id=7, username="student1", role="student", weight=1.0, key_id=1, key_prefix="abcdefgh",
+                    rpm_override=None, max_concurrent_override=None, token_budget_override=None)
+
+
+class Registry:
+    def __init__(self, *views: BackendView) -> None:
+        self.views = {view.id: view for view in views}
+        self.listeners: list = []
+
+    def serves(self, model: str | None) -> bool:
+        return model == "qwen"
+
+    def capabilities(self, model: str) -> None:
+        return None
+
+    def serving(self, model: str) -> list[BackendView]:
+        return list(self.views.values())
+
+
+class Writer:
+    def submit(self, write) -> None:
+        pass
+
+
+def backend(backend_id: int) -> BackendView:
+    return BackendView(id=backend_id, name=f"node-{backend_id}", url="http://node", engine="vllm", max_concurrent=1,
+                       enabled=True, draining=False, priority=0, healthy=True,
+                       models={"qwen": ModelView("qwen", resident=True)})
+
+
+def chat_flow():
+    flow = tflow.tflow()
+    flow.client_conn.timestamp_end = None  # a caller still connected (mitmproxy's test flows come closed)
+    flow.request.path = "/v1/chat/completions"
+    context = RequestContext("req-1", Route("inference", "openai", "/v1/chat/completions"), "127.0.0.1")
+    context.canonical = parse_client_request("/v1/chat/completions", CHAT)
+    context.model, context.principal = "qwen", STUDENT
+    flow.metadata[CONTEXT_KEY] = context
+    return flow, context
+
+
+def through_gate(gate: Gate, flow) -> None:
+    async def scenario():
+        with taddons.context(gate) as tctx:
+            tctx.configure(gate)
+            await gate.request(flow)
+
+    asyncio.run(scenario())
+
+
+def test_a_grant_on_a_backend_removed_meanwhile_answers_503_and_holds_no_slot():
+    node = backend(1)
+    registry = Registry(node)
+    gate = Gate(registry, Writer(), 300)
+    gate.scheduler.update_backends([backend_state(node)])
+    del registry.views[node.id]  # deleted by an admin; the scheduler hears of it at the next refresh
+    flow, context = chat_flow()
+    through_gate(gate, flow)
+    assert flow.response.status_code == 503 and "Retry-After" in flow.response.headers
+    assert "removed" in json.loads(flow.response.content)["error"]["message"]
+    assert context.backend is None and not gate.waiters
+    assert all(row["running"] == 0 and row["waiting"] == 0
+               for row in gate.scheduler.snapshot(time.monotonic())["queues"])
+
+
+def test_a_caller_who_left_before_queueing_is_never_queued():
+    node = backend(1)
+    gate = Gate(Registry(node), Writer(), 300)
+    gate.scheduler.update_backends([backend_state(node)])
+    flow, context = chat_flow()
+    flow.client_conn.timestamp_end = time.time()  # left while auth, image fetch or policy awaited
+    through_gate(gate, flow)
+    assert flow.error is not None and flow.response is None
+    assert context.backend is None and node.in_flight == 0 and not gate.waiters

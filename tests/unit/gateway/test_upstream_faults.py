@@ -1,0 +1,201 @@
+"""Failover and breakers count engine faults only; a silent stream is cut; a caller who left is not served."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+from aiohttp import web
+from mitmproxy.test import taddons, tflow
+from prometheus_client import REGISTRY
+
+from addons.context import CONTEXT_KEY, RequestContext, Route
+from addons.polling import ModelView
+from addons.registry import BackendView
+from addons.upstream import RELAY_HEADER, Upstream
+from translators.pipeline import parse_client_request
+
+CHAT = b'{"model": "qwen", "messages": [{"role": "user", "content": "hi"}], "stream": %s}'
+ANSWER = {"id": "c1", "object": "chat.completion", "created": 1, "model": "qwen",
+          "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello"}, "finish_reason": "stop"}],
+          "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}
+
+
+def backend(backend_id: int, url: str = "") -> BackendView:
+    return BackendView(id=backend_id, name=f"node-{backend_id}", url=url or f"http://node-{backend_id}",
+                       engine="vllm", max_concurrent=4, enabled=True, draining=False, priority=0, healthy=True,
+                       models={"qwen": ModelView("qwen", resident=True)})
+
+
+class Registry:
+    def __init__(self) -> None:
+        self.failed_backends: list[str] = []
+
+    def failed(self, view: BackendView, reason: str) -> None:
+        self.failed_backends.append(view.name)
+
+    def succeeded(self, view: BackendView, model: str) -> None:
+        pass
+
+    def serves(self, model: str | None) -> bool:
+        return model == "qwen"
+
+
+class Gate:
+    """Hands out the next backend on each transfer, as the real gate would once a slot is free."""
+
+    def __init__(self, *spare: BackendView) -> None:
+        self.spare = list(spare)
+        self.transfers = 0
+
+    async def transfer(self, context: RequestContext, exclude: frozenset[int]) -> BackendView | None:
+        self.transfers += 1
+        if not self.spare:
+            return None
+        context.backend = self.spare.pop(0)
+        return context.backend
+
+
+def context_for(first: BackendView, stream: bool = False) -> RequestContext:
+    context = RequestContext("req-1", Route("inference", "openai", "/v1/chat/completions"), "127.0.0.1")
+    context.canonical = parse_client_request("/v1/chat/completions", CHAT % (b"true" if stream else b"false"))
+    context.model, context.stream, context.backend = "qwen", stream, first
+    return context
+
+
+def answers_by_host(statuses: dict[str, int], calls: list[str]) -> httpx.MockTransport:
+    def answer(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.host)
+        status = statuses[request.url.host]
+        return httpx.Response(status, json=ANSWER if status == 200 else {"error": f"status {status}"})
+
+    return httpx.MockTransport(answer)
+
+
+def open_with(statuses: dict[str, int], gate: Gate, first: BackendView, **options):
+    registry, calls = Registry(), []
+    upstream = Upstream(registry, gate)
+
+    async def scenario():
+        with taddons.context(upstream) as tctx:
+            tctx.configure(upstream, **options)
+            upstream.client = httpx.AsyncClient(transport=answers_by_host(statuses, calls))
+            outcome = await upstream.open(context_for(first))
+            await upstream.client.aclose()
+            return outcome
+
+    return asyncio.run(scenario()), registry, calls
+
+
+def test_no_other_backend_is_sought_after_the_last_attempt():
+    gate = Gate(backend(2))
+    outcome, registry, calls = open_with({"node-1": 503}, gate, backend(1), failover_attempts=0)
+    assert outcome[0] == 503 and calls == ["node-1"]
+    assert gate.transfers == 0  # it used to wait for a slot elsewhere, only to return the old failure untried
+    assert registry.failed_backends == ["node-1"]
+
+
+def test_an_engine_fault_moves_the_request_and_counts_against_its_backend():
+    outcome, registry, calls = open_with({"node-1": 503, "node-2": 200}, Gate(backend(2)), backend(1))
+    assert outcome.status_code == 200 and calls == ["node-1", "node-2"]
+    assert registry.failed_backends == ["node-1"]
+
+
+def test_a_500_counts_against_its_backend_only_when_another_backend_answers():
+    outcome, registry, calls = open_with({"node-1": 500, "node-2": 200}, Gate(backend(2)), backend(1))
+    assert outcome.status_code == 200 and registry.failed_backends == ["node-1"]
+
+
+def test_a_request_two_engines_fail_with_500_is_not_replayed_further_nor_blamed_on_either():
+    outcome, registry, calls = open_with({"node-1": 500, "node-2": 500, "node-3": 200},
+                                         Gate(backend(2), backend(3)), backend(1), failover_attempts=2)
+    assert outcome[0] == 500 and calls == ["node-1", "node-2"]
+    assert registry.failed_backends == []
+
+
+def test_a_500_from_the_only_backend_of_a_model_is_its_answer_and_opens_no_breaker():
+    outcome, registry, calls = open_with({"node-1": 500}, Gate(), backend(1))
+    assert outcome[0] == 500 and registry.failed_backends == []
+
+
+def silent_after_one_chunk(test_over: asyncio.Event):
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b'data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"qwen",'
+                             b'"choices":[{"index":0,"delta":{"content":"he"},"finish_reason":null}]}\n\n')
+        await asyncio.wait_for(test_over.wait(), 30)  # an engine stalled mid-generation
+        return response
+
+    return handler
+
+
+def test_a_stream_whose_backend_goes_silent_is_ended_and_counts_against_the_backend():
+    registry = Registry()
+    upstream = Upstream(registry, Gate())
+
+    async def scenario():
+        test_over = asyncio.Event()
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", silent_after_one_chunk(test_over))
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        node_url = "http://127.0.0.1:%d" % site._server.sockets[0].getsockname()[1]
+        with taddons.context(upstream) as tctx:
+            tctx.configure(upstream, upstream_stream_idle_s=1)
+            await upstream.running()
+            context = context_for(backend(1, node_url), stream=True)
+            upstream.relayed[context.request_id] = context
+            started = time.monotonic()
+            async with httpx.AsyncClient() as client:
+                relayed = await client.post(f"{upstream.relay_url}/relay", headers={RELAY_HEADER: "req-1"},
+                                            timeout=10)
+            elapsed = time.monotonic() - started
+            await upstream.done()
+        test_over.set()
+        await runner.cleanup()
+        return relayed, elapsed, context
+
+    relayed, elapsed, context = asyncio.run(scenario())
+    assert relayed.status_code == 200 and b'"he"' in relayed.content
+    assert elapsed < 5  # cut after a second of silence, not held for the engine's 30 s (or tcp_timeout's hour)
+    assert registry.failed_backends == ["node-1"] and "broke off" in context.error
+
+
+def test_a_caller_who_left_before_its_turn_upstream_is_never_sent_to_a_backend():
+    calls: list[str] = []
+    upstream = Upstream(Registry(), Gate())
+    flow = tflow.tflow()
+    flow.metadata[CONTEXT_KEY] = context_for(backend(1))
+    flow.client_conn.timestamp_end = time.time()
+
+    async def scenario():
+        with taddons.context(upstream):
+            upstream.client = httpx.AsyncClient(transport=answers_by_host({"node-1": 200}, calls))
+            await upstream.request(flow)
+            await upstream.client.aclose()
+
+    asyncio.run(scenario())
+    assert calls == [] and flow.error is not None and flow.response is None
+
+
+def label_values(metric: str, label: str) -> set[str]:
+    return {sample.labels[label] for family in REGISTRY.collect() if family.name == metric
+            for sample in family.samples if label in sample.labels}
+
+
+@pytest.mark.parametrize("model", ["qwen", "made-up-model-7f3a"])
+def test_metrics_are_labelled_with_served_models_only(model):
+    upstream = Upstream(Registry(), Gate())
+    flow = tflow.tflow(resp=True)
+    flow.response.status_code = 404
+    context = RequestContext("req-2", Route("inference", "openai", "/v1/chat/completions"), "127.0.0.1")
+    context.model = model
+    flow.metadata[CONTEXT_KEY] = context
+    upstream.response(flow)
+    assert context.model_label == ("qwen" if model == "qwen" else "unknown")
+    assert "made-up-model-7f3a" not in label_values("mindrouter_requests", "model")
