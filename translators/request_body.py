@@ -3,16 +3,30 @@
 400: the body is not JSON, or a field has the wrong JSON type; 413: too large;
 422: a required field is missing or a value is not acceptable. Null counts as absent everywhere
 (LangChain's OllamaEmbeddings sends options full of nulls).
+
+Python's json module accepts more than every later step can carry, so a body is also refused (400)
+when it nests deeper than MAX_NESTING_DEPTH (deep nesting raised RecursionError here or later, in
+copying, encoding or validating), when a string or key holds an unpaired UTF-16 surrogate (`"\\ud800"`
+decodes, then fails to encode as UTF-8 for the engine or the audit log), or when a number is NaN,
+±Infinity or overflows a float (not JSON; the engines' parsers refuse them).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from typing import Any
 
 from translators.errors import GatewayError
 
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
+# Deep enough for any real request (a tool's parameter schema inside tools[].function.parameters
+# included, see translators.structured.MAX_SCHEMA_DEPTH), shallow enough for every recursive step.
+MAX_NESTING_DEPTH = 64
+# Only a \uD800-\uDFFF escape can put a surrogate in a decoded string (UTF-8 cannot encode one).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 JSON_TYPE_NAMES = {
     str: "a string",
@@ -39,14 +53,70 @@ def load_json_object(body: bytes, max_body_bytes: int) -> dict:
     if not body.strip():
         raise GatewayError(400, "request body is empty; send a JSON object", code="invalid_json")
     try:
-        value = json.loads(body)
+        value = json.loads(body, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise _too_deep() from None
     except (UnicodeDecodeError, ValueError) as exc:
         raise GatewayError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from exc
     if not isinstance(value, dict):
         raise GatewayError(
             400, f"request body must be a JSON object, not {json_type_name(value)}", code="invalid_json"
         )
+    may_nest_too_deep = body.count(b"[") + body.count(b"{") > MAX_NESTING_DEPTH
+    may_hold_surrogates = _SURROGATE_ESCAPE.search(body) is not None
+    if may_nest_too_deep or may_hold_surrogates:
+        check_depth_and_strings(value, may_hold_surrogates)
     return value
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return number
+
+
+def _too_deep() -> GatewayError:
+    return GatewayError(
+        400, f"request body nests more than {MAX_NESTING_DEPTH} levels deep", code="invalid_json"
+    )
+
+
+def _path_text(path: tuple) -> str:
+    text = ""
+    for key in path:
+        text += f"[{key}]" if isinstance(key, int) else (f".{key}" if text else key)
+    return text or "(the body)"
+
+
+def _lone_surrogate(path: tuple) -> GatewayError:
+    where = _path_text(path).encode("utf-8", "backslashreplace").decode()
+    return GatewayError(
+        400,
+        f"'{where}' holds an unpaired UTF-16 surrogate escape (\\ud800-\\udfff); send valid Unicode",
+        code="invalid_json",
+    )
+
+
+def check_depth_and_strings(value: Any, check_strings: bool) -> None:
+    """Without recursion: no container deeper than MAX_NESTING_DEPTH, no lone surrogate in a string or key."""
+    stack: list[tuple[Any, int, tuple]] = [(value, 1, ())]
+    while stack:
+        container, depth, path = stack.pop()
+        if depth > MAX_NESTING_DEPTH:
+            raise _too_deep()
+        items = container.items() if isinstance(container, dict) else enumerate(container)
+        for key, item in items:
+            if check_strings and isinstance(key, str) and _SURROGATE.search(key):
+                raise _lone_surrogate((*path, key))
+            if isinstance(item, (dict, list)):
+                stack.append((item, depth + 1, (*path, key)))
+            elif check_strings and isinstance(item, str) and _SURROGATE.search(item):
+                raise _lone_surrogate((*path, key))
 
 
 def wrong_type(where: str, expected: str, value: Any) -> GatewayError:
