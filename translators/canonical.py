@@ -117,7 +117,8 @@ class CanonicalRequest:
     """One inference request, whichever dialect it arrived in.
 
     `body` keeps the client's parsed JSON so a same-dialect backend gets everything the client sent,
-    engine-specific fields included. `model` may be rewritten by the gateway (e.g. to the backend's
+    engine-specific fields included, less what the caller policy withholds (translators.caller_policy;
+    `withheld` says what and why). `model` may be rewritten by the gateway (e.g. to the backend's
     tag); `requested_model` stays as the client typed it and is what translated responses report.
     """
 
@@ -141,11 +142,13 @@ class CanonicalRequest:
     tools: list[dict] = field(default_factory=list)
     tool_choice: str | dict | None = None
     think: bool | str | None = None
+    # Never sent: residency is the operator's, and the caller policy withholds the caller's value.
     keep_alive: str | int | float | None = None
     include_usage: bool = False
     encoding_format: str = "float"
     dimensions: int | None = None
     notes: list[str] = field(default_factory=list)
+    withheld: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.requested_model = self.requested_model or self.model

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from translators.bounded_regex import MAX_PATTERN_LENGTH, MAX_STATES
 from translators.canonical import OLLAMA_ENGINE, VLLM_ENGINE, CanonicalRequest
 from translators.mapping import (
+    CALLER_FIELD_POLICY,
     CLIENT_ENDPOINTS,
     FINISH_REASONS_FROM_OLLAMA,
     OLLAMA_DONE_REASONS,
@@ -11,9 +13,20 @@ from translators.mapping import (
     OLLAMA_ONLY_OPTIONS,
     OPENAI_FIELDS_FOR_OLLAMA,
     SAMPLING_PARAMETERS,
+    WITHHELD_OLLAMA_OPTIONS,
     FieldRule,
 )
 from translators.pipeline import backend_path
+from translators.request_body import MAX_NESTING_DEPTH
+from translators.structured import (
+    ENUM_STEPS,
+    ERROR_STEPS,
+    MAX_SCHEMA_DEPTH,
+    MAX_SCHEMA_NODES,
+    MAX_VALIDATED_OUTPUT_CHARS,
+    REFERENCE_STEPS,
+    VALIDATION_STEP_BUDGET,
+)
 
 HEADER = """\
 # Translation reference
@@ -22,10 +35,11 @@ Generated from `translators/mapping.py` by `python -m translators.doc > docs/tra
 a unit test fails when this file and the code disagree.
 
 A request in the engine's own dialect (OpenAI client → vLLM, Ollama client → Ollama) passes through
-whole: every field reaches the engine, every byte of the answer reaches the client. The gateway
-changes only `model` (to the backend's name), drops nulls from Ollama bodies, and asks vLLM streams
-for `stream_options.include_usage`, removing that usage chunk again when the client did not ask.
-The tables below govern the crossings. Null values count as absent everywhere.
+whole, less what the caller policy below withholds: every other field reaches the engine, every byte
+of the answer reaches the client. The gateway changes only `model` (to the backend's name), drops
+nulls from Ollama bodies, and asks vLLM streams for `stream_options.include_usage`, removing that
+usage chunk again when the client did not ask. The tables after the caller policy govern the
+crossings. Null values count as absent everywhere.
 """
 
 
@@ -66,9 +80,48 @@ def field_rows(rules: tuple[FieldRule, ...]) -> list[tuple[str, ...]]:
     ]
 
 
+def policy_lines() -> list[str]:
+    lines = ["## What a caller may set", ""]
+    lines.append(
+        "Whichever engine answers, a caller steers no engine-side fetching, request ids, model residency "
+        "or resource size. Refusals are 400s in the caller's dialect when the request arrives; what is "
+        "dropped or replaced is noted on the request (audit log). Every other field passes."
+    )
+    lines.append("")
+    lines += table(("field", "endpoints", "the gateway", "why"), field_rows(CALLER_FIELD_POLICY))
+    lines += ["", "### Ollama options", ""]
+    lines.append(
+        "The options of the sampling table below and the Ollama-only samplers pass. These are dropped "
+        "for both engines, and so is any option none of these tables names:"
+    )
+    lines.append("")
+    lines += table(("option", "why"), [(f"`{name}`", why) for name, why in WITHHELD_OLLAMA_OPTIONS.items()])
+    lines += ["", "### Bodies and JSON schemas", ""]
+    lines += [
+        f"- A body nested more than {MAX_NESTING_DEPTH} levels deep, a string or key holding an unpaired "
+        "UTF-16 surrogate (`\\ud800`), or a number JSON cannot carry (`NaN`, `Infinity`, `1e999`) is a 400.",
+        "- A JSON schema (`format`, `response_format.json_schema.schema`, tool parameters, `guided_json`) "
+        "may refer only within itself (`$ref`, `$dynamicRef`, `$recursiveRef` start with `#`), hold at most "
+        f"{MAX_SCHEMA_NODES} JSON values nested at most {MAX_SCHEMA_DEPTH} levels, and must not combine "
+        "`patternProperties` with `unevaluatedProperties`; otherwise 400. The gateway never fetches a "
+        "schema: its validators resolve references in an empty registry that refuses every URI.",
+        f"- `pattern` and `patternProperties` regexes (at most {MAX_PATTERN_LENGTH} characters) are matched "
+        "by a linear-time automaton, never by Python's backtracking `re`: backreferences, lookaround, "
+        "conditionals, atomic groups, possessive repeats and the flags `(?i)`, `(?m)`, `(?s)`, `(?a)` are "
+        f"refused (400), and counted repeats may unroll into at most {MAX_STATES} states.",
+        f"- Structured output over {MAX_VALIDATED_OUTPUT_CHARS} characters is not validated, and validation "
+        f"stops after {VALIDATION_STEP_BUDGET} steps (a keyword evaluated, a character through a regex "
+        f"state, an item compared by `uniqueItems`; a reference counts {REFERENCE_STEPS}, an error passed "
+        f"up {ERROR_STEPS}, each enum value {ENUM_STEPS}); either is recorded as an invalid result (a strict "
+        "schema then answers 502). Validation never raises.",
+    ]
+    return lines
+
+
 def render() -> str:
     lines = [HEADER, "## Routes", ""]
     lines += table(("client endpoint", "Ollama engine", "vLLM engine"), route_rows())
+    lines += [""] + policy_lines()
     lines += ["", "## Sampling and limits", ""]
     lines += table(
         ("canonical", "OpenAI / vLLM (top level)", "Ollama (`options`)", "note"),

@@ -88,12 +88,10 @@ SAMPLING_PARAMETERS = (
     ),
 )
 
-_LOAD_TIME = "a load-time setting of the Ollama runner; vLLM fixes it when the server starts"
 _NO_VLLM_SAMPLER = "vLLM has no such sampler"
 
-# Ollama options outside SAMPLING_PARAMETERS: passed through to Ollama, dropped for vLLM because:
+# Ollama sampler options outside SAMPLING_PARAMETERS: passed through to Ollama, dropped for vLLM because:
 OLLAMA_ONLY_OPTIONS = {
-    "num_ctx": "vLLM fixes the context length when the server starts (--max-model-len)",
     "num_keep": "vLLM keeps no token prefix on context shift",
     "repeat_last_n": "vLLM's repetition_penalty always looks at the whole sequence",
     "typical_p": _NO_VLLM_SAMPLER,
@@ -102,25 +100,42 @@ OLLAMA_ONLY_OPTIONS = {
     "mirostat_tau": _NO_VLLM_SAMPLER,
     "mirostat_eta": _NO_VLLM_SAMPLER,
     "penalize_newline": _NO_VLLM_SAMPLER,
-    "numa": _LOAD_TIME,
-    "num_batch": _LOAD_TIME,
-    "num_gpu": _LOAD_TIME,
-    "main_gpu": _LOAD_TIME,
-    "low_vram": _LOAD_TIME,
-    "f16_kv": _LOAD_TIME,
-    "logits_all": _LOAD_TIME,
-    "vocab_only": _LOAD_TIME,
-    "use_mmap": _LOAD_TIME,
-    "use_mlock": _LOAD_TIME,
-    "embedding_only": _LOAD_TIME,
-    "num_thread": _LOAD_TIME,
 }
 UNKNOWN_OLLAMA_OPTION = "not an option vLLM knows"
+
+_RELOADS = "a load-time setting of the Ollama runner: a value other than the loaded one reloads the model"
+
+# Ollama options a caller may not set, for either engine: they size or place the model, so a caller
+# could force reloads for everyone or take more memory than the operator planned. Options that are
+# neither here, in SAMPLING_PARAMETERS nor in OLLAMA_ONLY_OPTIONS are dropped as unknown.
+WITHHELD_OLLAMA_OPTIONS = {
+    "num_ctx": "the context length is the operator's (Modelfile or OLLAMA_CONTEXT_LENGTH): another one "
+    "reloads the model with a KV cache of that size",
+    "num_batch": _RELOADS,
+    "num_gpu": _RELOADS,
+    "main_gpu": _RELOADS,
+    "low_vram": _RELOADS,
+    "f16_kv": _RELOADS,
+    "logits_all": _RELOADS,
+    "vocab_only": _RELOADS,
+    "use_mmap": _RELOADS,
+    "use_mlock": _RELOADS,
+    "embedding_only": _RELOADS,
+    "num_thread": _RELOADS,
+    "numa": _RELOADS,
+}
+UNKNOWN_OPTION = "not an option the gateway knows"
 
 MAPPED = "mapped"
 DROPPED = "dropped"
 REJECTED = "rejected"
 ANSWERED = "answered by the gateway"
+# Treatments of the caller policy (CALLER_FIELD_POLICY).
+REPLACED = "replaced"
+REFUSED = "refused (400)"
+BOUNDED = "refused (400) above the bound"
+CHECKED = "checked (400 if unsafe)"
+FILTERED = "filtered"
 
 
 @dataclass(frozen=True)
@@ -179,7 +194,6 @@ OPENAI_FIELDS_FOR_OLLAMA = (
     ),
     FieldRule("reasoning_effort", _V1_CHAT, MAPPED, "`think` with that level"),
     FieldRule("chat_template_kwargs", _V1_CHAT, MAPPED, "`enable_thinking` → `think`; other keys dropped"),
-    FieldRule("keep_alive", _V1_ALL, MAPPED, "`keep_alive` (an extension field Ollama understands)"),
     FieldRule("n", _V1_GENERATION, REJECTED, "unless 1: Ollama returns one choice"),
     FieldRule("input", _V1_EMBEDDING, MAPPED, "`input` (strings; token ids are rejected)"),
     FieldRule(
@@ -256,7 +270,6 @@ OLLAMA_FIELDS_FOR_VLLM = (
         "`chat_template_kwargs.enable_thinking`; a level (low/medium/high) also sets `reasoning_effort`",
     ),
     FieldRule("tools", _API_CHAT, MAPPED, "`tools`"),
-    FieldRule("keep_alive", _API_ALL, DROPPED, "vLLM keeps its model loaded"),
     FieldRule("logprobs", _API_GENERATION, DROPPED, "log-probabilities are not translated"),
     FieldRule("top_logprobs", _API_GENERATION, DROPPED, "log-probabilities are not translated"),
     FieldRule("input", _API_EMBED, MAPPED, "`input` (floats requested)"),
@@ -268,6 +281,81 @@ OLLAMA_FIELDS_FOR_VLLM = (
     FieldRule("options", _API_EMBEDDING, DROPPED, "embedding models take no sampling options"),
 )
 
+
+# Most choices one request may ask for (`n`, `best_of`): each is a whole generation on the engine.
+MAX_CHOICES = 8
+# Content parts of OpenAI chat messages the gateway reads; any other type is refused (vLLM would
+# fetch `video_url`, `audio_url` and `file` parts itself, past the gateway's image fetcher).
+ACCEPTED_CONTENT_PARTS = ("text", "image_url")
+
+_V1_AND_API = _V1_ALL + _API_ALL
+
+# What a caller may set, whichever engine answers (same-dialect pass-through included): nothing that
+# steers engine-side fetching, request ids, model residency or resource size. Checked when the
+# request arrives (refusals) and applied to the body every engine request is built from (the rest).
+CALLER_FIELD_POLICY = (
+    FieldRule(
+        "request_id",
+        _V1_ALL,
+        REPLACED,
+        "by the gateway's request id, which names the request in the audit log, the engine and cancellation",
+    ),
+    FieldRule(
+        "keep_alive",
+        _V1_AND_API,
+        DROPPED,
+        "model residency is the operator's (OLLAMA_KEEP_ALIVE): a caller could pin a model in memory "
+        "or unload it under everyone else",
+    ),
+    FieldRule(
+        "options",
+        _API_ALL,
+        FILTERED,
+        "sampling options pass; options that reload or resize the model, and unknown ones, are dropped "
+        "(table below)",
+    ),
+    FieldRule("priority", _V1_ALL, DROPPED, "vLLM's scheduling priority: the gateway's fair queue decides"),
+    FieldRule(
+        "logits_processors", _V1_GENERATION, DROPPED, "vLLM loads logits processors by qualified name: code"
+    ),
+    FieldRule("vllm_xargs", _V1_ALL, DROPPED, "free-form arguments for vLLM plugins"),
+    FieldRule("kv_transfer_params", _V1_GENERATION, DROPPED, "vLLM's disaggregated-serving internals"),
+    FieldRule(
+        "mm_processor_kwargs",
+        _V1_CHAT + _V1_EMBEDDING,
+        DROPPED,
+        "sets how large vLLM makes images and videos",
+    ),
+    FieldRule(
+        "chat_template", _V1_CHAT, DROPPED, "a Jinja template for the engine to render; the model's applies"
+    ),
+    FieldRule("prompt_embeds", _V1_COMPLETION, REFUSED, "tensors vLLM deserializes; send text or token ids"),
+    FieldRule(
+        "messages",
+        _V1_EMBEDDING,
+        REFUSED,
+        "chat-style embedding input may carry media vLLM fetches; send `input`",
+    ),
+    FieldRule("n", _V1_GENERATION, BOUNDED, f"at most {MAX_CHOICES} choices: each is a whole generation"),
+    FieldRule(
+        "best_of", _V1_COMPLETION, BOUNDED, f"at most {MAX_CHOICES}: each candidate is a whole generation"
+    ),
+    FieldRule(
+        "messages[].content[]",
+        _V1_CHAT,
+        CHECKED,
+        f"parts of type {', '.join(ACCEPTED_CONTENT_PARTS)} pass (images are fetched by the gateway); any other "
+        "type is refused naming it",
+    ),
+    FieldRule(
+        "tools[].function.parameters",
+        _V1_CHAT + _API_CHAT,
+        CHECKED,
+        "a JSON schema the engine may compile: `$ref` only within it (`#...`), bounded size",
+    ),
+    FieldRule("guided_json", _V1_GENERATION, CHECKED, "as tool parameters (a JSON object or JSON text)"),
+    FieldRule("structured_outputs", _V1_GENERATION, CHECKED, "`json`: as tool parameters"),
+)
 
 OPENAI_SAMPLING_FIELDS = frozenset(name for parameter in SAMPLING_PARAMETERS for name in parameter.openai)
 

@@ -190,9 +190,8 @@ def passthrough_body(req: CanonicalRequest) -> dict:
 def legacy_embeddings_body(req: CanonicalRequest) -> dict:
     """/api/embeddings → /api/embed with one input: same vectors (normalized), and a prompt count."""
     body = {"model": req.model, "input": req.inputs}
-    for key in ("options", "keep_alive"):
-        if req.body.get(key) is not None:
-            body[key] = req.body[key]
+    if req.body.get("options") is not None:
+        body["options"] = req.body["options"]
     return body
 
 
@@ -209,7 +208,6 @@ def build_request(req: CanonicalRequest) -> tuple[dict, list[str]]:
             body["dimensions"] = req.dimensions
     elif req.kind == CHAT:
         body["messages"] = [ollama_message(message) for message in req.messages]
-        notes.extend(untranslatable_part_notes(req.body.get("messages")))
         notes.extend(add_tools(req, body))
     else:
         body["prompt"] = req.prompt[0] if isinstance(req.prompt, list) else req.prompt
@@ -231,8 +229,6 @@ def build_request(req: CanonicalRequest) -> tuple[dict, list[str]]:
         notes.extend(
             f"chat_template_kwargs.{key}: dropped for ollama (not a thinking switch)" for key in extra_kwargs
         )
-    if req.keep_alive is not None:
-        body["keep_alive"] = req.keep_alive
     return body, notes
 
 
@@ -272,19 +268,6 @@ def add_tools(req: CanonicalRequest, body: dict) -> list[str]:
     if req.tool_choice in (None, "auto"):
         return []
     return ["tool_choice: dropped for ollama (Ollama cannot force a tool call)"]
-
-
-def untranslatable_part_notes(raw_messages: object) -> list[str]:
-    notes: list[str] = []
-    for index, message in enumerate(raw_messages if isinstance(raw_messages, list) else []):
-        content = message.get("content") if isinstance(message, dict) else None
-        for part in content if isinstance(content, list) else []:
-            kind = part.get("type") if isinstance(part, dict) else None
-            if kind not in ("text", "image_url"):
-                notes.append(
-                    f"messages[{index}].content: dropped a '{kind}' part for ollama (text and images only)"
-                )
-    return notes
 
 
 def ollama_message(message: Message) -> dict:

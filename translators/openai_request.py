@@ -14,9 +14,9 @@ from translators.canonical import (
     ToolCall,
     stable_tool_call_id,
 )
-from translators.errors import OPENAI
+from translators.errors import OPENAI, GatewayError
 from translators.framing import dumps
-from translators.mapping import OLLAMA_FIELDS_FOR_VLLM, dropped_field_notes
+from translators.mapping import ACCEPTED_CONTENT_PARTS, OLLAMA_FIELDS_FOR_VLLM, dropped_field_notes
 from translators.request_body import (
     invalid_value,
     is_integer,
@@ -195,7 +195,8 @@ def parse_messages(raw_messages: list) -> list[Message]:
 
 
 def parse_content(content: object, where: str) -> tuple[str, list[Image]]:
-    """A string or a list of parts → (text parts joined by newlines, images). Other part types stay in the body."""
+    """A string or a list of parts → (text parts joined by newlines, images). Other part types are refused:
+    vLLM would fetch `video_url`, `audio_url` or `file` parts itself."""
     if content is None:
         return "", []
     if isinstance(content, str):
@@ -214,6 +215,14 @@ def parse_content(content: object, where: str) -> tuple[str, list[Image]]:
             texts.append(text)
         elif part.get("type") == "image_url":
             images.append(parse_image_part(part, f"{where}[{index}].image_url"))
+        else:
+            accepted = ", ".join(ACCEPTED_CONTENT_PARTS)
+            raise GatewayError(
+                400,
+                f"'{where}[{index}]' is a content part of type {part.get('type')!r}; "
+                f"the gateway accepts {accepted}",
+                code="unsupported_content_part",
+            )
     return "\n".join(texts), images
 
 
@@ -257,7 +266,7 @@ def passthrough_body(req: CanonicalRequest, request_id: str) -> dict:
     """The client's own body for vLLM: model as resolved, usage asked for in streams, fetched images inlined."""
     body = dict(req.body)
     body["model"] = req.model
-    body.setdefault("request_id", request_id)
+    body["request_id"] = request_id  # the gateway's id always wins (the caller's is withheld)
     if req.stream and req.kind != EMBEDDING:
         body["stream_options"] = {**(req.body.get("stream_options") or {}), "include_usage": True}
     fetched = {image.url: image.data_url for image in req.images if image.url and image.data is not None}

@@ -14,8 +14,8 @@
 `model` (the gateway may rewrite it to the backend's name before building), `requested_model`,
 `stream` (decided from the body, never from Accept), `images` (bytes + media type, for the audit log),
 `image_urls_to_fetch()` / `supply_image(url, data)` (http(s) images the gateway fetches),
-`max_tokens` and `estimated_prompt_tokens` (cost estimation), `notes` (what the last
-`build_backend_request` dropped, and why).
+`max_tokens` and `estimated_prompt_tokens` (cost estimation), `notes` (what the caller policy
+withheld and the last `build_backend_request` dropped, and why).
 
 `ResponseTranslator` exposes for the audit log and the quota: `media_type`, `usage` (exact engine
 counts), `output_text`, `thinking_text`, `tool_calls`, `finish_reason` (OpenAI's words), `validation`
@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 
-from translators import ollama_request, ollama_response, openai_request, openai_response
+from translators import caller_policy, ollama_request, ollama_response, openai_request, openai_response
 from translators.canonical import (
     EMBEDDING,
     ENGINES,
@@ -71,7 +71,9 @@ def parse_client_request(
     dialect, kind = CLIENT_ENDPOINTS[endpoint]
     parsed = load_json_object(body, max_body_bytes)
     parse = openai_request.parse_request if dialect == OPENAI else ollama_request.parse_request
-    return parse(endpoint, kind, parsed)
+    req = parse(endpoint, kind, parsed)
+    caller_policy.screen(req)
+    return req
 
 
 def check_engine(engine: str) -> None:
@@ -101,7 +103,7 @@ def build_backend_request(req: CanonicalRequest, engine: str, request_id: str) -
         body, notes = ollama_request.build_request(req)
     else:
         body, notes = openai_request.build_request(req, path, request_id)
-    req.notes = notes
+    req.notes = req.withheld + notes
     return path, dumps(body)
 
 

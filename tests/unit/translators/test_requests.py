@@ -6,6 +6,7 @@ import json
 import pytest
 
 from translators.errors import GatewayError
+from translators.mapping import WITHHELD_OLLAMA_OPTIONS
 from translators.pipeline import build_backend_request, parse_client_request
 
 
@@ -265,14 +266,19 @@ def test_ollama_options_reach_vllm_and_the_rest_is_dropped_with_a_note_each():
             "stop",
         )
     }
-    assert any("num_ctx" in note and "--max-model-len" in note for note in req.notes)
+    assert any("num_ctx" in note and "dropped by the gateway" in note for note in req.notes)
+    assert any("mirostat" in note and "dropped for vllm" in note for note in req.notes)
 
 
-def test_ollama_options_pass_through_to_ollama_untouched():
+def test_ollama_sampling_options_pass_through_to_ollama_and_load_time_ones_are_withheld():
     req = parse("/api/generate", {"model": "llama3.2", "prompt": "Why?", "options": OLLAMA_DOCS_OPTIONS})
     _, body = backend(req, "ollama")
-    assert body["options"] == OLLAMA_DOCS_OPTIONS
-    assert req.notes == []
+    assert body["options"] == {
+        name: value for name, value in OLLAMA_DOCS_OPTIONS.items() if name not in WITHHELD_OLLAMA_OPTIONS
+    }
+    assert {note.split(":")[0] for note in req.notes} == {
+        f"options.{name}" for name in OLLAMA_DOCS_OPTIONS if name in WITHHELD_OLLAMA_OPTIONS
+    }
 
 
 def test_null_options_are_ignored_like_langchain_sends_them():
@@ -309,13 +315,13 @@ def test_streams_to_vllm_always_ask_for_usage():
     assert same_dialect["stream_options"] == {"include_usage": True}
 
 
-def test_keep_alive_reaches_ollama_and_is_dropped_for_vllm():
+def test_keep_alive_is_withheld_from_both_engines_with_a_note():
     _, body = backend(parse("/v1/chat/completions", {**CHAT, "keep_alive": "10m"}), "ollama")
-    assert body["keep_alive"] == "10m"
+    assert "keep_alive" not in body
     req = parse("/api/chat", {**CHAT, "keep_alive": 0})
     _, vllm_body = backend(req, "vllm")
     assert "keep_alive" not in vllm_body
-    assert req.notes == ["keep_alive: dropped for vllm (vLLM keeps its model loaded)"]
+    assert [note.split(" (")[0] for note in req.notes] == ["keep_alive: dropped by the gateway"]
 
 
 # -- same dialect ------------------------------------------------------------------------------
