@@ -52,3 +52,6 @@ KV_CACHE_USAGE = Gauge("mindrouter_backend_kv_cache_usage_ratio", "KV-cache use 
 GPU_UTILIZATION = Gauge("mindrouter_gpu_utilization_ratio", "GPU utilisation from the node agent, 0..1.",
                         ["backend", "gpu"])
 GPU_MEMORY_USED = Gauge("mindrouter_gpu_memory_used_bytes", "GPU memory in use from the node agent.", ["backend", "gpu"])
+CLIENT_CONNECTIONS = Gauge("mindrouter_client_connections", "Client connections this gateway process holds open.")
+REFUSED_CONNECTIONS = Counter("mindrouter_refused_connections_total",
+                              "Client connections closed at once for being over max_client_connections.")

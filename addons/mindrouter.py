@@ -1,8 +1,9 @@
 """The gateway: `mitmdump -s addons/mindrouter.py`.
 
 A thin shim, so the journey of a request reads in one place: the addons run in this order for
-every request. Everything with state lives in the `addons` package, which a script reload does
-not re-import.
+every request, each under a guard of its own (`addons/guard.py`), so one failing hook never skips
+the slot release, settle or audit of the addons after it. Everything with state lives in the
+`addons` package, which a script reload does not re-import.
 """
 
 import sys
@@ -11,7 +12,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from addons.auth import Auth
+from addons.connections import ConnectionLimit
 from addons.gate import Gate
+from addons.guard import guarded
 from addons.image_fetch import ImageFetch
 from addons.local import Local
 from addons.policy import Policy
@@ -28,10 +31,11 @@ writer = StoreWriter()
 registry = BackendRegistry(writer)
 gate = Gate(registry, writer, settings.environment.fairness_window_s)
 
-addons = [
+addons = guarded(
     settings,  # mitmproxy.conf, environment, schema check
     writer,  # background database writes
     registry,  # backends from the database, polled for health and models
+    ConnectionLimit(),  # a ceiling on open client connections
     Routing(settings.environment.admin_app_url),  # what the path is; dashboards go to the admin app
     Auth(),  # API key → Principal
     Local(registry),  # health, metrics and model catalogs answered here
@@ -41,4 +45,4 @@ addons = [
     gate,  # fair-share wait for a backend slot
     Upstream(registry, gate),  # to the backend in its dialect, failing over before the first byte
     Record(writer, settings.environment.artifact_storage_path),  # audit row, bodies, images
-]
+)

@@ -6,7 +6,7 @@ import secrets
 
 from mitmproxy import http
 
-from addons.context import CONTEXT_KEY, RequestContext, Route
+from addons.context import CONTEXT_KEY, RequestContext, Route, context_of
 from addons.replies import point_at, reply_error
 from translators.errors import OLLAMA, OPENAI, GatewayError
 
@@ -77,3 +77,11 @@ class Routing:
             point_at(flow, self.admin_app_url)
             flow.request.headers["X-Forwarded-For"] = flow.client_conn.peername[0] if flow.client_conn.peername else ""
             flow.request.headers["X-Forwarded-Proto"] = "http"
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        """The admin app's pages and exports pass through as they come, never held whole in the gateway's
+        memory. body_size_limit (there for what callers send) still refuses an answer whose Content-Length
+        is over it before this hook runs: the admin app sends large exports chunked."""
+        context = context_of(flow)
+        if context is not None and context.route.kind == ADMIN:
+            flow.response.stream = True

@@ -11,15 +11,18 @@ has set the usage before theirs settle quotas, release slots and write the audit
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
-from mitmproxy import ctx, http
+from mitmproxy import ctx, exceptions, http
 
 from addons.context import RequestContext, context_of
 from addons.images import check_image_url_count
 from addons.replies import reply_error
-from translators.errors import GatewayError
-from translators.pipeline import parse_client_request, translate_backend_error
+from translators.errors import GatewayError, error_body
+from translators.pipeline import parse_client_request, stream_error_event, translate_backend_error
+
+log = logging.getLogger(__name__)
 
 STREAMED_MEDIA_TYPES = ("text/event-stream", "application/x-ndjson")
 # Bodies above this are parsed (JSON, base64 images) in a worker thread, off the event loop.
@@ -27,11 +30,25 @@ PARSE_OFF_LOOP_BYTES = 256 * 2**10
 
 
 def stream_translator(context: RequestContext):
-    """The mitmproxy stream callable: engine bytes in, client bytes out; b"" marks the end."""
+    """The mitmproxy stream callable: engine bytes in, client bytes out; b"" marks the end.
+
+    Should the translator ever fail, the caller's stream ends with an error event in its dialect,
+    and the rest of the engine's stream is dropped: an exception here would break mitmproxy's
+    connection to the caller with no word of why.
+    """
     translator = context.translator
+    broken = False
 
     def convert(data: bytes):
-        chunks = translator.feed(data) if data else translator.finish()
+        nonlocal broken
+        if broken:
+            return
+        try:
+            chunks = translator.feed(data) if data else translator.finish()
+        except Exception:
+            log.exception("request %s: stream translation failed", context.request_id)
+            broken, context.error = True, "the gateway could not translate the engine's stream"
+            chunks = [stream_error_event(context.dialect, context.error)]
         if chunks and context.first_byte_at is None:
             context.first_byte_at = time.monotonic()
         context.delivered.extend(chunks)
@@ -44,8 +61,20 @@ class Translate:
     def load(self, loader):
         loader.add_option(
             "max_request_body_mb", int, 32,
-            "Largest request body accepted, in MiB (inline images count); larger bodies get 413.",
+            "Largest request body accepted, in MiB (inline images count); larger bodies get 413 before they "
+            "are read (mitmproxy's body_size_limit follows this option).",
         )
+
+    def configure(self, updated):
+        if "max_request_body_mb" not in updated:
+            return
+        if ctx.options.max_request_body_mb < 1:
+            raise exceptions.OptionsError(
+                f"max_request_body_mb: {ctx.options.max_request_body_mb!r} is not a whole number of MiB ≥ 1")
+        # mitmproxy reads a whole body before the first request hook: without this limit an endless chunked
+        # body would fill the memory. It refuses a larger Content-Length at once, and a chunked body as soon
+        # as it grows past the limit, with 413 and the connection closed, before any key is checked.
+        ctx.options.update(body_size_limit=f"{ctx.options.max_request_body_mb}m")
 
     async def request(self, flow: http.HTTPFlow) -> None:
         context = context_of(flow)
@@ -84,10 +113,15 @@ class Translate:
         if context is None or context.translator is None or flow.response.stream:
             return
         status, body = flow.response.status_code, flow.response.content or b""
-        if status >= 400:
-            status, translated = translate_backend_error(context.backend.engine, status, body, context.dialect)
-        else:
-            status, translated = context.translator.translate_body(status, body)
+        try:
+            if status >= 400:
+                status, translated = translate_backend_error(context.backend.engine, status, body, context.dialect)
+            else:
+                status, translated = context.translator.translate_body(status, body)
+        except Exception:  # never hand the caller the engine's own dialect
+            log.exception("request %s: answer translation failed", context.request_id)
+            context.error = "the gateway could not translate the engine's answer"
+            status, translated = 502, error_body(context.dialect, GatewayError(502, context.error))
         context.first_byte_at = context.first_byte_at or time.monotonic()
         flow.response.status_code = status
         flow.response.headers.pop("Content-Encoding", None)
