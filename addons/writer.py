@@ -23,6 +23,7 @@ way) but can never be spilled: past the bound it is kept in memory only up to `w
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import fcntl
@@ -34,6 +35,7 @@ import re
 import socket
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import peewee
-from mitmproxy import ctx, http
+from mitmproxy import ctx, exceptions, http
 
 from store import database
 from store.db import database_url
@@ -286,7 +288,9 @@ class StoreWriter:
     """Runs submitted writes in order on a background thread, a batch per transaction."""
 
     def __init__(self) -> None:
-        self.changed = threading.Condition()
+        lock = threading.Lock()
+        self.changed = threading.Condition(lock)  # the writer thread waits on it
+        self.overflowing = threading.Condition(lock)  # the spill thread waits on it
         self.memory: deque = deque()  # the newest writes; older ones may be in the spill file
         self.memory_bytes = 0
         self.closures = 0
@@ -334,7 +338,6 @@ class StoreWriter:
     def configure(self, updated):
         if "writer_queue_max" in updated or "writer_queue_max_mb" in updated:
             if ctx.options.writer_queue_max < 1 or ctx.options.writer_queue_max_mb < 1:
-                from mitmproxy import exceptions
                 raise exceptions.OptionsError(
                     f"writer_queue_max and writer_queue_max_mb must be at least 1, not "
                     f"{ctx.options.writer_queue_max} and {ctx.options.writer_queue_max_mb}")
@@ -359,23 +362,29 @@ class StoreWriter:
     # ---- start and stop --------------------------------------------------------------------------
 
     def start(self, spill_dir: Path, process_name: str) -> None:
-        """Open this process's spill file (adopting what stopped ones left) and start the threads."""
+        """Start the writer thread; it opens this process's spill file (adopting what stopped
+        processes left for this database) before anything else, off the event loop."""
         tag = database_tag(database_url())
         self.spill_dir = spill_dir
         self.set_aside_path = spill_dir / f"set-aside-{tag}.jsonl"
-        try:
-            self.spill = SpillFile(spill_dir / f"writes-{tag}-{process_name}.jsonl")
-            adopted = adopt_orphans(self.spill, f"writes-{tag}-*.jsonl")
-            if adopted or self.spill.waiting:
-                log.warning("replaying %d database writes left on disk by an earlier run", self.spill.waiting)
-        except OSError as exc:
-            log.error("cannot use %s for waiting writes (%s): they are kept in memory only", spill_dir, exc)
-            self.spill = None
-        self.thread = threading.Thread(target=self.write_forever, name="mindrouter-store-writer", daemon=True)
+        spill_path = spill_dir / f"writes-{tag}-{process_name}.jsonl"
+        self.thread = threading.Thread(target=self.write_forever, args=(spill_path, f"writes-{tag}-*.jsonl"),
+                                       name="mindrouter-store-writer", daemon=True)
         self.thread.start()
-        if self.spill is not None:
+
+    def open_spill(self, path: Path, orphans: str) -> None:
+        try:
+            spill = SpillFile(path)
+            adopted = adopt_orphans(spill, orphans)
+        except OSError as exc:
+            log.error("cannot keep waiting writes in %s (%s): they stay in memory only", path.parent, exc)
+            return
+        if adopted or spill.waiting:
+            log.warning("replaying %d database writes left on disk by an earlier run", spill.waiting)
+        with self.changed:
+            self.spill = spill
             self.spiller = threading.Thread(target=self.spill_forever, name="mindrouter-store-spiller", daemon=True)
-            self.spiller.start()
+        self.spiller.start()
 
     def install_shutdown_addon(self) -> None:
         master = getattr(ctx, "master", None)
@@ -419,7 +428,9 @@ class StoreWriter:
                     return
                 self.closures += 1
             self.memory.append(write)
-            self.changed.notify_all()
+            self.changed.notify()
+            if self.spiller is not None and self.over_bound():
+                self.overflowing.notify()
 
     def pending(self) -> int:
         """Writes submitted and not yet written (in memory, moving to disk, or on disk)."""
@@ -435,7 +446,7 @@ class StoreWriter:
     def spill_forever(self) -> None:
         while True:
             with self.changed:
-                self.changed.wait_for(lambda: self.over_bound() or self.finished)
+                self.overflowing.wait_for(lambda: self.over_bound() or self.finished)
                 if self.finished:
                     return
                 chunk, kept = [], []
@@ -496,7 +507,8 @@ class StoreWriter:
         with self.file_lock:
             return self.spill.take(BATCH_LIMIT)
 
-    def write_forever(self) -> None:
+    def write_forever(self, spill_path: Path, orphans: str) -> None:
+        self.open_spill(spill_path, orphans)
         try:
             while True:
                 batch, offsets = self.take()
@@ -514,13 +526,14 @@ class StoreWriter:
             with self.changed:
                 self.finished = True
                 self.changed.notify_all()
+                self.overflowing.notify_all()
             self.discard_connection()
 
     def keep_for_next_start(self, batch: list, offsets: list[int] | None, rest: list) -> None:
         """Shutdown with the database away: the unwritten writes, in order, into the spill file."""
         with self.changed:
             self.finished = True  # the spiller takes nothing more from memory
-            self.changed.notify_all()
+            self.overflowing.notify_all()
             self.changed.wait_for(lambda: not self.in_transit, timeout=10)
             newer = (rest if offsets is None else []) + list(self.memory)
             self.memory.clear()
@@ -625,20 +638,19 @@ class WriterShutdown:
 
     def __init__(self, writer: StoreWriter) -> None:
         self.writer = writer
-        self.in_flight: set[str] = set()
+        # Weak: a flow mitmproxy let go of without a response or error hook is not waited for.
+        self.in_flight: weakref.WeakValueDictionary[str, http.HTTPFlow] = weakref.WeakValueDictionary()
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        self.in_flight.add(flow.id)
+        self.in_flight[flow.id] = flow
 
     def response(self, flow: http.HTTPFlow) -> None:
-        self.in_flight.discard(flow.id)
+        self.in_flight.pop(flow.id, None)
 
     def error(self, flow: http.HTTPFlow) -> None:
-        self.in_flight.discard(flow.id)
+        self.in_flight.pop(flow.id, None)
 
     async def done(self):
-        import asyncio
-
         deadline = time.monotonic() + ctx.options.writer_drain_s
         if self.in_flight:
             log.info("waiting for %d requests in flight before the last database flush", len(self.in_flight))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import datetime as dt
 import hashlib
 import json
 import re
@@ -11,6 +13,7 @@ import threading
 import time
 
 import pytest
+from mitmproxy.test import taddons, tflow
 
 import migrations
 from addons import record as record_module
@@ -246,3 +249,33 @@ def test_image_references_are_made_on_the_writer_thread_not_the_event_loop(sqlit
     assert made_on == ["mindrouter-store-writer"]
     prompt = RequestBody.get().prompt
     assert b64 not in prompt and f"artifact:sha256:{hashlib.sha256(PNG).hexdigest()}" in prompt
+
+
+@requires_records
+def test_an_audit_write_survives_the_trip_to_disk_unchanged():
+    write = Write("audit", {"row": {"request_id": "abc", "created_at": dt.datetime(2026, 12, 3, 4, 5, 6, 789)},
+                            "body": b"\x00\xffprompt", "images": [PNG], "answer_text": "caf\u00e9"}, size=10)
+    again = writer_module.decode_write(writer_module.encode_write(write))
+    assert (again.kind, again.data) == (write.kind, write.data)
+    assert write.label() == "audit (request abc)"
+
+
+@requires_records
+def test_the_last_flush_waits_for_flows_still_in_flight(sqlite_db, tmp_path):
+    writer = StoreWriter()
+    start(writer, tmp_path)
+    shutdown = writer_module.WriterShutdown(writer)
+    flow = tflow.tflow()
+    shutdown.requestheaders(flow)
+
+    async def scenario() -> None:
+        with taddons.context(writer):
+            stopping = asyncio.create_task(shutdown.done())
+            await asyncio.sleep(0.3)
+            assert not stopping.done()
+            writer.submit(Write("test.user", {"username": "in-flight"}))  # what its error hook submits
+            shutdown.error(flow)
+            await asyncio.wait_for(stopping, 5)
+
+    asyncio.run(scenario())
+    assert usernames() == ["in-flight"]
