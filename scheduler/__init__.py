@@ -9,7 +9,8 @@ virtual time. One `Scheduler` per gateway process:
     scheduler.update_backends([BackendState(backend_id=1, models=frozenset({"llama3.2"}),
                                             max_concurrent=4, resident=frozenset({"llama3.2"}))])
     cost = expected_cost(canonical.estimated_prompt_tokens, canonical.max_tokens)
-    scheduler.submit("req-1", user_id=7, weight=3.0, model="llama3.2", cost=cost, now=now)
+    scheduler.submit("req-1", user_id=7, weight=3.0, model="llama3.2", cost=cost, now=now,
+                     max_waiting=256, max_running=4)   # the user's bounds (0: none; None: the config's)
         # raises QueueFull (answer 429) or NoBackend (answer 503); both carry .retry_after_s
     for grant in scheduler.dispatch(now):       # -> [Grant(request_id, backend_id, model, user_id,
         wake(grant)                             #           waited_s, burst)]

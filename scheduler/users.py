@@ -24,9 +24,15 @@ class UserState:
     debt: float = 0.0
     waiting: int = 0
     in_flight: int = 0
+    max_running: int = 0  # running requests allowed at once (0: no cap); the latest submission's
     served: deque[tuple[float, float]] = field(default_factory=deque)  # (released at, tokens)
     served_total: float = 0.0  # sum of `served`
     last_turns: dict[str, int] = field(default_factory=dict)  # model -> round of its latest round-robin turn
+
+    @property
+    def capped(self) -> bool:
+        """At its running cap: its queues wait out of the rotation until one of its requests ends."""
+        return 0 < self.max_running <= self.in_flight
 
     def earned_since_idle(self, now: float, burst_cap: float, window_s: float) -> tuple[float, float]:
         """(burst credit, debt) as they stand at `now`, without changing anything."""

@@ -16,6 +16,11 @@ a newly opened flow, that flow skips the round robin and its head takes the next
 from the credit; once the credit falls short the flow joins the ring's tail like any other. No
 backend grants two burst requests in a row while a round-robin request it could serve waits, so
 burst traffic gets at most half of any backend's slots and never starves the ring.
+
+A user may be capped to a number of running requests (`max_running` at submission). While a user
+is at its cap its flows wait *out* of the rotation (parked: no heap entry, no quanta earned, a
+positive deficit dropped as when a queue empties); the slots it cannot take go to the others. When
+one of its requests ends its flows rejoin like newly active ones, so being capped banks nothing.
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ class SchedulerConfig:
     quantum: float = 1000.0  # tokens a weight-1 user earns per round-robin visit
     burst_cap: float = 4000.0  # most burst credit, in tokens per unit of weight
     fairness_window_s: float = 300.0  # usage history; idling this long fills the burst credit
-    max_queue_per_user: int = 64  # waiting requests per user before QueueFull
+    max_queue_per_user: int = 64  # waiting requests per user before QueueFull, unless `submit` says (0: none)
     max_wait_s: float = 300.0  # longest wait before `expired` hands the request back
 
     def __post_init__(self) -> None:
@@ -65,9 +70,9 @@ class SchedulerConfig:
             raise ValueError(
                 f"scheduler burst_cap must be 0 (no bursts) or more tokens, got {self.burst_cap!r}"
             )
-        if not self.max_queue_per_user >= 1:
+        if not self.max_queue_per_user >= 0:
             raise ValueError(
-                f"scheduler max_queue_per_user must be at least 1, got {self.max_queue_per_user!r}"
+                f"scheduler max_queue_per_user must be 0 (no bound) or more, got {self.max_queue_per_user!r}"
             )
 
 
@@ -91,7 +96,8 @@ class Rejected(Exception):
 
 
 class QueueFull(Rejected):
-    """The user already has `max_queue_per_user` requests waiting (the gateway answers 429)."""
+    """The user already has as many requests waiting as its bound allows (the gateway answers 429);
+    `retry_after_s` is when one of its places is likely to free."""
 
 
 class NoBackend(Rejected):
@@ -227,9 +233,21 @@ class Scheduler:
                 self._schedule(flow)
 
     def submit(
-        self, request_id: str, user_id: Hashable, weight: float, model: str, cost: float, now: float
+        self,
+        request_id: str,
+        user_id: Hashable,
+        weight: float,
+        model: str,
+        cost: float,
+        now: float,
+        max_waiting: int | None = None,
+        max_running: int = 0,
     ) -> None:
         """Queue a request whose expected size is `cost` tokens; `dispatch` decides when it goes.
+
+        `max_waiting` bounds the user's waiting requests (None: the config's `max_queue_per_user`;
+        0: no bound); `max_running` caps the user's running ones (0: no cap). Like the weight, the
+        latest submission's values apply to all the user's requests.
 
         Raises NoBackend or QueueFull (both `Rejected`, with a Retry-After estimate) when it
         cannot be queued.
@@ -248,11 +266,16 @@ class Scheduler:
                 f"no healthy backend serves {model!r} now; retry after {retry_after_s} s", retry_after_s
             )
         user = self._user(user_id, weight, now)
-        if user.waiting >= self.config.max_queue_per_user:
-            retry_after_s = self.retry_after_s(model)
+        if max_running < 0:
+            raise ValueError(f"user {user_id!r}: max_running must be 0 (no cap) or more, got {max_running!r}")
+        if max_running != user.max_running:
+            self._set_cap(user, max_running)
+        bound = self.config.max_queue_per_user if max_waiting is None else max_waiting
+        if bound and user.waiting >= bound:
+            retry_after_s = self._place_frees_in(user, model)
             raise QueueFull(
-                f"user {user_id!r} already has {user.waiting} requests waiting "
-                f"(limit {self.config.max_queue_per_user}); retry after {retry_after_s} s",
+                f"too many requests waiting: {user.waiting} already wait for a slot (limit {bound}); "
+                f"retry after {retry_after_s} s, when one of them has likely started",
                 retry_after_s,
             )
         user.settle(now, self.config.burst_cap, self.config.fairness_window_s)
@@ -284,7 +307,10 @@ class Scheduler:
         if slot is None:
             return False
         user = self._users[slot.user_id]
+        was_capped = user.capped
         user.in_flight -= 1
+        if was_capped and not user.capped:
+            self._unpark(user)
         if actual_tokens is not None:
             self._correct(user, slot.model, slot.cost - actual_tokens, now)
         served = slot.cost if actual_tokens is None else actual_tokens
@@ -332,6 +358,19 @@ class Scheduler:
             self._withdraw(request, now)
         return [request.request_id for request in gone]
 
+    def _place_frees_in(self, user: UserState, model: str) -> int:
+        """Seconds until the user's oldest waiting request is likely to start, freeing a place in its
+        queue: a slot's hold time over the slots its weight (and cap) gives it among the active users."""
+        slots = self._pool.capacity(model)
+        if not slots:
+            return NO_BACKEND_RETRY_AFTER_S
+        active_weight = sum(u.weight for u in self._users.values() if u.waiting or u.in_flight)
+        user_slots = slots * user.weight / max(active_weight, user.weight)
+        if user.max_running:
+            user_slots = min(user_slots, user.max_running)
+        estimate = self._hold_ema_s.get(model, ASSUMED_HOLD_S) / user_slots
+        return max(1, min(MAX_RETRY_AFTER_S, math.ceil(estimate - 1e-9)))
+
     def retry_after_s(self, model: str) -> int:
         """Seconds until the model's current backlog has been dispatched, for a Retry-After."""
         slots = self._pool.capacity(model)
@@ -369,6 +408,7 @@ class Scheduler:
                 queue_row(user_id, model)["deficit"] = flow.deficit
 
         users = []
+        active_weight = sum(u.weight for u in self._users.values() if u.waiting or u.in_flight)
         for user in self._users.values():
             user.forget_usage_before(now - self.config.fairness_window_s)
             credit, debt = user.earned_since_idle(now, self.config.burst_cap, self.config.fairness_window_s)
@@ -386,6 +426,12 @@ class Scheduler:
                         "burst_credit": credit,
                         "debt": debt,
                         "served_tokens": user.served_total,
+                        "running": user.in_flight,
+                        "waiting": user.waiting,
+                        "cap": user.max_running or None,
+                        "entitled_share": user.weight / active_weight
+                        if active_weight and (user.waiting or user.in_flight)
+                        else 0.0,
                     }
                 )
         served_total = sum(row["served_tokens"] for row in users)
@@ -412,6 +458,36 @@ class Scheduler:
             for flow in self._flows.get(user_id, _NO_FLOWS).values():
                 self._schedule(flow)
         return user
+
+    def _set_cap(self, user: UserState, max_running: int) -> None:
+        was_capped = user.capped
+        user.max_running = max_running
+        if was_capped and not user.capped:
+            self._unpark(user)
+        elif user.capped and not was_capped:
+            self._park_all(user)
+
+    def _park_all(self, user: UserState) -> None:
+        for flow in self._flows.get(user.user_id, _NO_FLOWS).values():
+            self._park(flow)
+
+    @staticmethod
+    def _park(flow: _Flow) -> None:
+        """A capped user's flow keeps its place in the ring but loses its heap entry: it is not served."""
+        flow.key, flow.version = None, -2  # no live entry has this version
+
+    def _unpark(self, user: UserState) -> None:
+        """The user may run one more: its waiting flows are keyed again. One in the ring resumes at its
+        next visit after the ring's pointer, with the deficit it had: the visits that went by while it
+        was capped earned it nothing, so it has no run of banked turns to take."""
+        for flow in self._flows.get(user.user_id, _NO_FLOWS).values():
+            if flow.key is not None or not flow.waiting:
+                continue
+            if flow.in_ring:
+                pointer_round, pointer_position = self._pointers[flow.model]
+                next_visit = pointer_round + (flow.position <= pointer_position)
+                flow.round = max(flow.round, next_visit - 1)
+            self._schedule(flow)
 
     def _note_if_idle(self, user: UserState, now: float) -> None:
         if not user.waiting and not user.in_flight and user.idle_since is None:
@@ -457,7 +533,10 @@ class Scheduler:
 
     def _schedule(self, flow: _Flow) -> None:
         """(Re)key the flow: by its head's arrival while burst credit pays for the head, otherwise
-        at the ring visit where its deficit first covers the head's cost."""
+        at the ring visit where its deficit first covers the head's cost; parked while its user is capped."""
+        if flow.user.capped:
+            self._park(flow)
+            return
         if not flow.in_ring and flow.user.burst_credit >= flow.queue[0].cost:
             key, heaps = (flow.queue[0].arrival,), self._bursting
         else:
@@ -608,6 +687,8 @@ class Scheduler:
             Slot(request.request_id, backend_id, user.user_id, request.model, request.cost, now)
         )
         self._burst_granted_last[backend_id] = request.on_burst_credit
+        if user.capped:
+            self._park_all(user)
         return Grant(
             request.request_id,
             backend_id,

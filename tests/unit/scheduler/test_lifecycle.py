@@ -69,7 +69,7 @@ def test_queue_full_is_rejected_with_a_retry_after(scheduler):
         scheduler.submit(f"r{n}", "a", 1.0, "llama3.2", 100, now=0.0)
         scheduler.dispatch(0.0)
 
-    with pytest.raises(QueueFull, match=r"already has 3 requests waiting \(limit 3\)") as rejected:
+    with pytest.raises(QueueFull, match=r"3 already wait for a slot \(limit 3\)") as rejected:
         scheduler.submit("one-too-many", "a", 1.0, "llama3.2", 100, now=0.0)
     assert rejected.value.retry_after_s >= 1
     scheduler.submit("someone-else", "b", 1.0, "llama3.2", 100, now=0.0)  # the limit is per user
@@ -121,7 +121,7 @@ def test_weight_and_cost_must_be_positive(scheduler, weight, cost, complaint):
         {"quantum": 0},
         {"burst_cap": -1},
         {"fairness_window_s": 0},
-        {"max_queue_per_user": 0},
+        {"max_queue_per_user": -1},
         {"max_wait_s": -5},
     ],
 )
