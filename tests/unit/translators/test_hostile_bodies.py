@@ -300,6 +300,8 @@ def test_any_body_is_refused_with_a_4xx_or_built_and_answered_for_both_engines(p
     except GatewayError as error:
         assert 400 <= error.status < 500, error
         return
+    assert req.estimated_prompt_tokens >= 0 and (req.max_tokens is None or req.max_tokens >= 0)
+    assert all(isinstance(url, str) for url in req.image_urls_to_fetch())
     for engine in ("ollama", "vllm"):
         try:
             engine_path, payload = build_backend_request(req, engine, "req-1")

@@ -1,10 +1,13 @@
 """A caller's JSON schema never makes the gateway fetch anything, and validating against it is bounded."""
 
 import json
+import re
 import time
 import urllib.request
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from translators.canonical import ResponseFormat
 from translators.errors import GatewayError
@@ -229,3 +232,34 @@ def test_the_output_validator_itself_resolves_nothing_outside_the_schema(no_netw
         _BUDGET.reset(token)
     assert not isinstance(caught.value, (AssertionError, ValidationBudgetExceeded))
     assert no_network == []
+
+
+class _Unbounded:
+    def spend(self, steps: int) -> None:
+        pass
+
+
+_atoms = st.sampled_from(["a", "b", ".", "[ab]", "[^a]", "\\d", "\\w", "\\s", "\\b", "^", "$", "\\n"])
+
+
+@st.composite
+def _patterns(draw, depth: int = 0) -> str:
+    pieces = []
+    for _ in range(draw(st.integers(1, 3))):
+        if depth < 2 and draw(st.booleans()):
+            inner = "|".join(draw(_patterns(depth + 1)) for _ in range(draw(st.integers(1, 2))))
+            piece = f"({inner})"
+        else:
+            piece = draw(_atoms)
+        if piece not in ("^", "$", "\\b"):
+            piece += draw(st.sampled_from(["", "*", "+", "?", "{2}", "{1,3}", "{2,}", "*?"]))
+        pieces.append(piece)
+    return "".join(pieces)
+
+
+@settings(max_examples=300, deadline=None)
+@given(pattern=_patterns(), text=st.text(alphabet="ab1 \n_", max_size=8))
+def test_the_bounded_matcher_finds_what_python_re_finds(pattern, text):
+    from translators.bounded_regex import compile_pattern
+
+    assert compile_pattern(pattern).search(text, _Unbounded()) == (re.search(pattern, text) is not None)
