@@ -3,11 +3,13 @@
 Both stores answer the same questions with the same rules (`scheduler.limits`, `scheduler.quota`):
 
     wait = await store.take_rate(key_id, limit, window_s, lease)      # 0.0: admitted; else seconds to wait
+    await store.give_back_rate(key_id, lease)                           # a refused request does not count
     ok = await store.acquire_slot(user_id, limit, lease, ttl_s)         # a concurrency lease
     await store.release_slot(user_id, lease)
     outcome = await store.reserve(user_id, period, cost, lease, ttl_s)  # RESERVED | REFUSED | UNKNOWN
     await store.start_ledger(user_id, period, budget, used, expires_at) # after UNKNOWN: load it, retry
     await store.settle(user_id, period, lease, actual)                  # reservation → real usage
+    await store.sync_used(user_id, period, used)                        # after a switch of store: the database's
     await store.renew(slots, reservations, ttl_s)                       # the heartbeat of live requests
 
 `lease` is the request id: one request holds at most one entry of each kind, and giving it back
@@ -68,9 +70,20 @@ class LocalCounters:
         self.slots: dict[int, LeaseTable] = {}
         self.ledgers: dict[tuple[int, str], Ledger] = {}
         self.reservations: dict[str, tuple[tuple[int, str], int]] = {}  # lease → ((user, period), tokens)
+        self.rate_leases: dict[str, float] = {}  # lease → when it entered its key's window
 
     async def take_rate(self, key_id: int, limit: int, window_s: float, lease: str) -> float:
-        return self.windows.setdefault(key_id, SlidingWindow()).admit(self.clock(), limit, window_s)
+        now = self.clock()
+        wait = self.windows.setdefault(key_id, SlidingWindow()).admit(now, limit, window_s)
+        if wait <= 0:
+            self.rate_leases[lease] = now
+        return wait
+
+    async def give_back_rate(self, key_id: int, lease: str) -> None:
+        taken_at = self.rate_leases.pop(lease, None)
+        window = self.windows.get(key_id)
+        if taken_at is not None and window is not None:
+            window.give_back(taken_at)
 
     async def acquire_slot(self, user_id: int, limit: int, lease: str, ttl_s: float) -> bool:
         return self.slots.setdefault(user_id, LeaseTable()).acquire(lease, self.clock(), math.inf, limit)
@@ -97,6 +110,10 @@ class LocalCounters:
         if ledger := self.ledgers.get((user_id, period)):
             ledger.settle(reserved, actual)
 
+    async def sync_used(self, user_id: int, period: str, used: int) -> None:
+        if ledger := self.ledgers.get((user_id, period)):
+            ledger.used = max(ledger.used, used)
+
     async def renew(self, slots: list[tuple[int, str]], reservations: list[tuple[int, str, str]], ttl_s: float) -> int:
         return len(slots) + len(reservations)  # nothing here expires: the process holding it is the one counting
 
@@ -114,6 +131,8 @@ class LocalCounters:
         now = self.clock()
         for key_id in [k for k, w in self.windows.items() if not w.times or w.times[-1] <= now - window_s]:
             del self.windows[key_id]
+        for lease in [lease for lease, at in self.rate_leases.items() if at <= now - window_s]:
+            del self.rate_leases[lease]
         for key in [k for k, ledger in self.ledgers.items() if k[1] != current_period and ledger.reserved == 0]:
             del self.ledgers[key]
 
@@ -225,6 +244,16 @@ redis.call('HINCRBY', KEYS[1], 'used', ARGV[2])
 return 1
 """
 
+# KEYS: quota. ARGV: used as the database has it. The ledger keeps the larger count (the database lags
+# by the writer's batch; Redis misses what was spent while gateways counted in process).
+QUOTA_SYNC_USED_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if tonumber(redis.call('HGET', KEYS[1], 'used')) < tonumber(ARGV[1]) then
+  redis.call('HSET', KEYS[1], 'used', ARGV[1])
+end
+return 1
+"""
+
 # KEYS: quota. ARGV: budget. A ledger nobody started stays unstarted (it loads the budget itself).
 QUOTA_SET_BUDGET_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
@@ -268,6 +297,7 @@ class RedisCounters:
         self.reserve_script = client.register_script(QUOTA_RESERVE_LUA)
         self.settle_script = client.register_script(QUOTA_SETTLE_LUA)
         self.budget_script = client.register_script(QUOTA_SET_BUDGET_LUA)
+        self.sync_used_script = client.register_script(QUOTA_SYNC_USED_LUA)
         self.standing_script = client.register_script(QUOTA_STANDING_LUA)
 
     def now_arg(self) -> str:
@@ -287,6 +317,12 @@ class RedisCounters:
         wait_ms = await self.rate_script(
             keys=[self.rate_key(key_id)], args=[self.now_arg(), max(1, round(window_s * 1000)), limit, lease])
         return int(wait_ms) / 1000
+
+    async def give_back_rate(self, key_id: int, lease: str) -> None:
+        await self.client.zrem(self.rate_key(key_id), lease)
+
+    async def sync_used(self, user_id: int, period: str, used: int) -> None:
+        await self.sync_used_script(keys=self.quota_keys(user_id, period)[:1], args=[used])
 
     async def acquire_slot(self, user_id: int, limit: int, lease: str, ttl_s: float) -> bool:
         acquired = await self.acquire_script(

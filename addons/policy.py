@@ -1,20 +1,24 @@
-"""Policy: rate limits per key, concurrency per user and monthly token budgets, checked before a request queues.
+"""Policy: rate limits per key and monthly token budgets, checked before a request queues.
 
 Admission, in this order, each refusal a 429 in the caller's dialect with `Retry-After`:
 
 1. requests per window per API key (the key's `rpm_override`, else the user's, else the role's
    `rate_limit_rpm`), over an exact sliding window of `rate_limit_window_s`; Retry-After is when
    a slot of the window frees;
-2. concurrent requests per user (the user's `max_concurrent_override`, else the role's
-   `max_concurrent_per_user`); Retry-After 1;
-3. the request's expected cost (`scheduler.cost.expected_cost`) reserved from the user's budget
-   for this month; `insufficient_quota`, Retry-After the start of next month, and
-   `x-should-retry: false` so the OpenAI SDK does not retry what only an admin can fix.
+2. what the request may spend at most (`reservation`: prompt estimate plus `max_tokens`, or the
+   model's context without it, times `n`) reserved from the user's budget for this month;
+   `insufficient_quota`, Retry-After the start of next month, and `x-should-retry: false` so the
+   OpenAI SDK does not retry what only an admin can fix.
 
-A refusal gives back what the earlier steps took (the concurrency slot); a request counts toward
-its key's rate once admitted there, whatever happens to it next. Reserving before running is what
-keeps fifty concurrent requests from overrunning a budget: they are admitted only while the
-reservations fit, and each is settled to its real cost when it ends.
+Concurrency is not a refusal here: the cap on a user's running requests is the fair queue's (Gate),
+and requests above it wait there.
+
+A request counts toward its key's rate only once every step admitted it and the gateway went on to
+serve it: a refusal, here or later by the Gate (queue full, no backend, unknown model, maximum
+wait), gives back everything admission took (the rate token and the reservation). The rate limit
+is for floods of requests, not a penalty on retries of refused ones. Reserving the most a request
+may spend before it runs is what keeps fifty concurrent requests from overrunning a budget: they are
+admitted only while the reservations fit, and each is settled to its real cost when it ends.
 
 Settling happens in this addon's `response` and `error` hooks, exactly once per request (a flag on
 its `Admission`), whichever way it ends: mitmproxy fires `response` for every answer (ours,
@@ -22,17 +26,19 @@ Gate's, the engine's) and `error` for every other end (backend failure, a client
 a flow killed while queued). The real usage is the response translator's exact count. Translate
 sits before Policy in the addon list and translates a whole answer in its own `response` hook, so
 the counts are there when Policy's hook runs. Without counts (the engine sent none, or the stream
-broke off before them) a request that delivered an answer is charged its reservation, one that
-delivered nothing is charged nothing.
+broke off before them) a request that delivered an answer is charged its expected cost (the
+scheduler's estimate, at most its reservation), one that delivered nothing is charged nothing.
 
 Where the counters live: in process without `REDIS_URL`; in Redis with it (`addons/limits.py` has
 the key layout), so every gateway sharing that Redis enforces the same limits and budgets. What a
 request holds in Redis is a lease renewed every `policy_lease_ttl_s / 3` while it runs: a killed
-gateway's slots and reservations vanish within `policy_lease_ttl_s`. If Redis fails (refused,
-timed out after `redis_timeout_ms`) during admission, every limit falls back to this process's own
-counters for `redis_retry_s` and a warning is logged: each gateway then enforces the limits alone
-(budgets from the database's `used`), rather than failing every request or letting all through.
-A failed release, settle or renewal only logs: what it was about expires with its lease.
+gateway's reservations vanish within `policy_lease_ttl_s`. If Redis fails (refused, timed out after
+`redis_timeout_ms`) during admission, every limit falls back to this process's own counters for
+`redis_retry_s` and a warning is logged: each gateway then enforces the limits alone, rather than
+failing every request or letting all through. Each store misses what was spent on the other while it
+was not in use, so after every switch of store a user's ledger first takes `used` from the database
+again (the larger of the two: the database lags by the writer's batch). A failed release, settle or
+renewal only logs: what it was about expires with its lease.
 
 Budgets come from the database (`Quota` rows, created on first use for the month with
 `budget_for(role, override, DEFAULT_TOKEN_BUDGET)`), read off the event loop and re-read every
@@ -58,6 +64,7 @@ from addons.auth import Principal
 from addons.context import RequestContext, context_of
 from addons.limits import (
     REFUSED,
+    RESERVED,
     UNKNOWN,
     LocalCounters,
     RedisCounters,
@@ -91,6 +98,13 @@ BUDGET_QUERY_CHUNK = 500
 # The heartbeat stops renewing a request's Redis leases after this long: should a request ever end
 # without mitmproxy telling us, its slot then frees itself instead of being renewed for ever.
 LEASE_RENEWAL_LIMIT_S = 4 * 3600
+# Requests per minute per API key, by role. The rate limit stops floods (a script in a tight loop), not
+# contention: the fair queue shares the slots, and refused requests do not count. A student may queue
+# a batch of 200 at once (the waiting bound, addons/gate.py, is 256) and a faculty member run a
+# pipeline of 20 small requests a second. docs/scheduler.md, "Limits", says why.
+DEFAULT_RPM = "admin=3000,faculty=1200,staff=900,student=600"
+# What a request without `max_tokens` may generate when no backend says the model's context length.
+UNKNOWN_CONTEXT_TOKENS = 8192
 # Whole numbers: mitmproxy's `--set` cannot parse a float option.
 POSITIVE_OPTIONS = ("rate_limit_window_s", "policy_lease_ttl_s", "quota_refresh_s", "redis_timeout_ms", "redis_retry_s")
 
@@ -104,7 +118,8 @@ class Admission:
 
     lease: str  # the request id: its entry in every counter it holds
     user_id: int
-    slot_store: Counters | None = None  # holds its concurrency slot
+    key_id: int = 0
+    rate_store: Counters | None = None  # holds its place in the key's rate window
     quota_store: Counters | None = None  # holds its reservation
     period: str = ""
     reserved: int = 0
@@ -112,17 +127,40 @@ class Admission:
     admitted_at: float = field(default_factory=time.monotonic)
 
 
+def choices_of(canonical: CanonicalRequest) -> int:
+    """How many answers the request asks for (OpenAI's `n`; Ollama has one)."""
+    n = canonical.body.get("n") if isinstance(canonical.body, dict) else None
+    return n if isinstance(n, int) and n >= 1 else 1
+
+
+def reservation(canonical: CanonicalRequest, context_length: int | None) -> int:
+    """The most the request may spend: its prompt estimate plus its `max_tokens` (without one, the model's
+    context, as the engine may generate that far), once per choice. Embeddings spend their input alone."""
+    prompt = canonical.estimated_prompt_tokens
+    if canonical.kind == "embedding":
+        return max(1, prompt)
+    completion = canonical.max_tokens
+    if completion is None:
+        completion = context_length or UNKNOWN_CONTEXT_TOKENS
+    return max(1, choices_of(canonical) * (prompt + completion))
+
+
 def request_cost(canonical: CanonicalRequest) -> int:
-    return expected_cost(canonical.estimated_prompt_tokens, canonical.max_tokens,
-                         generates=canonical.kind != "embedding")
+    """What admission reserves for the request when its model's context is not known."""
+    return reservation(canonical, None)
 
 
 def tokens_to_charge(context: RequestContext, admission: Admission, delivered: bool) -> int:
-    """The engine's exact count; without one, the reservation if the caller got an answer, else 0."""
+    """The engine's exact count; without one, the expected cost if the caller got an answer, else 0."""
     usage = context.translator.usage if context.translator is not None else None
     if usage is not None:
         return usage.prompt_tokens + usage.completion_tokens
-    return admission.reserved if delivered else 0
+    if not delivered or context.canonical is None:
+        return admission.reserved if delivered else 0
+    canonical = context.canonical
+    expected = expected_cost(canonical.estimated_prompt_tokens, canonical.max_tokens,
+                             generates=canonical.kind != "embedding")
+    return min(admission.reserved, choices_of(canonical) * expected)
 
 
 def load_quota(user_id: int, role: str, override: int | None, period: str, default_budget: int) -> tuple[int, int]:
@@ -163,42 +201,42 @@ def renewal_of(now: dt.datetime) -> tuple[dt.datetime, float]:
 
 
 class Policy:
-    """Admits an inference request within its key's rate, its user's concurrency and its user's budget."""
+    """Admits an inference request within its key's rate and its user's budget."""
 
-    def __init__(self, writer: StoreWriter, environment: Environment) -> None:
+    def __init__(self, writer: StoreWriter, environment: Environment, registry=None) -> None:
         self.writer = writer
+        self.registry = registry  # BackendRegistry: the models' context lengths (found at start if None)
         self.default_budget = environment.default_token_budget
         self.redis_url = environment.redis_url
         self.local = LocalCounters()
         self.shared: RedisCounters | None = None
         self.shared_retry_at = 0.0
         self.rpm_limits: dict[str, int] = {}
-        self.concurrency_limits: dict[str, int] = {}
         self.held: dict[str, Admission] = {}  # admitted requests not yet settled, by lease
         self.ledgers: dict[tuple[int, str], float] = {}  # (user, period) → last admission, for the refresh
         self.reserved_written: dict[tuple[int, str], int] = {}
         self.loading: dict[tuple[int, str], asyncio.Future] = {}
+        # After the counting moved from one store to the other: the ledgers that took `used` from the
+        # database since, in the store now counting (None: no switch, nothing to reload).
+        self.last_store_shared: bool | None = None
+        self.reloaded: set[tuple[int, str]] | None = None
         self.settling: set[asyncio.Task] = set()
         self.background: list[asyncio.Task] = []
 
     def load(self, loader):
         loader.add_option(
-            "rate_limit_rpm", str, "admin=600,faculty=180,staff=120,student=60",
+            "rate_limit_rpm", str, DEFAULT_RPM,
             "Requests per API key per rate_limit_window_s, by role (ROLE=N for every role; 0: no limit). "
-            "A key's rpm_override, else its user's, wins over the role's number.",
+            "A key's rpm_override, else its user's, wins over the role's number. Only requests the gateway "
+            "admitted count: a refused one (any 429 or 503 before a backend slot) is given back.",
         )
         loader.add_option(
             "rate_limit_window_s", int, 60,
             "The sliding window rate_limit_rpm counts over, in seconds (60: requests per minute).",
         )
         loader.add_option(
-            "max_concurrent_per_user", str, "admin=32,faculty=16,staff=8,student=4",
-            "Requests one user may have queued or running at once, by role (ROLE=N for every role; 0: no "
-            "limit). The user's max_concurrent_override wins over the role's number.",
-        )
-        loader.add_option(
             "policy_lease_ttl_s", int, 30,
-            "With REDIS_URL: a request's concurrency slot and token reservation expire this long after its "
+            "With REDIS_URL: a request's token reservation expires this long after its "
             "gateway last renewed them (every third of it), so a killed gateway locks nobody out for longer.",
         )
         loader.add_option(
@@ -221,12 +259,11 @@ class Policy:
         )
 
     def configure(self, updated):
-        for name, target in (("rate_limit_rpm", "rpm_limits"), ("max_concurrent_per_user", "concurrency_limits")):
-            if name in updated or not getattr(self, target):
-                try:
-                    setattr(self, target, parse_role_limits(getattr(ctx.options, name), ROLES))
-                except ValueError as error:
-                    raise exceptions.OptionsError(f"{name}: {getattr(ctx.options, name)!r}: {error}") from None
+        if "rate_limit_rpm" in updated or not self.rpm_limits:
+            try:
+                self.rpm_limits = parse_role_limits(ctx.options.rate_limit_rpm, ROLES)
+            except ValueError as error:
+                raise exceptions.OptionsError(f"rate_limit_rpm: {ctx.options.rate_limit_rpm!r}: {error}") from None
         for name in POSITIVE_OPTIONS:
             if name in updated and not getattr(ctx.options, name) > 0:
                 raise exceptions.OptionsError(f"{name}: {getattr(ctx.options, name)!r} is not a whole number ≥ 1")
@@ -238,6 +275,8 @@ class Policy:
         return ctx.options.redis_timeout_ms / 1000
 
     def running(self):
+        if self.registry is None:
+            self.registry = ctx.master.addons.get("backendregistry")
         if self.redis_url and self.shared is None:
             client = connect(self.redis_url, self.redis_timeout_s)
             self.shared = RedisCounters(client, ctx.options.redis_key_prefix)
@@ -260,19 +299,30 @@ class Policy:
         if (flow.response or context is None or context.route.kind != "inference"
                 or context.principal is None or context.canonical is None):
             return
-        admission = Admission(context.request_id, context.principal.user_id)
+        admission = Admission(context.request_id, context.principal.user_id, context.principal.key_id)
         context.admission = admission
-        refusal = await self.admit(admission, context.principal, request_cost(context.canonical))
+        cost = reservation(context.canonical, self.context_length(context.model or context.canonical.model))
+        refusal = await self.admit(admission, context.principal, cost)
         if refusal is not None:
-            self.settle(admission, 0)  # give back what the earlier steps took
+            self.settle(admission, 0, refused=True)  # give back what the earlier steps took
             log.info("request %s refused: %s", context.request_id, refusal.message)
             REFUSALS.labels(refusal.code, context.principal.role).inc()
             reply_error(flow, context.dialect, refusal)
 
+    def context_length(self, model: str | None) -> int | None:
+        """The longest context any backend serving the model reports (None: none says)."""
+        if self.registry is None or not model:
+            return None
+        lengths = []
+        for view in self.registry.views.values():
+            name = view.served_name(model)
+            if name is not None and (length := view.models[name].context_length):
+                lengths.append(length)
+        return max(lengths, default=None)
+
     async def admit(self, admission: Admission, principal: Principal, cost: int) -> GatewayError | None:
-        """The three steps in order; the first refusal ends admission (the caller gives back the rest)."""
+        """The steps in order; the first refusal ends admission (the caller gives back the rest)."""
         return (await self.within_rate(admission, principal)
-                or await self.within_concurrency(admission, principal)
                 or await self.within_budget(admission, principal, cost))
 
     async def within_rate(self, admission: Admission, principal: Principal) -> GatewayError | None:
@@ -280,36 +330,29 @@ class Policy:
         if rpm == UNLIMITED:
             return None
         window_s = ctx.options.rate_limit_window_s
-        _, wait = await self.counted(
+        store, wait = await self.counted(
             "rate limit", lambda c: c.take_rate(principal.key_id, rpm, window_s, admission.lease))
         if wait <= 0:
+            admission.rate_store = store
+            self.held[admission.lease] = admission
             return None
         return GatewayError(
             429, f"rate limit reached: API key mr_{principal.key_prefix}_… may make {rpm} requests per "
                  f"{window_s:g} s; retry in {retry_after_header(wait)} s",
             code="rate_limit_exceeded", headers={"Retry-After": retry_after_header(wait)})
 
-    async def within_concurrency(self, admission: Admission, principal: Principal) -> GatewayError | None:
-        limit = limit_for(principal.role, principal.max_concurrent_override, self.concurrency_limits)
-        if limit == UNLIMITED:
-            return None
-        ttl_s = ctx.options.policy_lease_ttl_s
-        store, acquired = await self.counted(
-            "concurrency limit", lambda c: c.acquire_slot(principal.user_id, limit, admission.lease, ttl_s))
-        if not acquired:
-            return GatewayError(
-                429, f"too many concurrent requests: {principal.username} already has {limit} queued or running "
-                     "(the limit); retry when one finishes",
-                code="concurrency_limit_exceeded", headers={"Retry-After": "1"})
-        admission.slot_store = store
-        self.held[admission.lease] = admission
-        return None
-
     async def within_budget(self, admission: Admission, principal: Principal, cost: int) -> GatewayError | None:
         now = utcnow()
         user_id, period, lease = principal.user_id, period_of(now), admission.lease
         ttl_s = ctx.options.policy_lease_ttl_s
         store, outcome = await self.counted("token budget", lambda c: c.reserve(user_id, period, cost, lease, ttl_s))
+        if outcome.state != UNKNOWN and self.reloaded is not None and (user_id, period) not in self.reloaded:
+            # The first request since the counting changed store: decide on the ledger as the database has it.
+            if outcome.state == RESERVED:
+                await self.quietly(store, "quota settle", store.settle(user_id, period, lease, 0))
+            await self.reload_used(principal, period, store)
+            store, outcome = await self.counted(
+                "token budget", lambda c: c.reserve(user_id, period, cost, lease, ttl_s))
         if outcome.state == UNKNOWN:  # this user's first request of the period here: load the ledger
             try:
                 budget, used = await self.quota_row(principal, period)
@@ -325,18 +368,43 @@ class Policy:
             store, outcome = await self.counted("token budget", start_and_reserve)
             if outcome.state == UNKNOWN:  # only if someone deleted the keys between the two calls
                 return BUDGET_UNAVAILABLE
+            if self.reloaded is not None:
+                self.reloaded.add((user_id, period))
         self.ledgers[user_id, period] = time.monotonic()  # refused ones too: a top-up must reach them
         if outcome.state == REFUSED:
             renews, seconds = renewal_of(now)
             return GatewayError(
                 429, f"token budget exhausted: {principal.username} has {max(0, outcome.remaining)} tokens left "
-                     f"for {period} and this request may need {cost}; the budget renews {renews:%Y-%m-%d} "
-                     "00:00 UTC (or ask an admin for more)",
+                     f"for {period} and this request may spend {cost} (its prompt and max_tokens, or the "
+                     "model's context without max_tokens, for each of its n choices): set max_tokens lower, or "
+                     f"wait for the budget to renew {renews:%Y-%m-%d} 00:00 UTC (or ask an admin for more)",
                 code="insufficient_quota", error_type="insufficient_quota",
                 headers={"Retry-After": retry_after_header(seconds), "x-should-retry": "false"})
         admission.quota_store, admission.period, admission.reserved = store, period, cost
         self.held[lease] = admission
         return None
+
+    async def reload_used(self, principal: Principal, period: str, store: Counters) -> None:
+        """A ledger of the store now counting takes `used` from the database, once after each switch of
+        store: it missed what was spent while the other store counted."""
+        try:
+            _, used = await self.quota_row(principal, period)
+            async with asyncio.timeout(2 * self.redis_timeout_s):
+                await store.sync_used(principal.user_id, period, used)
+        except (peewee.PeeweeException, OSError, *SHARED_FAILURES) as exc:
+            log.warning("cannot re-read the tokens user %s used (%s: %s); its ledger stays as it is",
+                        principal.user_id, type(exc).__name__, exc)
+            return
+        if self.reloaded is not None:
+            self.reloaded.add((principal.user_id, period))
+
+    def note_store(self, store: Counters) -> None:
+        """Count in `store` from now on; a switch from the other one means every ledger must reload."""
+        if self.last_store_shared is not None and self.last_store_shared != store.shared:
+            self.reloaded = set()
+            log.info("policy: counting moved to %s counters; ledgers re-read what was used from the database",
+                     "shared" if store.shared else "in-process")
+        self.last_store_shared = store.shared
 
     async def quota_row(self, principal: Principal, period: str) -> tuple[int, int]:
         """One database read per (user, period) however many requests need it at once."""
@@ -362,9 +430,12 @@ class Policy:
         if self.shared is not None and time.monotonic() >= self.shared_retry_at:
             try:
                 async with asyncio.timeout(2 * self.redis_timeout_s):
-                    return self.shared, await run(self.shared)
+                    answer = await run(self.shared)
+                self.note_store(self.shared)
+                return self.shared, answer
             except SHARED_FAILURES as exc:
                 self.shared_failed(step, exc)
+        self.note_store(self.local)
         return self.local, await run(self.local)
 
     def shared_failed(self, what: str, exc: BaseException) -> None:
@@ -387,7 +458,10 @@ class Policy:
         if context is None or context.admission is None or context.admission.settled:
             return
         delivered = context.backend is not None and flow.response.status_code < 400
-        self.settle(context.admission, tokens_to_charge(context, context.admission, delivered))
+        # Never granted a slot and answered with an error: the Gate refused it (queue full, no backend,
+        # unknown model, maximum wait): it gives back its place in the rate window too.
+        refused = context.granted_at is None and flow.response.status_code >= 400
+        self.settle(context.admission, tokens_to_charge(context, context.admission, delivered), refused=refused)
 
     def error(self, flow: http.HTTPFlow) -> None:
         context = context_of(flow)
@@ -396,15 +470,18 @@ class Policy:
         delivered = context.first_byte_at is not None
         self.settle(context.admission, tokens_to_charge(context, context.admission, delivered))
 
-    def settle(self, admission: Admission, actual: int) -> None:
-        """Give back the slot and replace the reservation by `actual` tokens, once; the counters off the hook."""
+    def settle(self, admission: Admission, actual: int, refused: bool = False) -> None:
+        """Replace the reservation by `actual` tokens and, for a refused request, give back its place in
+        the rate window; once, the counters off the hook."""
         if admission.settled:
             return
         admission.settled = True
         self.held.pop(admission.lease, None)
         if actual > 0 and admission.period:
             self.writer.submit(add_used(admission.user_id, admission.period, actual))
-        if admission.slot_store is None and admission.quota_store is None:
+        if not refused:
+            admission.rate_store = None  # it counts toward the rate
+        if admission.rate_store is None and admission.quota_store is None:
             return
         task = asyncio.get_running_loop().create_task(self.give_back(admission, actual))
         self.settling.add(task)
@@ -412,8 +489,9 @@ class Policy:
 
     async def give_back(self, admission: Admission, actual: int) -> None:
         user_id, lease = admission.user_id, admission.lease
-        if admission.slot_store is not None:
-            await self.quietly(admission.slot_store, "slot release", admission.slot_store.release_slot(user_id, lease))
+        if admission.rate_store is not None:
+            await self.quietly(admission.rate_store, "rate give-back",
+                               admission.rate_store.give_back_rate(admission.key_id, lease))
         if admission.quota_store is not None:
             await self.quietly(admission.quota_store, "quota settle",
                                admission.quota_store.settle(user_id, admission.period, lease, actual))
@@ -437,20 +515,18 @@ class Policy:
             if self.shared is None:
                 continue
             self.forget_ancient_admissions()
-            slots = [(a.user_id, a.lease) for a in self.held.values() if a.slot_store is self.shared]
             reservations = [(a.user_id, a.period, a.lease) for a in self.held.values() if a.quota_store is self.shared]
-            if not slots and not reservations:
+            if not reservations:
                 continue
             try:
                 async with asyncio.timeout(2 * self.redis_timeout_s):
-                    renewed = await self.shared.renew(slots, reservations, ctx.options.policy_lease_ttl_s)
+                    renewed = await self.shared.renew([], reservations, ctx.options.policy_lease_ttl_s)
             except SHARED_FAILURES as exc:
                 self.shared_missed("lease renewal", exc)
                 continue
-            if renewed < len(slots) + len(reservations):
+            if renewed < len(reservations):
                 log.warning("%d of %d Redis leases had expired before their renewal (a stall longer than "
-                            "policy_lease_ttl_s?)", len(slots) + len(reservations) - renewed,
-                            len(slots) + len(reservations))
+                            "policy_lease_ttl_s?)", len(reservations) - renewed, len(reservations))
 
     def forget_ancient_admissions(self) -> None:
         oldest = time.monotonic() - LEASE_RENEWAL_LIMIT_S

@@ -3,7 +3,8 @@
 - A **rate limit** allows at most `limit` requests in any window of `window_s` seconds: an exact
   sliding window over the times of the admitted requests (a log, not fixed buckets, so a burst at
   the end of one minute and the start of the next cannot double the rate). A request admitted at
-  `t` occupies the window until `t + window_s`; a refused request is not recorded.
+  `t` occupies the window until `t + window_s`; a refused request is not recorded, and one refused
+  by a later step is given back (`give_back`).
 - A **concurrency limit** allows at most `limit` live leases. A lease expires at the time its
   holder last set (its heartbeat renews it), so what a crashed holder leaves behind frees itself.
 - A limit of 0 means no limit.
@@ -76,6 +77,13 @@ class SlidingWindow:
         """Forget requests that left the window: admitted at or before `now - window_s`."""
         while self.times and self.times[0] <= now - window_s:
             self.times.popleft()
+
+    def give_back(self, at: float) -> None:
+        """Forget one request admitted at `at` (a later step refused it: it does not count)."""
+        try:
+            self.times.remove(at)
+        except ValueError:
+            pass  # it had left the window already
 
     def admit(self, now: float, limit: int, window_s: float) -> float:
         """Record a request at `now` if it fits and return 0.0; else the seconds until one would fit."""

@@ -104,3 +104,33 @@ def test_stores_answer_quickly(run_with_store):
         return (time.perf_counter() - started) / 600
 
     assert run_with_store(scenario) < 0.02
+
+
+def test_a_rate_token_given_back_frees_its_own_place_in_the_window(run_with_store, clock):
+    async def scenario(store):
+        await store.take_rate(7, 2, 60, "kept")
+        clock.advance(10)
+        await store.take_rate(7, 2, 60, "refused later")
+        full = await store.take_rate(7, 2, 60, "over")
+        await store.give_back_rate(7, "refused later")
+        await store.give_back_rate(7, "refused later")  # twice: harmless
+        clock.advance(10)
+        admitted = await store.take_rate(7, 2, 60, "next")
+        over = await store.take_rate(7, 2, 60, "over again")  # "kept" (at 0) leaves first: at +60
+        return full, admitted, over
+
+    assert run_with_store(scenario) == (50, 0, 40)
+
+
+def test_a_ledger_takes_the_larger_used_from_the_database(run_with_store):
+    async def scenario(store):
+        await store.sync_used(1, PERIOD, 500)  # no ledger yet: nothing to do (it loads the row when started)
+        await store.start_ledger(1, PERIOD, 1000, 100, EXPIRES)
+        await store.sync_used(1, PERIOD, 700)
+        after_raise = await store.reserve(1, PERIOD, 301, "a", 30)
+        await store.sync_used(1, PERIOD, 50)  # the database lags: never lowered
+        return after_raise, (await store.standings([(1, PERIOD)]))[1, PERIOD].used
+
+    outcome, used = run_with_store(scenario)
+    assert outcome.state == REFUSED and outcome.remaining == 300
+    assert used == 700

@@ -118,40 +118,22 @@ def test_rate_limit_refuses_in_the_callers_dialect_with_retry_after(budget):
     assert "2 requests per 60 s" in error_of(third)["error"]
 
 
-def test_concurrency_refusal_says_retry_in_a_second(budget):
-    async def scenario(policy, writer):
-        held = [inference_flow(principal(max_concurrent_override=2)) for _ in range(3)]
-        for flow, _ in held:
-            await policy.request(flow)
-        answered(held[0][0])
-        policy.response(held[0][0])
-        await settled(policy)
-        again, _ = inference_flow(principal(max_concurrent_override=2))
-        await policy.request(again)
-        return held[2][0].response, again.response
-
-    refused, again = run(scenario)
-    assert refused.status_code == 429 and refused.headers["Retry-After"] == "1"
-    assert error_of(refused)["error"]["code"] == "concurrency_limit_exceeded"
-    assert again is None  # the finished request's slot came back
-
-
-def test_quota_refusal_is_insufficient_quota_until_next_month_and_gives_the_slot_back(budget):
+def test_quota_refusal_is_insufficient_quota_until_next_month_and_gives_the_rate_token_back(budget):
     budget["tokens"] = COST - 1
 
     async def scenario(policy, writer):
-        flow, _ = inference_flow(principal(max_concurrent_override=1))
+        flow, _ = inference_flow(principal(rpm_override=5))
         await policy.request(flow)
         await settled(policy)
-        return flow.response, dict(policy.local.slots), writer.writes
+        return flow.response, list(policy.local.windows[11].times), writer.writes
 
-    refused, slots, writes = run(scenario)
+    refused, rate_window, writes = run(scenario)
     assert refused.status_code == 429
     assert error_of(refused)["error"]["type"] == "insufficient_quota"
     assert error_of(refused)["error"]["code"] == "insufficient_quota"
     assert refused.headers["x-should-retry"] == "false"
     assert 1 <= int(refused.headers["Retry-After"]) <= 31 * 86400
-    assert slots == {} and writes == []
+    assert rate_window == [] and writes == []
 
 
 def test_a_budget_covering_ten_admits_ten_of_fifty_at_once(budget):
@@ -188,7 +170,7 @@ def test_a_request_that_failed_before_its_first_byte_costs_nothing(budget):
         flow.error = tflow.terr()
         policy.error(flow)
         await settled(policy)
-        return policy.local.ledgers[1, context.admission.period].used, writer.writes, dict(policy.local.slots)
+        return policy.local.ledgers[1, context.admission.period].used, writer.writes, policy.held
 
     assert run(scenario) == (0, [], {})
 
@@ -223,7 +205,7 @@ def test_an_engine_error_without_counts_costs_nothing(budget):
 
 @pytest.mark.parametrize("option, value, complaint", [
     ("rate_limit_rpm", "admin=1,faculty=2,staff=3", "no limit for student"),
-    ("max_concurrent_per_user", "admin=1,faculty=2,staff=3,student=x", "not a whole number"),
+    ("rate_limit_rpm", "admin=1,faculty=2,staff=3,student=x", "not a whole number"),
     ("policy_lease_ttl_s", 0, "whole number ≥ 1"),
     ("redis_key_prefix", " ", "must not be empty"),
 ])
@@ -240,7 +222,7 @@ def test_an_unreachable_redis_falls_back_to_in_process_counters_quickly(budget):
     async def scenario(policy, writer):
         policy.shared = RedisCounters(connect("redis://127.0.0.1:1/0", 0.2), "unreachable")
         started = time.monotonic()
-        flows = [inference_flow(principal(max_concurrent_override=1)) for _ in range(3)]
+        flows = [inference_flow(principal(rpm_override=1)) for _ in range(3)]
         for flow, _ in flows:
             await policy.request(flow)
         elapsed = time.monotonic() - started
