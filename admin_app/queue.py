@@ -11,8 +11,14 @@ from store.models import QueueSnapshot, User, utcnow
 QUEUE_SNAPSHOT_MAX_AGE = dt.timedelta(seconds=30)
 
 
+# What the live queue shows of each user, from the gateway's snapshot (scheduler.Scheduler.snapshot).
+USER_FIELDS = ("running", "waiting", "cap", "weight", "share", "entitled_share", "served_tokens", "burst_credit")
+
+
 def live_queue(max_age: dt.timedelta) -> list[dict]:
-    """Per gateway: totals, the queue per user and model (with usernames and burst credit), backends' slots."""
+    """Per gateway: totals; per user its running and waiting requests, its running cap (None: none), its
+    weight, its share of the tokens served over the fairness window and the share its weight entitles it
+    to among the users active now; the queue per user and model; backends' slots."""
     snapshots = list(QueueSnapshot.select().where(QueueSnapshot.taken_at >= utcnow() - max_age))
     decoded = [(snapshot, json.loads(snapshot.data)) for snapshot in snapshots]
     user_ids = {row["user_id"] for _, data in decoded for row in data.get("users", [])}
@@ -34,6 +40,10 @@ def live_queue(max_age: dt.timedelta) -> list[dict]:
                 }
                 for row in data.get("queues", [])
             ],
+            "users": sorted(
+                ({"user_id": user_id, "username": names.get(user_id), **{name: row.get(name) for name in USER_FIELDS}}
+                 for user_id, row in users.items()),
+                key=lambda row: (-(row["running"] or 0) - (row["waiting"] or 0), str(row["username"]))),
             "backends": data.get("backends", []),
         })
     return sorted(gateways, key=lambda gateway: gateway["gateway"])
