@@ -174,9 +174,21 @@ class SpillFile:
         fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self.committed = self.read_offset(self.offset_path)
         self.read_at = self.committed
-        self.file.seek(0, os.SEEK_END)
-        self.end = self.file.tell()
+        self.end = self.whole_lines_end()
         self.waiting = self.count_lines(self.committed)
+
+    def whole_lines_end(self) -> int:
+        """The file's end, after cutting off a last line a crash left unfinished."""
+        self.file.seek(0, os.SEEK_END)
+        end = self.file.tell()
+        if end:
+            self.file.seek(max(0, end - 2**20))
+            tail = self.file.read()
+            if not tail.endswith(b"\n"):
+                end -= len(tail) - (tail.rfind(b"\n") + 1)
+                log.error("spill file %s: an unfinished last line dropped", self.path)
+                self.file.truncate(end)
+        return end
 
     @staticmethod
     def read_offset(offset_path: Path) -> int:
@@ -198,12 +210,13 @@ class SpillFile:
         self.waiting += len(lines)
 
     def take(self, limit: int) -> tuple[list[Write], list[int]]:
-        """Up to `limit` writes from the front, not yet handed out, and the offset after each."""
+        """Up to `limit` writes from the front, not yet handed out, and the offset after each; the
+        last offset is where the batch ends (past any unreadable line, which is skipped)."""
         taken, offsets = [], []
         self.file.seek(self.read_at)
-        while len(taken) < limit:
+        while len(taken) < limit and self.read_at < self.end:
             line = self.file.readline()
-            if not line.endswith(b"\n"):  # the end, or a line a crash cut short
+            if not line.endswith(b"\n"):
                 break
             self.read_at += len(line)
             try:
@@ -212,6 +225,10 @@ class SpillFile:
             except (ValueError, KeyError, TypeError):
                 log.error("spill file %s: unreadable line at offset %d skipped", self.path, self.read_at - len(line))
                 self.waiting -= 1
+                if offsets:
+                    offsets[-1] = self.read_at
+        if not taken:  # nothing but unreadable lines: they count as written
+            self.commit(self.read_at, 0)
         return taken, offsets
 
     def commit(self, offset: int, count: int) -> None:
@@ -439,9 +456,11 @@ class StoreWriter:
 
     # ---- the spill thread ------------------------------------------------------------------------
 
-    def over_bound(self) -> bool:
-        records = len(self.memory) - self.closures
-        return records > 0 and (records > self.max_writes or self.memory_bytes > self.max_bytes)
+    def over_bound(self, share: float = 1.0, set_apart: int = 0) -> bool:
+        """More waiting records in memory than `share` of the bound allows (`set_apart`: closures
+        taken out of memory for a moment)."""
+        records = len(self.memory) + set_apart - self.closures
+        return records > 0 and (records > self.max_writes * share or self.memory_bytes > self.max_bytes * share)
 
     def spill_forever(self) -> None:
         while True:
@@ -450,7 +469,8 @@ class StoreWriter:
                 if self.finished:
                     return
                 chunk, kept = [], []
-                while self.memory and len(chunk) < SPILL_CHUNK and self.over_bound():
+                # down to half the bound, so a full queue costs one file append per many submits
+                while self.memory and len(chunk) < SPILL_CHUNK and self.over_bound(0.5, len(kept)):
                     write = self.memory.popleft()
                     if isinstance(write, Write):
                         chunk.append(write)
@@ -505,7 +525,8 @@ class StoreWriter:
                     return [], None
                 self.changed.wait()
         with self.file_lock:
-            return self.spill.take(BATCH_LIMIT)
+            batch, offsets = self.spill.take(BATCH_LIMIT)
+        return (batch, offsets) if batch else self.take()
 
     def write_forever(self, spill_path: Path, orphans: str) -> None:
         self.open_spill(spill_path, orphans)

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from sim.stack import free_port, wait_until
+from store import api_keys
 from store.db import open_database
 from store.models import ApiKey, Request, RequestBody, User
 from tests.store.private_mariadb import private_mariadb, requires_mariadbd
@@ -81,10 +82,12 @@ def test_mariadb_restarted_under_load_loses_no_row_and_service_resumes(tmp_path)
         marker = f"outage-{secrets.token_hex(4)}"
         try:
             key_to_revoke = stack.new_key("student1", "revoked after the restart")
-            headers = {"Authorization": f"Bearer {key_to_revoke}"}
-            ask = lambda: httpx.post(f"{stack.gateway_url}/v1/chat/completions", headers=headers,  # noqa: E731
-                                     json=chat("revocation", 0), timeout=10)
-            assert ask().status_code == 200  # verified and cached before the outage
+
+            def ask(key: str) -> int:
+                return httpx.post(f"{stack.gateway_url}/v1/chat/completions", json=chat("keys", 0), timeout=10,
+                                  headers={"Authorization": f"Bearer {key}"}).status_code
+
+            assert ask(key_to_revoke) == 200  # verified and cached before the outage
 
             load = Load(stack.gateway_url, stack.keys["faculty1"], marker)
             load.thread.start()
@@ -107,8 +110,13 @@ def test_mariadb_restarted_under_load_loses_no_row_and_service_resumes(tmp_path)
                 ApiKey.update(status="revoked", revoked_at=back_wall).where(
                     ApiKey.prefix == key_to_revoke.split("_")[1]).execute()
                 revoked_at = time.monotonic()
-                wait_until(lambda: ask().status_code == 401, 5, "the revoked key refused")
+                wait_until(lambda: ask(key_to_revoke) == 401, 5, "the revoked key refused")
                 assert time.monotonic() - revoked_at < 5
+
+                new_key, prefix = api_keys.generate_key()  # a key never seen before: verified afresh
+                ApiKey.create(user=User.get(User.username == "staff1"), prefix=prefix,
+                              key_hash=api_keys.hash_key(new_key), label="made after the restart")
+                assert ask(new_key) == 200
 
                 time.sleep(1)
                 load.stop()

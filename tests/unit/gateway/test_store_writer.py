@@ -59,7 +59,19 @@ class Outage:
         database.initialize(self.db)
 
 
+STARTED: list[StoreWriter] = []
+
+
+@pytest.fixture(autouse=True)
+def stop_writers_left_running():
+    """A failed test leaves no writer thread to write into the next test's database."""
+    yield
+    while STARTED:
+        stop(STARTED.pop(), flush_s=0.1)
+
+
 def start(writer: StoreWriter, tmp_path) -> None:
+    STARTED.append(writer)
     if hasattr(writer, "start"):
         writer.start(tmp_path / "spill", "test")
     else:  # the writer before spill files
@@ -127,7 +139,7 @@ def test_past_its_bound_the_queue_spills_to_disk_and_keeps_the_order(sqlite_db, 
     for index in range(3000):
         writer.submit(Write("test.user", {"username": f"user{index:04}"}))
     assert time.monotonic() - started < 2  # submit never waits on the disk or the database
-    wait_for(lambda: len(writer.memory) <= 10)  # the writer holds one batch; the rest is on disk
+    wait_for(lambda: len(writer.memory) <= 10 and not writer.in_transit)  # the writer holds one batch; the rest is on disk
     assert writer.spill.waiting >= 3000 - 10 - writer_module.BATCH_LIMIT
     outage.end()
     try:
