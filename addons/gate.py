@@ -207,6 +207,15 @@ class Gate:
         if client_left(flow):  # it left between its grant and now: the error hooks give the slot back
             flow.kill()
 
+    def refuse_waiting(self, error: GatewayError) -> int:
+        """Answer every queued request with `error` (the gateway is shutting down); how many there were."""
+        now = time.monotonic()
+        waiting = list(self.waiters)
+        for request_id in waiting:
+            self.scheduler.cancel(request_id, now)
+            self.unqueue(request_id).granted.set_result(error)
+        return len(waiting)
+
     def wake(self, now: float) -> None:
         """Move failed-over requests where a slot came free, then resume every request granted one now."""
         for request_id, (exclude, moved) in list(self.transfers.items()):

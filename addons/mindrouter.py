@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from addons.auth import Auth
 from addons.connections import ConnectionLimit
+from addons.drain import Drain
 from addons.gate import Gate
 from addons.guard import guarded
 from addons.image_fetch import ImageFetch
@@ -33,6 +34,7 @@ gate = Gate(registry, writer, settings.environment.fairness_window_s)
 
 addons = guarded(
     settings,  # mitmproxy.conf, environment, schema check
+    Drain(gate),  # on shutdown, first to stop: refuse new and queued requests, let running ones finish
     writer,  # background database writes
     registry,  # backends from the database, polled for health and models
     ConnectionLimit(),  # a ceiling on open client connections
