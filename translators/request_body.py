@@ -6,8 +6,8 @@
 
 Python's json module accepts more than every later step can carry, so a body is also refused (400)
 when it nests deeper than MAX_NESTING_DEPTH (deep nesting raised RecursionError here or later, in
-copying, encoding or validating), when a string or key holds an unpaired UTF-16 surrogate (`"\\ud800"`
-decodes, then fails to encode as UTF-8 for the engine or the audit log), or when a number is NaN,
+copying, encoding or validating), when a string or key holds an unpaired UTF-16 surrogate (`"\\ud800"`,
+or its bytes, decode, then fail to encode as UTF-8 for the engine or the audit log), or when a number is NaN,
 ±Infinity or overflows a float (not JSON; the engines' parsers refuse them).
 """
 
@@ -24,8 +24,10 @@ DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 # Deep enough for any real request (a tool's parameter schema inside tools[].function.parameters
 # included, see translators.structured.MAX_SCHEMA_DEPTH), shallow enough for every recursive step.
 MAX_NESTING_DEPTH = 64
-# Only a \uD800-\uDFFF escape can put a surrogate in a decoded string (UTF-8 cannot encode one).
+# json.loads decodes bytes with "surrogatepass", so a surrogate arrives as a \uD800-\uDFFF escape,
+# as UTF-8-encoded surrogate bytes (ED A0-BF ..), or in a UTF-16/32 body as a code unit of its own.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_UTF8_SURROGATE = re.compile(rb"\xed[\xa0-\xbf]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 JSON_TYPE_NAMES = {
@@ -63,7 +65,11 @@ def load_json_object(body: bytes, max_body_bytes: int) -> dict:
             400, f"request body must be a JSON object, not {json_type_name(value)}", code="invalid_json"
         )
     may_nest_too_deep = body.count(b"[") + body.count(b"{") > MAX_NESTING_DEPTH
-    may_hold_surrogates = _SURROGATE_ESCAPE.search(body) is not None
+    may_hold_surrogates = (
+        not json.detect_encoding(body).startswith("utf-8")
+        or _SURROGATE_ESCAPE.search(body) is not None
+        or _UTF8_SURROGATE.search(body) is not None
+    )
     if may_nest_too_deep or may_hold_surrogates:
         check_depth_and_strings(value, may_hold_surrogates)
     return value

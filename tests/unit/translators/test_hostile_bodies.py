@@ -52,6 +52,31 @@ def test_a_lone_surrogate_escape_is_400_naming_where(path, body):
     assert "surrogate" in error.message
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"model": "m", "messages": [{"role": "user", "content": "\xed\xa0\x80"}]}',
+        '{"model": "m", "messages": [{"role": "user", "content": "\ud800"}]}'.encode(
+            "utf-16-le", "surrogatepass"
+        ),
+        '{"model": "m", "messages": [{"role": "user", "content": "\udfff"}]}'.encode(
+            "utf-32", "surrogatepass"
+        ),
+    ],
+    ids=["utf-8-encoded-surrogate", "utf-16", "utf-32"],
+)
+def test_a_lone_surrogate_in_raw_bytes_of_any_json_encoding_is_400(body):
+    """json.loads decodes bytes with 'surrogatepass', so no escape is needed to smuggle one in."""
+    error = gateway_error("/api/chat", body)
+    assert error.status == 400
+    assert "surrogate" in error.message
+
+
+def test_a_body_in_utf_16_with_valid_text_is_still_accepted():
+    body = '{"model": "m", "messages": [{"role": "user", "content": "h\u00e9 \U0001f999"}]}'.encode("utf-16")
+    assert parse_client_request("/api/chat", body).messages[0].content == "hé \U0001f999"
+
+
 def test_a_surrogate_pair_written_as_escapes_is_an_ordinary_character():
     req = parse_client_request(
         "/api/chat", b'{"model": "m", "messages": [{"role": "user", "content": "\\ud83d\\ude00"}]}'
