@@ -7,7 +7,9 @@ What it promises:
   be reached (or holds a lock) is kept and retried with a capped backoff until it can be written.
   A batch that fails while the database answers is retried one write at a time; a write that
   still fails on its own (a data error: a duplicate key, a row the server refuses) is set aside:
-  logged with its request id and appended to a file for an operator to replay, never silently lost.
+  logged with its request id and appended to `set-aside-<database>.jsonl` beside the spill files,
+  never silently lost. To replay them once the cause is fixed, write each entry's `write` object
+  as a line of `writes-<database>-replay.jsonl` in that folder: the next start replays it.
 - **Bounded memory.** Past `writer_queue_max` writes (or `writer_queue_max_mb`) the oldest waiting
   writes move to a JSON-lines spill file, by a thread of their own, so `submit` (called from hooks
   on the event loop) never does file or database work. The file is read back in order, and a
@@ -344,11 +346,12 @@ class StoreWriter:
             "ARTIFACT_STORAGE_PATH). A spill left by an earlier run for the same database is replayed at start.",
         )
         loader.add_option(
-            "writer_drain_s", float, 10.0,
-            "On shutdown, seconds to wait for requests still in flight to end before the last flush.",
+            "writer_drain_s", float, 5.0,
+            "On shutdown, seconds to wait for requests still in flight to end before the last flush "
+            "(with writer_flush_s, within the 10 s a container runtime waits after SIGTERM).",
         )
         loader.add_option(
-            "writer_flush_s", float, 10.0,
+            "writer_flush_s", float, 3.0,
             "On shutdown, seconds to keep retrying the database; what it would not take stays in the spill file.",
         )
 
