@@ -91,6 +91,11 @@ def check_engine_schemas(req: CanonicalRequest, body: dict) -> None:
     structured_outputs = body.get("structured_outputs")
     if isinstance(structured_outputs, dict):
         candidates.append(("structured_outputs.json", structured_outputs.get("json")))
+    response_format = body.get("response_format")
+    structures = response_format.get("structures") if isinstance(response_format, dict) else None
+    for index, structure in enumerate(structures if isinstance(structures, list) else []):
+        if isinstance(structure, dict):
+            candidates.append((f"response_format.structures[{index}].schema", structure.get("schema")))
     for where, schema in candidates:
         if isinstance(schema, str):
             try:

@@ -355,6 +355,13 @@ CALLER_FIELD_POLICY = (
     ),
     FieldRule("guided_json", _V1_GENERATION, CHECKED, "as tool parameters (a JSON object or JSON text)"),
     FieldRule("structured_outputs", _V1_GENERATION, CHECKED, "`json`: as tool parameters"),
+    FieldRule(
+        "response_format",
+        _V1_GENERATION,
+        CHECKED,
+        "a json_schema is validated as structured output (below); vLLM's structural_tag "
+        "`structures[].schema`: as tool parameters",
+    ),
 )
 
 OPENAI_SAMPLING_FIELDS = frozenset(name for parameter in SAMPLING_PARAMETERS for name in parameter.openai)

@@ -136,11 +136,18 @@ def test_a_few_choices_are_still_allowed():
         ("guided_json", json.dumps({"$ref": "http://127.0.0.1:9/x"})),
         ("structured_outputs", {"json": {"$ref": "http://127.0.0.1:9/x"}}),
         (
+            "response_format",
+            {
+                "type": "structural_tag",
+                "structures": [{"begin": "<f>", "schema": {"$ref": "http://x/"}, "end": "</f>"}],
+            },
+        ),
+        (
             "tools",
             [{"type": "function", "function": {"name": "f", "parameters": {"$ref": "http://127.0.0.1:9/x"}}}],
         ),
     ],
-    ids=["guided_json", "guided_json-text", "structured_outputs", "tool-parameters"],
+    ids=["guided_json", "guided_json-text", "structured_outputs", "structural_tag", "tool-parameters"],
 )
 def test_schemas_an_engine_would_compile_are_held_to_local_refs_too(field, value):
     error = refusal("/v1/chat/completions", {**CHAT, field: value})
