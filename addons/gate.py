@@ -3,6 +3,12 @@
 The scheduler (scheduler/, pure) decides; this addon feeds it what the registry knows about the
 backends, turns its grants into resumed flows, and gives every slot back exactly once: when the
 answer has been delivered, when the flow errors, or when the client leaves while queued.
+
+Per-user limits live here, in the fair queue, because they must never lock a user out of it: a user
+at its cap on running requests (`max_concurrent_per_user`) waits in its queue while the others take
+the free slots, and only a request beyond its bound on waiting ones (`max_queued_per_user`) is
+refused, with a Retry-After of when one of its places likely frees (docs/scheduler.md, "Limits").
+The cap is per gateway process.
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ from addons.replies import reply_error
 from addons.writer import StoreWriter
 from scheduler import BackendState, NoBackend, QueueFull, Scheduler, SchedulerConfig, expected_cost
 from scheduler.breaker import HALF_OPEN
-from store.models import QueueSnapshot, utcnow
+from scheduler.limits import limit_for, parse_role_limits
+from store.models import ROLES, QueueSnapshot, utcnow
 from telemetry_agent.client import summarize
 from translators.errors import GatewayError
 
@@ -32,6 +39,11 @@ log = logging.getLogger(__name__)
 
 BACKEND_GONE = GatewayError(503, "the backend chosen for this request was just removed; retry",
                             headers={"Retry-After": "1"})
+# Per role. Running: requests holding a backend slot at once; more wait in the user's queue. Waiting:
+# requests in the queue; only one beyond it is refused (429). A student may queue a batch of 200 at
+# once; a held request costs the gateway ~30 kB. docs/scheduler.md, "Limits", says why these numbers.
+DEFAULT_MAX_RUNNING = "admin=32,faculty=16,staff=8,student=4"
+DEFAULT_MAX_WAITING = "admin=1024,faculty=512,staff=384,student=256"
 TICK_S = 0.25  # how often queued requests are checked against the wait limit
 SNAPSHOT_EVERY_TICKS = 4  # the live queue the admin app shows is at most this many ticks old
 
@@ -98,6 +110,8 @@ class Gate:
         self.queued_by_client: dict[str, set[str]] = {}  # client connection id → its queued request ids
         self.transfers: dict[str, tuple[frozenset[int], asyncio.Future]] = {}  # failing over, waiting for a slot
         self.ticker: asyncio.Task | None = None
+        self.running_limits: dict[str, int] = {}
+        self.waiting_limits: dict[str, int] = {}
         registry.listeners.append(self.backends_changed)
 
     def load(self, loader):
@@ -105,12 +119,25 @@ class Gate:
                           "Tokens a weight-1 user earns per round-robin visit (docs/scheduler.md).")
         loader.add_option("scheduler_burst_cap", int, 4000,
                           "Most burst credit a user returning from idle may hold, in tokens per unit of weight.")
-        loader.add_option("scheduler_max_queue_per_user", int, 64,
-                          "Requests one user may have waiting; more get 429 with Retry-After.")
+        loader.add_option(
+            "max_concurrent_per_user", str, DEFAULT_MAX_RUNNING,
+            "Requests one user may have running (holding a backend slot) at once, by role (ROLE=N for every "
+            "role; 0: no cap); more wait in the user's queue. The user's max_concurrent_override wins. Per "
+            "gateway process.")
+        loader.add_option(
+            "max_queued_per_user", str, DEFAULT_MAX_WAITING,
+            "Requests one user may have waiting for a slot, by role (ROLE=N for every role; 0: no bound); only "
+            "a request beyond it gets 429, with a Retry-After of when one of the user's places likely frees.")
         loader.add_option("scheduler_max_wait_s", int, 300,
                           "Longest a request waits for a backend slot before it gets 503 with Retry-After.")
 
     def configure(self, updated):
+        for name, target in (("max_concurrent_per_user", "running_limits"), ("max_queued_per_user", "waiting_limits")):
+            if name in updated or not getattr(self, target):
+                try:
+                    setattr(self, target, parse_role_limits(getattr(ctx.options, name), ROLES))
+                except ValueError as error:
+                    raise exceptions.OptionsError(f"{name}: {getattr(ctx.options, name)!r}: {error}") from None
         if not any(name.startswith("scheduler_") for name in updated):
             return
         try:
@@ -118,7 +145,6 @@ class Gate:
                 quantum=ctx.options.scheduler_quantum,
                 burst_cap=ctx.options.scheduler_burst_cap,
                 fairness_window_s=self.fairness_window_s,
-                max_queue_per_user=ctx.options.scheduler_max_queue_per_user,
                 max_wait_s=ctx.options.scheduler_max_wait_s,
             )
         except ValueError as error:
@@ -183,10 +209,16 @@ class Gate:
         cost = expected_cost(canonical.estimated_prompt_tokens, canonical.max_tokens, generates=canonical.kind != "embedding")
         now = context.queued_at = time.monotonic()
         try:
-            self.scheduler.submit(context.request_id, principal.user_id, principal.weight, context.model, cost, now)
-        except (QueueFull, NoBackend) as refused:
-            status = 429 if isinstance(refused, QueueFull) else 503
-            reply_error(flow, context.dialect, GatewayError(status, str(refused),
+            self.scheduler.submit(
+                context.request_id, principal.user_id, principal.weight, context.model, cost, now,
+                max_waiting=limit_for(principal.role, None, self.waiting_limits),
+                max_running=limit_for(principal.role, principal.max_concurrent_override, self.running_limits))
+        except QueueFull as refused:
+            reply_error(flow, context.dialect, GatewayError(
+                429, str(refused), code="too_many_waiting", headers={"Retry-After": str(refused.retry_after_s)}))
+            return
+        except NoBackend as refused:
+            reply_error(flow, context.dialect, GatewayError(503, str(refused),
                                                             headers={"Retry-After": str(refused.retry_after_s)}))
             return
         waiter = Waiter(context, flow.client_conn.id)

@@ -14,13 +14,18 @@ from tests.support.cluster import NO_LIMITS, start_cluster
 MODEL = "llama3.2"
 
 
+def waiting_bound(n: int) -> str:
+    """The same bound on waiting requests for every role."""
+    return f"max_queued_per_user=admin={n},faculty={n},staff={n},student={n}"
+
+
 @pytest.fixture(scope="module")
 def slow_cluster(tmp_path_factory):
     """Nodes at 5 tokens/s (an answer takes seconds) with 2 slots registered per node: requests queue at the gate."""
     work_dir = tmp_path_factory.mktemp("gate")
     stack = start_cluster(work_dir, f"sqlite:///{work_dir / 'db.sqlite'}", sim_args=("--tokens-per-s", "5"),
                           max_concurrent=2,
-                          gateway_options=("scheduler_max_queue_per_user=600", "breaker_cooldown_s=1", *NO_LIMITS))
+                          gateway_options=(*NO_LIMITS, waiting_bound(600), "breaker_cooldown_s=1"))
     yield stack
     stack.stop()
 
@@ -179,7 +184,7 @@ def test_500_clients_leaving_queued_or_mid_stream_leave_no_slot_or_gauge_behind(
 def limited_cluster(tmp_path_factory):
     work_dir = tmp_path_factory.mktemp("limits")
     stack = start_cluster(work_dir, f"sqlite:///{work_dir / 'db.sqlite'}", sim_args=("--tokens-per-s", "5"),
-                          max_concurrent=1, gateway_options=("scheduler_max_queue_per_user=2", "scheduler_max_wait_s=2", *NO_LIMITS))
+                          max_concurrent=1, gateway_options=(*NO_LIMITS, waiting_bound(2), "scheduler_max_wait_s=2"))
     yield stack
     stack.stop()
 
