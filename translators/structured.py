@@ -58,7 +58,7 @@ REFERENCE_KEYWORDS = ("$ref", "$dynamicRef", "$recursiveRef")
 DATA_KEYWORDS = frozenset({"const", "enum", "default", "examples"})
 
 
-KEYWORD_STEPS = {**dict.fromkeys(REFERENCE_KEYWORDS, REFERENCE_STEPS), "enum": ENUM_STEPS}
+KEYWORD_STEPS = dict.fromkeys(REFERENCE_KEYWORDS, REFERENCE_STEPS)
 
 
 class ValidationBudgetExceeded(Exception):
@@ -105,7 +105,7 @@ def check_schema_safety(schema: Any, where: str) -> None:
     while stack:
         value, path, depth, is_schema = stack.pop()
         nodes += 1
-        if nodes > MAX_SCHEMA_NODES:
+        if nodes + (len(value) if isinstance(value, (dict, list)) else 0) > MAX_SCHEMA_NODES:
             raise _unsafe(where, f"is too large: a schema may hold at most {MAX_SCHEMA_NODES} JSON values")
         if depth > MAX_SCHEMA_DEPTH:
             raise _unsafe(where, f"is nested too deeply: a schema may nest at most {MAX_SCHEMA_DEPTH} levels")
@@ -167,10 +167,10 @@ def check_schema(schema: dict, where: str) -> None:
 # -- validators that cannot fetch and count their work ---------------------------------------------
 
 
-def _counted(keyword, steps: int = 1):
+def _counted(keyword, steps: int = 1, per_value: bool = False):
     def run(validator, value, instance, schema):
         budget = _BUDGET.get()
-        budget.spend(steps * len(value) if steps == ENUM_STEPS and isinstance(value, list) else steps)
+        budget.spend(steps * len(value) if per_value and isinstance(value, list) else steps)
         errors = keyword(validator, value, instance, schema)
         return None if errors is None else _charged(errors, budget)
 
@@ -267,6 +267,8 @@ def _bounded_validator_class(cls: type) -> type:
             keyword: _counted(function, KEYWORD_STEPS.get(keyword, 1))
             for keyword, function in cls.VALIDATORS.items()
         }
+        if "enum" in keywords:
+            keywords["enum"] = _counted(cls.VALIDATORS["enum"], ENUM_STEPS, per_value=True)
         keywords.update(
             (keyword, _counted(function))
             for keyword, function in _REPLACED_KEYWORDS.items()

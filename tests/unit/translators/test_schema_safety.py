@@ -191,9 +191,17 @@ def test_an_oversized_output_is_reported_not_validated():
         ({"type": "string", "pattern": "(a)\\1"}, "pattern"),
         ({"type": "string", "pattern": "x" * 2000}, "pattern"),
         ({"properties": {f"p{n}": {"type": "string"} for n in range(5000)}}, "schema"),
+        ({"enum": list(range(200_000))}, "schema"),
         ({"$schema": "http://127.0.0.1:9/meta", "type": "object"}, "$schema"),
     ],
-    ids=["unbalanced", "backreference", "too-long-pattern", "too-many-nodes", "unknown-metaschema"],
+    ids=[
+        "unbalanced",
+        "backreference",
+        "too-long-pattern",
+        "too-many-nodes",
+        "huge-enum",
+        "unknown-metaschema",
+    ],
 )
 def test_schemas_the_gateway_cannot_check_safely_are_400_at_request_time(no_network, schema, words):
     with pytest.raises(GatewayError) as caught:
