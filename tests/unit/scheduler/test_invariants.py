@@ -10,6 +10,7 @@ from scheduler import BackendState, Rejected, Scheduler, SchedulerConfig
 
 MODELS = ("llama3.2", "qwen2.5", "mistral")
 USERS = {"faculty": 3.0, "staff": 2.0, "student": 1.0, "admin": 10.0}
+CAPS = {"faculty": 0, "staff": 2, "student": 1, "admin": 0}  # running requests at once (0: no cap)
 
 backend_states = st.builds(
     BackendState,
@@ -43,6 +44,7 @@ class SchedulerModel(RuleBasedStateMachine):
         self.running: dict[str, int] = {}  # request id -> backend id
         self.ever_granted: set[str] = set()
         self.withdrawn: set[str] = set()
+        self.owners: dict[str, str] = {}  # request id -> user
 
     def dispatch(self) -> None:
         for grant in self.scheduler.dispatch(self.now):
@@ -54,6 +56,7 @@ class SchedulerModel(RuleBasedStateMachine):
             assert state is not None and model in state.models
             assert state.healthy and state.enabled and not state.draining
             assert self.in_flight(grant.backend_id) < state.max_concurrent
+            assert not CAPS[user] or self.running_of(user) < CAPS[user], "a user ran more than its cap"
             earlier_still_waiting = [
                 rid
                 for rid, queue in self.waiting.items()
@@ -63,6 +66,9 @@ class SchedulerModel(RuleBasedStateMachine):
             self.running[grant.request_id] = grant.backend_id
             self.ever_granted.add(grant.request_id)
         self.check_work_conservation()
+
+    def running_of(self, user: str) -> int:
+        return sum(1 for rid in self.running if self.owners[rid] == user)
 
     def in_flight(self, backend_id: int) -> int:
         return sum(1 for held in self.running.values() if held == backend_id)
@@ -75,7 +81,11 @@ class SchedulerModel(RuleBasedStateMachine):
                 and not state.draining
                 and self.in_flight(state.backend_id) < state.max_concurrent
             ):
-                stuck = [rid for rid, (_, model) in self.waiting.items() if model in state.models]
+                stuck = [
+                    rid
+                    for rid, (user, model) in self.waiting.items()
+                    if model in state.models and not (CAPS[user] and self.running_of(user) >= CAPS[user])
+                ]
                 assert not stuck, f"backend {state.backend_id} has a free slot while {stuck} wait"
 
     @rule(user=st.sampled_from(sorted(USERS)), model=st.sampled_from(MODELS), cost=st.integers(1, 3000))
@@ -83,10 +93,11 @@ class SchedulerModel(RuleBasedStateMachine):
         self.ids += 1
         request_id = f"r{self.ids}"
         try:
-            self.scheduler.submit(request_id, user, USERS[user], model, cost, self.now)
+            self.scheduler.submit(request_id, user, USERS[user], model, cost, self.now, max_running=CAPS[user])
         except Rejected:
             return
         self.waiting[request_id] = (user, model)
+        self.owners[request_id] = user
         self.submitted_order.append(request_id)
         self.dispatch()
 
