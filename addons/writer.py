@@ -346,12 +346,12 @@ class StoreWriter:
             "ARTIFACT_STORAGE_PATH). A spill left by an earlier run for the same database is replayed at start.",
         )
         loader.add_option(
-            "writer_drain_s", float, 5.0,
+            "writer_drain_s", int, 5,
             "On shutdown, seconds to wait for requests still in flight to end before the last flush "
-            "(with writer_flush_s, within the 10 s a container runtime waits after SIGTERM).",
+            "(after the drain: shutdown_grace_s).",
         )
         loader.add_option(
-            "writer_flush_s", float, 3.0,
+            "writer_flush_s", int, 3,
             "On shutdown, seconds to keep retrying the database; what it would not take stays in the spill file.",
         )
 
