@@ -18,13 +18,15 @@ import logging
 import time
 from pathlib import Path
 
+import peewee
 from mitmproxy import http
 
 from addons import metrics
 from addons.context import RequestContext, context_of
 from addons.writer import StoreWriter, Write, writes
 from store.artifacts import store_artifact
-from store.models import ApiKey, Request, RequestArtifact, RequestBody
+from store.db import database
+from store.models import ApiKey, Request, RequestArtifact, RequestBody, UsageHour, UsageMinute
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +147,38 @@ class Record:
         write_audit(data)
 
 
+def add_usage(row: dict) -> None:
+    """Count one finished request into the rollups the dashboards read (UsageHour, UsageMinute), in the
+    writer's transaction: an upsert that adds to the row of its hour (and minute), made if missing."""
+    at: dt.datetime = row["created_at"]
+    prompt, completion = row["prompt_tokens"] or 0, row["completion_tokens"] or 0
+    failed = 1 if row["status"] is None or row["status"] >= 400 else 0
+    queue_ms, total_ms = row["queue_ms"] or 0.0, row["total_ms"] or 0.0
+    hour = UsageHour.insert(
+        user_id=row["user"] or 0, model=(row["model"] or "")[:255], hour=at.replace(minute=0, second=0, microsecond=0),
+        requests=1, errors=failed, prompt_tokens=prompt, completion_tokens=completion,
+        queue_ms=queue_ms, total_ms=total_ms,
+    )
+    minute = UsageMinute.insert(
+        minute=at.replace(second=0, microsecond=0), requests=1, errors=failed,
+        prompt_tokens=prompt, completion_tokens=completion,
+    )
+    adds = {
+        UsageHour: {UsageHour.requests: 1, UsageHour.errors: failed, UsageHour.prompt_tokens: prompt,
+                    UsageHour.completion_tokens: completion, UsageHour.queue_ms: queue_ms,
+                    UsageHour.total_ms: total_ms},
+        UsageMinute: {UsageMinute.requests: 1, UsageMinute.errors: failed, UsageMinute.prompt_tokens: prompt,
+                      UsageMinute.completion_tokens: completion},
+    }
+    targets = {UsageHour: [UsageHour.user_id, UsageHour.model, UsageHour.hour], UsageMinute: [UsageMinute.minute]}
+    mysql = isinstance(database.obj, peewee.MySQLDatabase)
+    for query, model in ((hour, UsageHour), (minute, UsageMinute)):
+        update = {field: field + amount for field, amount in adds[model].items()}
+        # MariaDB's ON DUPLICATE KEY UPDATE takes no conflict target; SQLite's ON CONFLICT needs one.
+        (query.on_conflict(update=update) if mysql
+         else query.on_conflict(conflict_target=targets[model], update=update)).execute()
+
+
 @writes("audit")
 def write_audit(data: dict) -> None:
     """One request's audit row, bodies and artifacts, from what Record.record handed over (runs on
@@ -164,6 +198,7 @@ def write_audit(data: dict) -> None:
     for content, media_type in artifacts:
         artifact = store_artifact(root, content, media_type)
         RequestArtifact.get_or_create(request=request, artifact=artifact)
+    add_usage(row)
     if row["api_key"] is not None:
         ApiKey.update(request_count=ApiKey.request_count + 1, last_used_at=row["created_at"]).where(
             ApiKey.id == row["api_key"]

@@ -150,6 +150,16 @@ class Request(BaseModel):
     error = peewee.TextField(default="")
     created_at = peewee.DateTimeField(default=utcnow, index=True)
 
+    class Meta:
+        # One per filter of the audit search and the dashboards' own recent requests, each with the
+        # time after it, so a filter plus a time range (and "newest first") reads an index range.
+        indexes = (
+            (("user", "created_at"), False),
+            (("model", "created_at"), False),
+            (("backend", "created_at"), False),
+            (("status", "created_at"), False),
+        )
+
 
 class RequestBody(BaseModel):
     request = peewee.ForeignKeyField(Request, unique=True, backref="bodies", on_delete="CASCADE")
@@ -188,6 +198,51 @@ class AdminAction(BaseModel):
     at = peewee.DateTimeField(default=utcnow, index=True)
 
 
+class UsageHour(BaseModel):
+    """Usage per (user, model, hour), kept by the gateway's writer in the batch that writes each audit
+    row, so dashboards read this instead of the audit table. user_id 0: no user; model "": none."""
+
+    user_id = peewee.IntegerField()
+    model = peewee.CharField(max_length=255)
+    hour = peewee.DateTimeField()  # UTC, on the hour
+    requests = peewee.BigIntegerField(default=0)
+    errors = peewee.BigIntegerField(default=0)  # status >= 400, or none at all
+    prompt_tokens = peewee.BigIntegerField(default=0)
+    completion_tokens = peewee.BigIntegerField(default=0)
+    queue_ms = peewee.FloatField(default=0.0)  # sums: divide by requests for the mean
+    total_ms = peewee.FloatField(default=0.0)
+
+    class Meta:
+        indexes = ((("user_id", "model", "hour"), True), (("hour",), False))
+
+
+class UsageMinute(BaseModel):
+    """The whole cluster's usage per minute (requests and tokens per minute, tokens per second)."""
+
+    minute = peewee.DateTimeField(unique=True)  # UTC, on the minute
+    requests = peewee.BigIntegerField(default=0)
+    errors = peewee.BigIntegerField(default=0)
+    prompt_tokens = peewee.BigIntegerField(default=0)
+    completion_tokens = peewee.BigIntegerField(default=0)
+
+
+class KeyRequest(BaseModel):
+    """Someone without an account asks, from the public page, for one with API access; an admin
+    approves (the account is created with the role granted and the password chosen here) or denies."""
+
+    username = peewee.CharField(max_length=64)
+    email = peewee.CharField(max_length=255)
+    role = peewee.CharField(max_length=16, choices=[(r, r) for r in ROLES])
+    reason = peewee.TextField(default="")
+    password_hash = peewee.CharField(max_length=255)
+    status = peewee.CharField(max_length=16, default="pending", index=True)  # pending | approved | denied
+    user = peewee.ForeignKeyField(User, null=True, backref="key_requests", on_delete="SET NULL")
+    decided_by = peewee.ForeignKeyField(User, null=True, backref="key_decisions", on_delete="SET NULL")
+    decided_at = peewee.DateTimeField(null=True)
+    decision_note = peewee.TextField(default="")
+    created_at = peewee.DateTimeField(default=utcnow)
+
+
 class QueueSnapshot(BaseModel):
     """The live queue of one gateway process, replaced on every snapshot, read by the admin app."""
 
@@ -210,6 +265,9 @@ ALL_MODELS = [
     RequestArtifact,
     AdminAction,
     QueueSnapshot,
+    UsageHour,
+    UsageMinute,
+    KeyRequest,
 ]
 
 

@@ -1,0 +1,53 @@
+"""The writer keeps the usage rollups with each audit row, in the same transaction, on both databases."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import migrations
+from addons.record import write_audit
+from admin_app.db import app_database
+from store.models import Request, UsageHour, UsageMinute
+
+
+def _audit(request_id: str, user_id: int | None, model: str, at: dt.datetime, status: int = 200,
+           prompt: int = 10, completion: int = 20) -> dict:
+    row = {
+        "request_id": request_id, "user": user_id, "api_key": None, "endpoint": "/v1/chat/completions",
+        "client_dialect": "openai", "backend_dialect": None, "model": model, "backend": None, "status": status,
+        "stream": False, "queue_ms": 5.0, "ttft_ms": 7.0, "total_ms": 100.0, "prompt_tokens": prompt,
+        "completion_tokens": completion, "client_address": "127.0.0.1", "error": "", "created_at": at,
+    }
+    return {"row": row, "body": b"{}", "delivered": b"{}", "images": [], "media_types": [], "answer_text": "",
+            "validation": "", "artifact_root": "unused"}
+
+
+def test_finished_requests_add_up_per_user_model_and_hour(app, make_user):
+    ada = make_user("ada")
+    at = dt.datetime(2026, 3, 1, 10, 15, 30)
+    with app_database(app).atomic():
+        write_audit(_audit("r1", ada.id, "llama3.2", at))
+        write_audit(_audit("r2", ada.id, "llama3.2", at + dt.timedelta(minutes=20), status=503, prompt=1, completion=0))
+        write_audit(_audit("r3", ada.id, "qwen2.5", at))
+        write_audit(_audit("r4", None, "llama3.2", at + dt.timedelta(hours=1)))
+
+    assert Request.select().count() == 4
+    rows = {(r.user_id, r.model, r.hour): r for r in UsageHour.select()}
+    llama = rows[(ada.id, "llama3.2", dt.datetime(2026, 3, 1, 10))]
+    assert (llama.requests, llama.errors, llama.prompt_tokens, llama.completion_tokens) == (2, 1, 11, 20)
+    assert llama.total_ms == 200.0
+    assert rows[(ada.id, "qwen2.5", dt.datetime(2026, 3, 1, 10))].requests == 1
+    assert rows[(0, "llama3.2", dt.datetime(2026, 3, 1, 11))].requests == 1
+    minutes = {r.minute: r.requests for r in UsageMinute.select()}
+    assert minutes == {dt.datetime(2026, 3, 1, 10, 15): 2, dt.datetime(2026, 3, 1, 10, 35): 1,
+                       dt.datetime(2026, 3, 1, 11, 15): 1}
+
+
+def test_the_dashboards_migration_runs_twice_without_change(app):
+    db = app_database(app)
+    module = {m.version: m for m in migrations.available_migrations()}[4].module
+    with db.atomic():
+        module.upgrade(db, migrations.migrator_for(db))
+    names = {index.name for index in db.get_indexes("request")}
+    assert {"request_user_id_created_at", "request_status_created_at"} <= names
+    assert {"usage_hour", "usage_minute", "key_request"} <= set(db.get_tables())
