@@ -19,9 +19,14 @@ headers to the end of the stream) and counted inside a steady-state window that 
    the other node (Ollama, idle) and for a second model of the same vLLM node: their waits against the
    benchmark model's queue.
 
-Runs 1, 2 and 4 use `scheduler_burst_cap=0`: in a steady state every user always has requests waiting
-and earns no credit anyway; turning bursts off only removes the start-up transient in which each new
-user spends its initial credit. Per-key rate limits and per-user concurrency limits are off.
+Run 1 goes twice more on a gateway with the **shipped defaults** (rate limits, the cap on running
+requests, the bound on waiting ones, burst credit on; measured once the users spent the credit they
+start with): with `--in-flight` streams per user, and with `--in-flight-beyond` (60), and counts every
+429. Clients honour `Retry-After` as the SDKs do: a refused request is sent again after it.
+
+Runs 1, 2 and 4 otherwise use `scheduler_burst_cap=0`: in a steady state every user always has requests
+waiting and earns no credit anyway; turning bursts off only removes the start-up transient in which
+each new user spends its initial credit. Per-key rate limits, per-user caps and bounds are off there.
 
     PYTHONPATH=. .venv/bin/python bench/fairness.py [--window 45] [--json fairness.json]
 """
@@ -31,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import bisect
+import contextvars
 import datetime as dt
 import json
 import sqlite3
@@ -47,6 +53,10 @@ from streams import Exchange, connector, post
 SECOND_VLLM_MODEL = "Qwen/Qwen2-VL-2B-Instruct"  # the same vLLM node: shares its 2 slots
 OLLAMA_MODEL = "llama3.2"  # the Ollama node only
 SLOTS = 2
+# Limits off: no rate limit, no cap on running requests, no bound on waiting ones.
+LIMITS_OFF = (*NO_LIMITS, "max_queued_per_user=admin=0,faculty=0,staff=0,student=0")
+# The Retry-After of the answer a worker's request just got (set per worker task, filled by a trace hook).
+RETRY_AFTER: contextvars.ContextVar[dict] = contextvars.ContextVar("retry_after")
 WEIGHTS = {"faculty1": 3.0, "staff1": 2.0, "student1": 1.0, "student2": 1.0, "student3": 1.0}
 
 
@@ -81,12 +91,18 @@ class Load:
         return self
 
     async def worker(self, worker: int, user: str, key: str) -> None:
+        """Closed loop; a refused request (429, 503) is sent again after its Retry-After, as the SDKs do."""
         url = f"{self.stack.gateway_url}/v1/chat/completions"
+        answer_headers: dict = {}
+        RETRY_AFTER.set(answer_headers)
         while not self.stopping:
             exchange = self.current[worker] = Exchange(user=user)
             self.exchanges.append(exchange)
+            answer_headers.clear()
             await post(self.session, url, self.body(user), auth(key), exchange)
-            if exchange.error and not self.stopping:
+            if exchange.status in (429, 503) and not self.stopping:
+                await asyncio.sleep(float(answer_headers.get("Retry-After") or 1))
+            elif exchange.error and not self.stopping:
                 await asyncio.sleep(0.2)  # counted below; don't spin on a failing gateway
 
     async def stop(self) -> None:
@@ -102,8 +118,25 @@ class Load:
         return [
             e
             for e in self.exchanges
-            if e.status not in (None, 200) or (e.error and e.headers is not None and e.end is not None)
+            if e.status not in (None, 200, 429) or (e.error and e.headers is not None and e.end is not None)
         ]
+
+    def refused(self, user: str | None = None) -> int:
+        """429 answers (rate limit, waiting bound): each one a retry the client had to make."""
+        return sum(1 for e in self.exchanges if e.status == 429 and (user is None or e.user == user))
+
+
+async def remember_retry_after(session, trace_context, params) -> None:
+    """aiohttp trace hook: keep the answer's Retry-After where the worker that sent the request reads it."""
+    answer_headers = RETRY_AFTER.get(None)
+    if answer_headers is not None and "Retry-After" in params.response.headers:
+        answer_headers["Retry-After"] = params.response.headers["Retry-After"]
+
+
+def retry_after_tracing() -> aiohttp.TraceConfig:
+    tracing = aiohttp.TraceConfig()
+    tracing.on_request_end.append(remember_retry_after)
+    return tracing
 
 
 def served_in_window(exchanges: Sequence[Exchange], start: float, end: float, kind: str) -> dict[str, float]:
@@ -129,14 +162,21 @@ def shares_of(served: dict[str, float], users: Sequence[str]) -> dict[str, float
     return {user: served.get(user, 0.0) / total if total else float("nan") for user in users}
 
 
-async def saturation(session, stack: Stack, users: dict[str, str], args, window: float, label: str) -> dict:
-    """Everyone saturates; shares in the steady-state window, and over sub-windows of 10 s."""
+async def saturation(
+    session, stack: Stack, users: dict[str, str], args, window: float, label: str,
+    in_flight: int | None = None, spend_credit: bool = False,
+) -> dict:
+    """Everyone saturates; shares in the steady-state window, and over sub-windows of 10 s. With
+    `spend_credit` (burst credit on), the window starts once every user spent the credit it started with."""
     body = chat_body(args.max_tokens, stream=True)
-    load = Load(session, stack, users, args.in_flight, lambda user: body).start()
+    in_flight = in_flight or args.in_flight
+    load = Load(session, stack, users, in_flight, lambda user: body).start()
     print(
         f"[fairness] {label}: warm-up {args.warmup:g} s, window {window:g} s ...", file=sys.stderr, flush=True
     )
     await asyncio.sleep(args.warmup)
+    if spend_credit:
+        await credits_spent(stack, list(users), args.max_tokens + 20)
     start = time.perf_counter()
     await asyncio.sleep(window)
     end = time.perf_counter()
@@ -172,8 +212,10 @@ async def saturation(session, stack: Stack, users: dict[str, str], args, window:
                 handovers.append(granted[after] - e.end)
     return {
         "users": names,
+        "in_flight": in_flight,
         "weights": weights,
         "window_s": end - start,
+        "refused_429": {user: load.refused(user) for user in names},
         "requests_completed": {
             u: sum(1 for e in load.exchanges if e.user == u and e.complete) for u in names
         },
@@ -209,6 +251,18 @@ def scheduler_users(stack: Stack) -> dict[str, dict]:
         for row in json.loads(data).get("users", []):
             users[names.get(row["user_id"], str(row["user_id"]))] = row
     return users
+
+
+async def credits_spent(stack: Stack, users: Sequence[str], cost: float, limit_s: float = 90) -> float:
+    """Wait until none of `users` holds burst credit for another request (a new user starts with a full
+    credit, spent first, in arrival order); the seconds waited."""
+    began = time.perf_counter()
+    while time.perf_counter() - began < limit_s:
+        credits = {u: row.get("burst_credit", 0.0) for u, row in scheduler_users(stack).items()}
+        if credits and all(credits.get(u, 0.0) < cost for u in users):
+            break
+        await asyncio.sleep(1)
+    return time.perf_counter() - began
 
 
 def audit_timeline(stack: Stack, model: str) -> list[dict]:
@@ -273,16 +327,10 @@ async def returning_user(session, stack: Stack, args, label: str, wait_for_credi
     student = Load(session, stack, {"student1": keys["student1"]}, args.in_flight, lambda user: body).start()
     print(f"[fairness] {label}: warm-up ...", file=sys.stderr, flush=True)
     await asyncio.sleep(args.warmup)
-    cost = args.max_tokens + 20
     drained_after = None
     if wait_for_credits:  # everyone starts with a full burst credit: wait until the saturating users spent it
-        began = time.perf_counter()
-        while time.perf_counter() - began < 90:
-            credits = {u: row.get("burst_credit", 0.0) for u, row in scheduler_users(stack).items()}
-            if credits and all(credits.get(u, 0.0) < cost for u in ("faculty1", "staff1", "student1")):
-                break
-            await asyncio.sleep(1)
-        drained_after = args.warmup + time.perf_counter() - began
+        waited = await credits_spent(stack, ("faculty1", "staff1", "student1"), args.max_tokens + 20)
+        drained_after = args.warmup + waited
     await student.stop()
     probes: list[Exchange] = []
     credit_before: list[float] = []
@@ -379,8 +427,9 @@ async def two_models(session, stack: Stack, args) -> dict:
     return result
 
 
-def stack_options(args, burst: bool) -> dict:
-    options = list(NO_LIMITS) + [f"scheduler_max_queue_per_user={4 * args.in_flight + 8}"]
+def stack_options(args, burst: bool, limits: bool = False) -> dict:
+    """Limits off unless `limits`: then every limit, bound and cap as shipped."""
+    options = [] if limits else list(LIMITS_OFF)
     if not burst:
         options.append("scheduler_burst_cap=0")
     if args.quantum:
@@ -397,11 +446,28 @@ async def run_all(args) -> dict:
     service_s = args.max_tokens / args.tokens_per_s
     results["service_time_s"] = service_s
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
+    three = ("faculty1", "staff1", "student1")
+    with harness.cluster("fairness-defaults", **stack_options(args, burst=True, limits=True)) as stack:
+        async with aiohttp.ClientSession(
+            connector=connector(), timeout=timeout, trace_configs=[retry_after_tracing()]
+        ) as session:
+            keys = stack.keys
+            results["three_users_defaults"] = await saturation(
+                session, stack, {u: keys[u] for u in three}, args, args.window,
+                "three users, shipped defaults", spend_credit=True,
+            )
+            results["three_users_defaults_beyond"] = await saturation(
+                session, stack, {u: keys[u] for u in three}, args, args.window,
+                f"three users, shipped defaults, {args.in_flight_beyond} streams each",
+                in_flight=args.in_flight_beyond, spend_credit=True,
+            )
     with harness.cluster("fairness", **stack_options(args, burst=False)) as stack:
         for name in ("student2", "student3"):
             stack.flask("users", "create", name, "--role", "student")
             stack.keys[name] = stack.new_key(name, "bench")
-        async with aiohttp.ClientSession(connector=connector(), timeout=timeout) as session:
+        async with aiohttp.ClientSession(
+            connector=connector(), timeout=timeout, trace_configs=[retry_after_tracing()]
+        ) as session:
             keys = stack.keys
             results["three_users"] = await saturation(
                 session,
@@ -446,7 +512,12 @@ def report(results: dict) -> None:
         f"quantum {p['quantum'] or 'default (1000)'}"
     )
     checks = []
-    for key, title in (("three_users", "1. three users"), ("two_equal_users", "2. two equal users")):
+    for key, title in (
+        ("three_users_defaults", f"1a. three users, shipped defaults, {p['in_flight']} streams each"),
+        ("three_users_defaults_beyond", f"1b. three users, shipped defaults, {p['in_flight_beyond']} streams each"),
+        ("three_users", "1c. three users, limits off"),
+        ("two_equal_users", "2. two equal users, limits off"),
+    ):
         run = results[key]
         rows = []
         for user in run["users"]:
@@ -460,6 +531,7 @@ def report(results: dict) -> None:
                     low,
                     high,
                     run["requests_completed"][user],
+                    run["refused_429"][user],
                     run["median_queue_wait_s"][user],
                 ]
             )
@@ -470,19 +542,32 @@ def report(results: dict) -> None:
                 f"{run['jain_share_over_weight']:.4f}, slot utilisation {run['slot_utilisation']:.3f} "
                 f"(service p50 {run['service_s']['p50']:.3f} s, slot hand-over p50 "
                 f"{1000 * run['slot_handover_s']['p50']:.0f} ms), failed requests {run['failed']}",
-                ["user", "weight", "expected", "share", "10 s min", "10 s max", "requests", "wait p50 s"],
+                ["user", "weight", "expected", "share", "10 s min", "10 s max", "requests", "429s", "wait p50 s"],
                 rows,
             )
         )
-        if key == "three_users":
-            ok = all(abs(run["shares"][u] - run["expected_shares"][u]) <= 0.05 for u in run["users"])
-            checks.append(("shares within ±0.05 of 0.50/0.33/0.17", ok))
+        if key.startswith("three_users"):
+            tolerance = 0.03 if key == "three_users_defaults_beyond" else 0.02
+            ok = all(abs(run["shares"][u] - run["expected_shares"][u]) <= tolerance for u in run["users"])
+            checks.append((f"{title}: shares within ±{tolerance} of 0.500/0.333/0.167", ok))
             checks.append(
                 (
-                    f"Jain's index ≥ 0.98 ({run['jain_share_over_weight']:.4f})",
-                    run["jain_share_over_weight"] >= 0.98,
+                    f"{title}: Jain's index ≥ 0.99 ({run['jain_share_over_weight']:.4f})",
+                    run["jain_share_over_weight"] >= 0.99,
                 )
             )
+            refused = sum(run["refused_429"].values())
+            if key == "three_users_defaults":
+                checks.append((f"{title}: no 429 at all ({refused})", refused == 0))
+            if key == "three_users_defaults_beyond":
+                # 60 streams each are within every role's default waiting bound (student 256): none may be
+                # refused; and nobody is locked out: every user is served throughout the window.
+                served_all = all(low > 0 for low, _ in run["sub_window_shares_min_max"].values())
+                checks.append((
+                    f"{title}: 429 only beyond the waiting bound (none here: {refused}); every user served in "
+                    "every 10 s of the window",
+                    refused == 0 and served_all,
+                ))
         else:
             ok = all(0.47 <= run["shares"][u] <= 0.53 for u in run["users"])
             checks.append(("two equal users within 0.47–0.53", ok))
@@ -592,7 +677,11 @@ def main() -> None:
     parser.add_argument("--tokens-per-s", type=int, default=1000, help="the simulated nodes' pacing")
     parser.add_argument("--max-tokens", type=int, default=500, help="tokens in every answer")
     parser.add_argument(
-        "--in-flight", type=int, default=6, help="streamed requests each user keeps in flight"
+        "--in-flight", type=int, default=12, help="streamed requests each user keeps in flight"
+    )
+    parser.add_argument(
+        "--in-flight-beyond", type=int, default=60,
+        help="streamed requests each user keeps in flight in the second run with the shipped defaults",
     )
     parser.add_argument("--warmup", type=float, default=8.0, help="seconds before the steady-state window")
     parser.add_argument("--window", type=float, default=45.0, help="steady-state window of run 1, seconds")
