@@ -24,7 +24,10 @@ def settings_from_environment(
 ) -> dict:
     """The settings the admin app reads; a variable set in the environment wins over `.env`."""
     env = {**read_env_file(env_file), **(os.environ if environ is None else environ)}
-    return {
+    cookie = {}
+    if env.get("SESSION_COOKIE_SECURE"):  # default: secure outside development (create_app)
+        cookie["SESSION_COOKIE_SECURE"] = env["SESSION_COOKIE_SECURE"].lower() in TRUTHY
+    return cookie | {
         "DATABASE_URL": env.get("DATABASE_URL") or DEFAULT_DATABASE_URL,
         "SECRET_KEY": env.get("SECRET_KEY") or None,
         "DEBUG": env.get("FLASK_DEBUG", "").lower() in TRUTHY,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 from flask import (
     Blueprint,
     abort,
@@ -17,11 +19,12 @@ from flask import (
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
 from wtforms import IntegerField, StringField, TextAreaField
-from wtforms.validators import DataRequired, Length, NumberRange
+from wtforms.validators import DataRequired, Length, NumberRange, Optional
 
 from admin_app import api_values as values
 from admin_app.accounts import AccountConflict, AccountError, create_key, revoke_key
 from admin_app.admin_api import conflict, field_error, json_body, user_required
+from admin_app.queue import QUEUE_SNAPSHOT_MAX_AGE, live_queue
 from admin_app.quotas import (
     AMOUNT_LIMIT,
     REASON_MAX_LENGTH,
@@ -31,6 +34,7 @@ from admin_app.quotas import (
     request_more_quota,
     standing_of,
 )
+from admin_app.usage import recent_requests, start_of_month, user_tokens_by_day, user_tokens_by_model
 from scheduler.quota import period_of
 from store.models import ApiKey, QuotaRequest, User, utcnow
 
@@ -46,6 +50,8 @@ class NewKeyForm(FlaskForm):
         validators=[DataRequired(), Length(max=ApiKey.label.max_length)],
         description="What it is for",
     )
+    expires_in_days = IntegerField("Expires after (days)", validators=[Optional(), NumberRange(min=1, max=3650)],
+                                   description="Leave empty for a key that does not expire")
 
 
 class QuotaRequestForm(FlaskForm):
@@ -53,17 +59,38 @@ class QuotaRequestForm(FlaskForm):
     reason = TextAreaField("Reason", validators=[DataRequired(), Length(max=REASON_MAX_LENGTH)])
 
 
+def my_place_in_queue(user_id: int) -> dict:
+    """The user's requests running and waiting now, over every gateway, per model."""
+    models: dict[str, dict] = {}
+    for gateway in live_queue(QUEUE_SNAPSHOT_MAX_AGE):
+        for row in gateway["queues"]:
+            if row["user_id"] == user_id:
+                mine = models.setdefault(row["model"], {"model": row["model"], "waiting": 0, "running": 0,
+                                                        "oldest_wait_s": 0.0})
+                mine["waiting"] += row.get("waiting") or 0
+                mine["running"] += row.get("in_flight") or 0
+                mine["oldest_wait_s"] = max(mine["oldest_wait_s"], row.get("oldest_wait_s") or 0.0)
+    return {"models": sorted(models.values(), key=lambda row: row["model"]),
+            "waiting": sum(row["waiting"] for row in models.values()),
+            "running": sum(row["running"] for row in models.values())}
+
+
 def _render(user: User, status: int = 200, new_key: str | None = None, key_form=None, quota_form=None):
     keys = list(user.api_keys.order_by(ApiKey.created_at.desc(), ApiKey.id.desc()))
-    recent_requests = quota_requests_query().where(QuotaRequest.user == user.id).limit(RECENT_QUOTA_REQUESTS)
+    recent_requests_of_quota = quota_requests_query().where(QuotaRequest.user == user.id).limit(RECENT_QUOTA_REQUESTS)
+    now = utcnow()
     page = render_template(
         "dashboard/index.html",
         user=user,
         keys=keys,
-        now=utcnow(),
+        now=now,
+        by_day=user_tokens_by_day(user.id, now),
+        by_model=user_tokens_by_model(user.id, start_of_month(now)),
+        requests=recent_requests(user.id),
+        queue=my_place_in_queue(user.id),
         new_key=new_key,
         quota=standing_of(user, period_of(utcnow()), current_app.config["DEFAULT_TOKEN_BUDGET"]),
-        quota_requests=[quota_request_json(row) for row in recent_requests],
+        quota_requests=[quota_request_json(row) for row in recent_requests_of_quota],
         key_form=key_form or NewKeyForm(formdata=None),
         quota_form=quota_form or QuotaRequestForm(formdata=None),
     )
@@ -96,7 +123,8 @@ def create_own_key():
         flash(f"You already hold {active} active keys; revoke one you no longer use first.", "error")
         return _render(user, 409, key_form=form)
     try:
-        _, key = create_key(user, form.label.data.strip(), actor=user)
+        expires_at = utcnow() + dt.timedelta(days=form.expires_in_days.data) if form.expires_in_days.data else None
+        _, key = create_key(user, form.label.data.strip(), actor=user, expires_at=expires_at)
     except AccountError as error:
         flash(str(error), "error")
         return _render(user, 500, key_form=form)

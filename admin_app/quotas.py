@@ -160,17 +160,19 @@ def request_more_quota(user: User, amount: int, reason: str) -> QuotaRequest:
 
 
 def decide_quota_request(
-    row: QuotaRequest, approve: bool, actor: User, note: str, default_budget: int
+    row: QuotaRequest, approve: bool, actor: User, note: str, default_budget: int, amount: int | None = None
 ) -> QuotaRequest:
     """Approve (adding `amount` to the requester's current-period budget) or deny, exactly once:
     the pending → decided update is conditional, so a second decision, even a concurrent one,
-    changes nothing and raises QuotaConflict."""
+    changes nothing and raises QuotaConflict. An approval may grant another `amount` than asked."""
     now = utcnow()
     status = "approved" if approve else "denied"
     before = quota_request_json(row)
+    granted = amount if approve and amount is not None else row.amount
     with database.atomic():
         decided = (
-            QuotaRequest.update(status=status, decided_by=actor.id, decided_at=now, decision_note=note)
+            QuotaRequest.update(status=status, decided_by=actor.id, decided_at=now, decision_note=note,
+                                amount=granted)
             .where((QuotaRequest.id == row.id) & (QuotaRequest.status == "pending"))
             .execute()
         )
@@ -184,9 +186,9 @@ def decide_quota_request(
         after = quota_request_json(quota_request_by_id(row.id))
         if approve:
             quota = quota_of(row.user, period_of(now), default_budget)
-            Quota.update(budget=Quota.budget + row.amount).where(Quota.id == quota.id).execute()
+            Quota.update(budget=Quota.budget + granted).where(Quota.id == quota.id).execute()
             budget_after = Quota.get_by_id(quota.id).budget
-            before["quota"] = {"period": quota.period, "budget": budget_after - row.amount}
+            before["quota"] = {"period": quota.period, "budget": budget_after - granted}
             after["quota"] = {"period": quota.period, "budget": budget_after}
         record_action(
             actor,
