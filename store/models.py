@@ -213,7 +213,8 @@ class UsageHour(BaseModel):
     total_ms = peewee.FloatField(default=0.0)
 
     class Meta:
-        indexes = ((("user_id", "model", "hour"), True), (("hour",), False))
+        # (user_id, hour): one user's days over every model; (hour): everyone's today.
+        indexes = ((("user_id", "model", "hour"), True), (("user_id", "hour"), False), (("hour",), False))
 
 
 class UsageMinute(BaseModel):

@@ -50,4 +50,5 @@ def test_the_dashboards_migration_runs_twice_without_change(app):
         module.upgrade(db, migrations.migrator_for(db))
     names = {index.name for index in db.get_indexes("request")}
     assert {"request_user_id_created_at", "request_status_created_at"} <= names
+    assert "usage_hour_user_id_hour" in {index.name for index in db.get_indexes("usage_hour")}
     assert {"usage_hour", "usage_minute", "key_request"} <= set(db.get_tables())
