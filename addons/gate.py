@@ -24,7 +24,7 @@ from itertools import count
 from mitmproxy import ctx, exceptions, http
 
 from addons.context import RequestContext, client_left, context_of
-from addons.metrics import IN_FLIGHT, QUEUE_WAIT, QUEUED
+from addons.metrics import IN_FLIGHT, QUEUE_WAIT, QUEUED, REFUSALS
 from addons.registry import BackendRegistry, BackendView, model_aliases
 from addons.replies import reply_error
 from addons.writer import StoreWriter
@@ -214,6 +214,7 @@ class Gate:
                 max_waiting=limit_for(principal.role, None, self.waiting_limits),
                 max_running=limit_for(principal.role, principal.max_concurrent_override, self.running_limits))
         except QueueFull as refused:
+            REFUSALS.labels("too_many_waiting", principal.role).inc()
             reply_error(flow, context.dialect, GatewayError(
                 429, str(refused), code="too_many_waiting", headers={"Retry-After": str(refused.retry_after_s)}))
             return

@@ -216,6 +216,7 @@ class Policy:
         self.ledgers: dict[tuple[int, str], float] = {}  # (user, period) → last admission, for the refresh
         self.reserved_written: dict[tuple[int, str], int] = {}
         self.loading: dict[tuple[int, str], asyncio.Future] = {}
+        self.admitting: dict[int, list] = {}  # user → [its admission lock, requests holding or awaiting it]
         # After the counting moved from one store to the other: the ledgers that took `used` from the
         # database since, in the store now counting (None: no switch, nothing to reload).
         self.last_store_shared: bool | None = None
@@ -302,7 +303,7 @@ class Policy:
         admission = Admission(context.request_id, context.principal.user_id, context.principal.key_id)
         context.admission = admission
         cost = reservation(context.canonical, self.context_length(context.model or context.canonical.model))
-        refusal = await self.admit(admission, context.principal, cost)
+        refusal = await self.admit_in_order(admission, context.principal, cost)
         if refusal is not None:
             self.settle(admission, 0, refused=True)  # give back what the earlier steps took
             log.info("request %s refused: %s", context.request_id, refusal.message)
@@ -319,6 +320,20 @@ class Policy:
             if name is not None and (length := view.models[name].context_length):
                 lengths.append(length)
         return max(lengths, default=None)
+
+    async def admit_in_order(self, admission: Admission, principal: Principal, cost: int) -> GatewayError | None:
+        """Admit one user's requests one at a time, in the order they arrived: with Redis each step is a
+        round trip, and replies on different connections would otherwise queue a script's requests in
+        an order of their own (the fair queue serves a user's requests in the order they were queued)."""
+        entry = self.admitting.setdefault(principal.user_id, [asyncio.Lock(), 0])
+        entry[1] += 1
+        try:
+            async with entry[0]:  # asyncio.Lock wakes its waiters first in, first out
+                return await self.admit(admission, principal, cost)
+        finally:
+            entry[1] -= 1
+            if not entry[1]:
+                del self.admitting[principal.user_id]
 
     async def admit(self, admission: Admission, principal: Principal, cost: int) -> GatewayError | None:
         """The steps in order; the first refusal ends admission (the caller gives back the rest)."""
