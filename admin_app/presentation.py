@@ -6,6 +6,7 @@ are often offline), each with a title and a table of the same figures for screen
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass
 
 from flask import Flask
@@ -17,7 +18,7 @@ def human_count(value) -> str:
         return "—"
     value = float(value)
     for limit, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(value) >= limit:
+        if abs(value) >= limit * 0.9995:  # 999 950 is "1M", not "1000k"
             return f"{value / limit:.1f}".rstrip("0").rstrip(".") + suffix
     return f"{value:.0f}" if value == int(value) else f"{value:.1f}"
 
@@ -62,12 +63,25 @@ def bars(points, width: int = WIDTH, height: int = HEIGHT) -> list[Bar]:
             for i, point in enumerate(points)]
 
 
+def action_changes(before_json: str, after_json: str) -> list[tuple[str, object, object]]:
+    """What an admin action changed: (field, before, after) for each field whose value differs."""
+    try:
+        before, after = json.loads(before_json or "{}"), json.loads(after_json or "{}")
+    except ValueError:
+        return []
+    if not isinstance(before, dict) or not isinstance(after, dict):
+        return []
+    return [(name, before.get(name), after.get(name)) for name in sorted(set(before) | set(after))
+            if before.get(name) != after.get(name)]
+
+
 def combine_page(args: dict, page: int) -> dict:
     return {**args, "page": page}
 
 
 def init_app(app: Flask) -> None:
     app.add_template_filter(combine_page, "combine_page")
+    app.add_template_global(action_changes, "action_changes")
     app.add_template_filter(human_count, "count")
     app.add_template_filter(human_ms, "ms")
     app.add_template_filter(human_time, "when")

@@ -288,3 +288,16 @@ def test_pages_load_bootstrap_from_the_installed_package_not_a_cdn(client):
     html = client.get("/").get_data(as_text=True)
     assert "/bootstrap/static/css/bootstrap.min.css" in html and "cdn" not in html.lower()
     assert client.get("/bootstrap/static/css/bootstrap.min.css").status_code == 200
+
+
+@pytest.mark.parametrize("value, shown", [(0, "0"), (999, "999"), (1234, "1.2k"), (999_950, "1M"),
+                                          (3_400_000, "3.4M"), (10**12, "1T"), (None, "—")])
+def test_numbers_are_shown_for_people(value, shown):
+    from admin_app.presentation import human_count
+    assert human_count(value) == shown
+
+
+@pytest.mark.parametrize("ms, shown", [(12, "12 ms"), (3400, "3.4 s"), (150_000, "2.5 min"), (None, "—")])
+def test_durations_are_shown_for_people(ms, shown):
+    from admin_app.presentation import human_ms
+    assert human_ms(ms) == shown
