@@ -18,7 +18,7 @@ UPSTREAM_ATTEMPTS = Counter(
 )
 REFUSALS = Counter(
     "mindrouter_policy_refusals_total",
-    "Requests refused by policy, by reason (rate_limit_exceeded, concurrency_limit_exceeded, insufficient_quota) "
+    "Requests refused before they ran, by reason (rate_limit_exceeded, insufficient_quota, too_many_waiting) "
     "and user role.", ["reason", "role"],
 )
 FAILOVERS = Counter("mindrouter_failovers_total", "Requests moved to another backend before the first byte.", ["model"])

@@ -42,7 +42,7 @@ addons = guarded(
     Auth(),  # API key → Principal
     Local(registry),  # health, metrics and model catalogs answered here
     Translate(),  # parse and check the caller's body
-    Policy(writer, settings.environment),  # rate limit per key, concurrency per user, token budget
+    Policy(writer, settings.environment, registry),  # rate limit per key, concurrency per user, token budget
     ImageFetch(),  # image URLs fetched, only for requests Policy admitted
     gate,  # fair-share wait for a backend slot
     Upstream(registry, gate),  # to the backend in its dialect, failing over before the first byte

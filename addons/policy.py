@@ -73,9 +73,10 @@ from addons.limits import (
     quota_keys_expire_at,
 )
 from addons.metrics import REFUSALS
+from addons.registry import BackendRegistry
 from addons.replies import reply_error
 from addons.settings import Environment
-from addons.writer import StoreWriter
+from addons.writer import StoreWriter, Write, writes
 from scheduler.cost import expected_cost
 from scheduler.limits import UNLIMITED, limit_for, parse_role_limits, retry_after_header
 from scheduler.quota import budget_for, next_period_start, period_of
@@ -180,18 +181,25 @@ def budgets_of(period: str, user_ids: list[int]) -> dict[int, int]:
     return budgets
 
 
-def add_used(user_id: int, period: str, tokens: int) -> Callable[[], None]:
-    def write() -> None:
-        Quota.update(used=Quota.used + tokens).where((Quota.user == user_id) & (Quota.period == period)).execute()
+@writes("quota.add_used")
+def write_add_used(data: dict) -> None:
+    Quota.update(used=Quota.used + data["tokens"]).where(
+        (Quota.user == data["user_id"]) & (Quota.period == data["period"])).execute()
 
-    return write
+
+@writes("quota.set_reserved")
+def write_set_reserved(data: dict) -> None:
+    Quota.update(reserved=data["tokens"]).where(
+        (Quota.user == data["user_id"]) & (Quota.period == data["period"])).execute()
 
 
-def set_reserved(user_id: int, period: str, tokens: int) -> Callable[[], None]:
-    def write() -> None:
-        Quota.update(reserved=tokens).where((Quota.user == user_id) & (Quota.period == period)).execute()
+def add_used(user_id: int, period: str, tokens: int) -> Write:
+    """Usage as data, so a write the database cannot take now waits in the spill file, never lost."""
+    return Write("quota.add_used", {"user_id": user_id, "period": period, "tokens": tokens})
 
-    return write
+
+def set_reserved(user_id: int, period: str, tokens: int) -> Write:
+    return Write("quota.set_reserved", {"user_id": user_id, "period": period, "tokens": tokens})
 
 
 def renewal_of(now: dt.datetime) -> tuple[dt.datetime, float]:
@@ -203,9 +211,9 @@ def renewal_of(now: dt.datetime) -> tuple[dt.datetime, float]:
 class Policy:
     """Admits an inference request within its key's rate and its user's budget."""
 
-    def __init__(self, writer: StoreWriter, environment: Environment, registry=None) -> None:
+    def __init__(self, writer: StoreWriter, environment: Environment, registry: BackendRegistry) -> None:
         self.writer = writer
-        self.registry = registry  # BackendRegistry: the models' context lengths (found at start if None)
+        self.registry = registry  # the models' context lengths, for what a request without max_tokens may spend
         self.default_budget = environment.default_token_budget
         self.redis_url = environment.redis_url
         self.local = LocalCounters()
@@ -276,8 +284,6 @@ class Policy:
         return ctx.options.redis_timeout_ms / 1000
 
     def running(self):
-        if self.registry is None:
-            self.registry = ctx.master.addons.get("backendregistry")
         if self.redis_url and self.shared is None:
             client = connect(self.redis_url, self.redis_timeout_s)
             self.shared = RedisCounters(client, ctx.options.redis_key_prefix)
@@ -302,24 +308,13 @@ class Policy:
             return
         admission = Admission(context.request_id, context.principal.user_id, context.principal.key_id)
         context.admission = admission
-        cost = reservation(context.canonical, self.context_length(context.model or context.canonical.model))
+        cost = reservation(context.canonical, self.registry.context_length(context.model or context.canonical.model))
         refusal = await self.admit_in_order(admission, context.principal, cost)
         if refusal is not None:
             self.settle(admission, 0, refused=True)  # give back what the earlier steps took
             log.info("request %s refused: %s", context.request_id, refusal.message)
             REFUSALS.labels(refusal.code, context.principal.role).inc()
             reply_error(flow, context.dialect, refusal)
-
-    def context_length(self, model: str | None) -> int | None:
-        """The longest context any backend serving the model reports (None: none says)."""
-        if self.registry is None or not model:
-            return None
-        lengths = []
-        for view in self.registry.views.values():
-            name = view.served_name(model)
-            if name is not None and (length := view.models[name].context_length):
-                lengths.append(length)
-        return max(lengths, default=None)
 
     async def admit_in_order(self, admission: Admission, principal: Principal, cost: int) -> GatewayError | None:
         """Admit one user's requests one at a time, in the order they arrived: with Redis each step is a

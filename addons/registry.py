@@ -353,6 +353,12 @@ class BackendRegistry:
         """Whether any enabled backend knows `model` (under any of its spellings)."""
         return bool(model) and any(view.served_name(model) for view in self.views.values() if view.enabled)
 
+    def context_length(self, model: str | None) -> int | None:
+        """The longest context any backend serving the model reports (None: none says)."""
+        lengths = [view.models[name].context_length for view in self.views.values()
+                   if model and (name := view.served_name(model)) and view.models[name].context_length]
+        return max(lengths, default=None)
+
     def known_models(self) -> set[str]:
         return {name for view in self.views.values() if view.accepts_requests for name in view.models}
 

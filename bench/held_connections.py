@@ -291,7 +291,7 @@ async def run_all(args) -> dict:
     results: dict = {"machine": harness.machine(), "parameters": vars(args).copy()}
     results["fd_limit"] = harness.raise_fd_limit(8 * args.count + 4096)
     rate = (args.stream_tokens - 1) / args.hold_s
-    options = (*NO_LIMITS, f"scheduler_max_queue_per_user={args.count}")
+    options = NO_LIMITS
     with harness.cluster(
         "held",
         keep_logs=args.keep_logs,

@@ -394,7 +394,7 @@ async def cpu_per_request(stack: Stack, paced_url: str, stock_url: str, args) ->
 
 async def run_all(args) -> dict:
     results: dict = {"machine": harness.machine(), "parameters": vars(args).copy()}
-    options = (*NO_LIMITS, f"scheduler_max_queue_per_user={4 * args.clients + 64}")
+    options = NO_LIMITS
     with harness.cluster(
         "overhead",
         gateway_options=options,

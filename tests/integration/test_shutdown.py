@@ -72,9 +72,9 @@ def test_sigterm_answers_running_refuses_queued_and_new_in_their_dialect_and_cha
     refused = {p: o for p, o in outcomes.items() if o[1] == 503}
     assert len(outcomes) == 7 and len(answered) + len(refused) == 7, outcomes
     assert len(answered) == 2 and "shutdown-late" in refused
-    for user, _, lines, _ in answered.values():
+    for _, _, lines, _ in answered.values():
         assert lines[-1]["done"] is True and lines[-1]["done_reason"] == "stop"  # the whole answer, not a cut stream
-    for user, _, lines, retry_after in refused.values():
+    for _, _, lines, retry_after in refused.values():
         assert isinstance(lines[0]["error"], str) and "shutting down" in lines[0]["error"] and retry_after
 
     db = open_database(cluster.env["DATABASE_URL"])

@@ -10,7 +10,8 @@ from sim.stack import Stack, free_port, start_stack
 USERS = ("admin", "faculty1", "staff1", "student1")
 # Suites that are not about limits run without them: no rate or concurrency limit, a budget nobody reaches.
 NO_LIMITS = ("rate_limit_rpm=admin=0,faculty=0,staff=0,student=0",
-             "max_concurrent_per_user=admin=0,faculty=0,staff=0,student=0")
+             "max_concurrent_per_user=admin=0,faculty=0,staff=0,student=0",
+             "max_queued_per_user=admin=0,faculty=0,staff=0,student=0")
 
 
 def start_cluster(work_dir: Path, database_url: str, gateway_options: tuple[str, ...] = (),

@@ -17,6 +17,7 @@ from addons.auth import Principal
 from addons.context import CONTEXT_KEY, RequestContext, Route
 from addons.limits import RedisCounters, connect
 from addons.policy import Policy, request_cost
+from addons.registry import BackendRegistry
 from addons.settings import Environment
 from translators.canonical import Usage
 from translators.pipeline import parse_client_request
@@ -65,7 +66,7 @@ def run(scenario, **options):
     environment = Environment(database_url="sqlite://", admin_app_url="", redis_url=None, artifact_storage_path="",
                               default_token_budget=1000, fairness_window_s=300)
     writer = RecordingWriter()
-    policy = Policy(writer, environment)
+    policy = Policy(writer, environment, BackendRegistry(writer))
 
     async def main():
         with taddons.context(policy) as tctx:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 from addons.policy import add_used, budgets_of, load_quota, set_reserved
+from addons.writer import decode_write, encode_write, perform
 from store.models import Quota, User
 
 PERIOD = "2025-06"
@@ -50,9 +51,9 @@ def test_usage_adds_up_and_the_reserved_snapshot_replaces(migrated_db):
     for who in (user, other):
         load_quota(who.id, "staff", None, PERIOD, 1000)
     for tokens in (10, 20, 30):
-        add_used(user.id, PERIOD, tokens)()
-    set_reserved(user.id, PERIOD, 77)()
-    set_reserved(user.id, PERIOD, 5)()
+        perform(decode_write(encode_write(add_used(user.id, PERIOD, tokens))))  # as replayed from the spill
+    perform(set_reserved(user.id, PERIOD, 77))
+    perform(set_reserved(user.id, PERIOD, 5))
     row = Quota.get((Quota.user == user.id) & (Quota.period == PERIOD))
     assert (row.used, row.reserved) == (60, 5)
     assert Quota.get(Quota.user == other.id).used == 0
