@@ -150,15 +150,26 @@ def _telemetry(backend_ids: list[int], since: dt.datetime) -> dict[int, list[Tel
     return samples
 
 
-def _gpus(sample: TelemetrySample | None) -> list[dict]:
-    if sample is None:
-        return []
+def _gpu_readings(sample: TelemetrySample) -> list[dict]:
+    """The per-GPU readings the gateway keeps in a sample's details (telemetry_agent's GpuReading)."""
     try:
         details = json.loads(sample.details or "{}")
     except ValueError:
         return []
     gpus = details.get("gpus") if isinstance(details, dict) else None
     return [gpu for gpu in gpus if isinstance(gpu, dict)] if isinstance(gpus, list) else []
+
+
+def per_gpu(samples: list[TelemetrySample]) -> list[dict]:
+    """Each GPU's latest reading and its utilisation over the samples, for one chart per GPU."""
+    gpus: dict[int, dict] = {}
+    for sample in samples:
+        for position, reading in enumerate(_gpu_readings(sample)):
+            index = reading.get("index", position)
+            gpu = gpus.setdefault(index, {"index": index, "utilization": []})
+            gpu["latest"] = reading
+            gpu["utilization"].append(Point(sample.taken_at.strftime("%H:%M"), reading.get("utilization_gpu_pct") or 0))
+    return [gpus[index] for index in sorted(gpus, key=str)]
 
 
 @bp.get("/console/backends")
@@ -174,7 +185,7 @@ def backends():
         rows.append({
             "backend": backend, "models": models, "slots": slots.get(backend.id),
             "latest": samples[-1] if samples else None,
-            "gpus": _gpus(samples[-1] if samples else None),
+            "gpus": per_gpu(samples),
             "kv_cache": [Point(s.taken_at.strftime("%H:%M"), (s.kv_cache_usage or 0) * 100) for s in samples],
             "gpu_utilization": [Point(s.taken_at.strftime("%H:%M"), s.gpu_utilization or 0) for s in samples],
         })

@@ -301,3 +301,22 @@ def test_numbers_are_shown_for_people(value, shown):
 def test_durations_are_shown_for_people(ms, shown):
     from admin_app.presentation import human_ms
     assert human_ms(ms) == shown
+
+
+def test_the_backends_page_charts_kv_cache_and_each_gpu_from_telemetry(client, logged_in):
+    from store.models import TelemetrySample
+    logged_in("admin", "root")
+    backend = Backend.create(name="gpu-node", url="http://10.0.0.1:8000", engine="vllm", health="healthy")
+    for minutes_ago, load in ((10, 40), (5, 90)):
+        TelemetrySample.create(backend=backend, taken_at=utcnow() - dt.timedelta(minutes=minutes_ago),
+                               kv_cache_usage=load / 100, gpu_utilization=load, details=json.dumps({"gpus": [
+                                   {"index": 0, "name": "H200", "utilization_gpu_pct": load,
+                                    "memory_used_bytes": 70 * 10**9, "memory_total_bytes": 141 * 10**9,
+                                    "temperature_c": 61},
+                                   {"index": 1, "name": "H200", "utilization_gpu_pct": load // 2,
+                                    "memory_used_bytes": 10**9, "memory_total_bytes": 141 * 10**9,
+                                    "temperature_c": 50}]}))
+    page = client.get("/admin/console/backends").get_data(as_text=True)
+    assert "KV cache use (%), last hour" in page and "<title>" in page
+    assert "GPU 0 (H200) utilisation" in page and "GPU 1 (H200) utilisation" in page
+    assert "now 90%, memory 70GB of 141GB, 61 °C" in page

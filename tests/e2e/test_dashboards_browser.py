@@ -147,6 +147,10 @@ def test_a_user_creates_a_key_chats_with_it_sees_the_request_and_revokes_the_key
     if request_id:
         expect(admin.get_by_role("heading", name=re.compile(request_id))).to_be_visible()
     shot(admin, "admin-audit-detail")
+    export = admin.request.get("/admin/console/audit/export.csv?user=student1")  # the admin's session
+    assert export.status == 200 and "content-length" not in export.headers  # streamed through the gateway
+    rows = export.text().strip().splitlines()
+    assert rows[0].startswith("request_id,") and any("Qwen/Qwen2.5-0.5B-Instruct" in row for row in rows[1:])
 
     student.goto("/dashboard")
     student.get_by_role("button", name=re.compile("^Revoke key")).first.click()
