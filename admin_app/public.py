@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 from flask_wtf import FlaskForm
 from wtforms import EmailField, PasswordField, SelectField, StringField, TextAreaField
@@ -9,17 +12,28 @@ from wtforms.validators import DataRequired, Length, Regexp
 
 from admin_app.accounts import USERNAME_PATTERN
 from admin_app.admin_actions import record_action
+from admin_app.auth import client_address
 from admin_app.backends import backends_with_models
 from admin_app.queue import QUEUE_SNAPSHOT_MAX_AGE, live_queue
 from admin_app.usage import start_of_day, tokens_per_second_by_minute, users_active_since
+from scheduler.failures import FailureBudget
+from scheduler.limits import retry_after_header
 from store.api_keys import hash_password
 from store.models import KeyRequest, User, utcnow
 
 bp = Blueprint("public", __name__)
+THROTTLE_EXTENSION = "mindrouter_request_access_throttle"
 
 REQUESTABLE_ROLES = ("student", "staff", "faculty")  # admin is given, never asked for
 MAX_PENDING_KEY_REQUESTS = 500  # a bound on what an unauthenticated form can pile up
 EMAIL_SHAPE = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"  # the shape only: an admin reads it before approving
+
+
+@bp.record_once
+def _install_throttle(state) -> None:
+    # Each request costs an Argon2 hash and a row: a bound per client address (per process, like the login's).
+    limit = state.app.config.get("ACCESS_REQUESTS_PER_ADDRESS", 5)
+    state.app.extensions[THROTTLE_EXTENSION] = (FailureBudget(limit, 3600), threading.Lock())
 
 
 class KeyRequestForm(FlaskForm):
@@ -68,6 +82,15 @@ def request_access():
             for message in messages:
                 flash(f"{getattr(form, field).label.text}: {message}", "error")
         return render_template("public/request_access.html", form=form), 400
+    budget, lock = current_app.extensions[THROTTLE_EXTENSION]
+    with lock:
+        wait = budget.wait(client_address(), time.monotonic())
+        if wait <= 0:
+            budget.charge(client_address(), time.monotonic())
+    if wait > 0:
+        retry_after = retry_after_header(wait)
+        flash(f"Too many requests from your address; try again in {retry_after} s.", "error")
+        return render_template("public/request_access.html", form=form), 429, {"Retry-After": retry_after}
     username = form.username.data.strip()
     taken = User.get_or_none(User.username == username) or KeyRequest.get_or_none(
         (KeyRequest.username == username) & (KeyRequest.status == "pending"))

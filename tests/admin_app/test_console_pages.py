@@ -44,6 +44,16 @@ def _audit_row(request_id: str, user: User | None, prompt: str = "hello", answer
                  "answer_text": answer, "validation": "", "artifact_root": "unused"})
 
 
+@pytest.fixture(autouse=True)
+def fresh_access_request_throttle(app):
+    """The app is shared by the run's tests; each starts with no access requests counted."""
+    import threading
+
+    from admin_app.public import THROTTLE_EXTENSION
+    from scheduler.failures import FailureBudget
+    app.extensions[THROTTLE_EXTENSION] = (FailureBudget(5, 3600), threading.Lock())
+
+
 @pytest.fixture
 def logged_in(client, make_user, log_in):
     def as_role(role: str, username: str | None = None):
@@ -320,3 +330,12 @@ def test_the_backends_page_charts_kv_cache_and_each_gpu_from_telemetry(client, l
     assert "KV cache use (%), last hour" in page and "<title>" in page
     assert "GPU 0 (H200) utilisation" in page and "GPU 1 (H200) utilisation" in page
     assert "now 90%, memory 70GB of 141GB, 61 °C" in page
+
+
+def test_access_requests_from_one_address_are_bounded(client, csrf_token):
+    token = _form_token(client, "/request-access", csrf_token)
+    statuses = [client.post("/request-access", data={
+        "csrf_token": token, "username": f"someone{i}", "email": f"s{i}@example.edu", "role": "student",
+        "reason": "x", "password": "long-enough"}).status_code for i in range(7)]
+    assert statuses == [303] * 5 + [429] * 2
+    assert KeyRequest.select().count() == 5
