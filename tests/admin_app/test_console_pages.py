@@ -339,3 +339,34 @@ def test_access_requests_from_one_address_are_bounded(client, csrf_token):
         "reason": "x", "password": "long-enough"}).status_code for i in range(7)]
     assert statuses == [303] * 5 + [429] * 2
     assert KeyRequest.select().count() == 5
+
+
+def _console_routes(app) -> list[tuple[str, str]]:
+    """(method, URL) of every admin console route, with made-up ids."""
+    values = {"backend_id": 1, "action": "drain", "user_id": 1, "key_id": 1, "request_id": 1,
+              "decision": "approve", "fmt": "csv"}
+    routes = []
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint.startswith("console."):
+            url = rule.build({name: values[name] for name in rule.arguments})[1]
+            routes += [(method, url) for method in sorted(rule.methods - {"HEAD", "OPTIONS"})]
+    return routes
+
+
+def test_every_console_route_refuses_a_student_and_sends_a_visitor_to_log_in(app, client, logged_in, csrf_token):
+    routes = _console_routes(app)
+    assert len(routes) >= 18  # the routes come from the URL map: a new one is checked too
+    login_token = _form_token(client, "/login", csrf_token)
+    for method, url in routes:
+        response = client.open(url, method=method, data={"csrf_token": login_token})
+        assert response.status_code == 302 and "/login" in response.headers["Location"], (method, url)
+    logged_in("student")
+    token = _form_token(client, "/dashboard", csrf_token)
+    for method, url in routes:
+        assert client.open(url, method=method, data={"csrf_token": token}).status_code == 403, (method, url)
+
+
+@pytest.mark.parametrize("path", ADMIN_API)
+def test_the_admin_api_answers_401_without_a_key_or_session(client, path):
+    response = client.get(path)
+    assert response.status_code == 401 and response.get_json()["error"]["code"] == "missing_api_key"
