@@ -9,7 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from addons.context import context_of
 from addons.registry import BackendRegistry
-from addons.replies import point_at_backend, reply_error, reply_json
+from addons.replies import point_at_backend, reply, reply_error, reply_json
 from translators import catalog
 from translators.errors import OLLAMA, GatewayError
 from translators.request_body import load_json_object
@@ -81,7 +81,7 @@ class Local:
         })
 
     def answer_metrics(self, flow: http.HTTPFlow) -> None:
-        flow.response = http.Response.make(200, generate_latest(), {"Content-Type": CONTENT_TYPE_LATEST})
+        reply(flow, 200, generate_latest(), {"Content-Type": CONTENT_TYPE_LATEST})
 
     def answer_v1_models(self, flow: http.HTTPFlow) -> None:
         reply_json(flow, 200, catalog.openai_models(catalog_entries(self.registry), created=int(time.time())))

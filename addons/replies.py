@@ -10,19 +10,19 @@ from mitmproxy import http
 from translators.errors import OLLAMA, GatewayError, error_body
 
 
+def reply(flow: http.HTTPFlow, status: int, body: bytes, headers: dict[str, str]) -> None:
+    """The gateway's own answer. A HEAD request gets the head alone: a body after it would be read
+    by the client as the start of its next answer on the connection."""
+    flow.response = http.Response.make(status, b"" if flow.request.method == "HEAD" else body, headers)
+
+
 def reply_json(flow: http.HTTPFlow, status: int, payload, headers: dict[str, str] | None = None) -> None:
-    flow.response = http.Response.make(
-        status, json.dumps(payload).encode(), {"Content-Type": "application/json", **(headers or {})}
-    )
+    reply(flow, status, json.dumps(payload).encode(), {"Content-Type": "application/json", **(headers or {})})
 
 
 def reply_error(flow: http.HTTPFlow, dialect: str | None, error: GatewayError) -> None:
     """Answer with `error` in the dialect of the path (Ollama's plain shape for non-API paths)."""
-    flow.response = http.Response.make(
-        error.status,
-        error_body(dialect or OLLAMA, error),
-        {"Content-Type": "application/json", **error.headers},
-    )
+    reply(flow, error.status, error_body(dialect or OLLAMA, error), {"Content-Type": "application/json", **error.headers})
 
 
 # The caller's credentials are for the gateway; a backend never sees them.

@@ -38,14 +38,31 @@ DIALECT_PREFIXES = {"/v1/": OPENAI, "/api/": OLLAMA}
 ADMIN_ROUTE = Route(ADMIN, None, needs_key=False)
 
 
+GATEWAY_PATHS = {path for _, path in ROUTES}
+# Larger header fields are refused at the edge: the admin app's server and the stream relay take
+# fields of up to 8190 bytes and would otherwise drop the connection (mitmproxy's bare 502).
+MAX_HEADER_FIELD_BYTES = 8190
+MAX_HEADER_BYTES = 32 * 2**10
+
+
 def route_for(method: str, path: str) -> Route:
-    route = ROUTES.get((method, path))
+    route = ROUTES.get((method, path)) or (ROUTES.get(("GET", path)) if method == "HEAD" else None)
     if route:
         return route
+    if path in GATEWAY_PATHS:  # ours, with another method: 405, never the admin app
+        return Route(UNSERVED, OPENAI if path.startswith("/v1/") else OLLAMA, path)
     for prefix, dialect in DIALECT_PREFIXES.items():
-        if path.startswith(prefix):
+        if path.startswith(prefix) or path == prefix.rstrip("/"):
             return Route(UNSERVED, dialect, path)
     return ADMIN_ROUTE
+
+
+def oversized_headers(headers: http.Headers) -> GatewayError | None:
+    sizes = [len(name) + len(value) + 4 for name, value in headers.fields]
+    if max(sizes, default=0) > MAX_HEADER_FIELD_BYTES or sum(sizes) > MAX_HEADER_BYTES:
+        return GatewayError(431, f"request headers too large: at most {MAX_HEADER_FIELD_BYTES} bytes a field and "
+                                 f"{MAX_HEADER_BYTES} in all", code="headers_too_large")
+    return None
 
 
 def unserved_error(method: str, path: str) -> GatewayError:
@@ -62,7 +79,14 @@ class Routing:
     def __init__(self, admin_app_url: str) -> None:
         self.admin_app_url = admin_app_url
 
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if error := oversized_headers(flow.request.headers):
+            route = route_for(flow.request.method, flow.request.path.split("?", 1)[0])
+            reply_error(flow, route.dialect, error)
+
     def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response:  # answered at the edge
+            return
         path = flow.request.path.split("?", 1)[0]
         route = route_for(flow.request.method, path)
         if route.kind == UNSERVED:

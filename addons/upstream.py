@@ -125,8 +125,11 @@ class Upstream:
             self.relayed[context.request_id] = context
             point_at_backend(flow, self.relay_url)
             flow.request.path = "/relay"
-            flow.request.headers[RELAY_HEADER] = context.request_id
-            flow.request.content = b""  # the relay builds each attempt's body from the canonical request
+            # The relay needs only the request's id: it builds each attempt from the canonical request,
+            # and none of the caller's headers (of any size) has anything to do there.
+            flow.request.headers = http.Headers([(b"Host", self.relay_url.removeprefix("http://").encode()),
+                                                 (RELAY_HEADER.encode(), context.request_id.encode())])
+            flow.request.content = b""
             return
         fetch = asyncio.ensure_future(self.fetch_whole(context))
         fetches = self.fetching.setdefault(flow.client_conn.id, set())

@@ -44,8 +44,11 @@ def verify_key(key_hash: str, key: str) -> bool:
 
 
 def key_fingerprint(key: str) -> str:
-    """SHA-256 of the whole key: the in-memory cache's index, so the cache never holds a key."""
-    return hashlib.sha256(key.encode()).hexdigest()
+    """SHA-256 of the whole key: the in-memory cache's index, so the cache never holds a key.
+
+    Any string has one: a header that is not UTF-8 reaches us with lone surrogates in it (mitmproxy
+    decodes with surrogateescape), and such a key is simply one nobody holds."""
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def hash_password(password: str) -> str:

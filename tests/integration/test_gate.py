@@ -9,7 +9,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sim.stack import PYTHON, Service, free_port, wait_until
-from tests.support.cluster import NO_LIMITS, start_cluster
+from tests.support.cluster import NO_LIMITS, options_with, start_cluster
 
 MODEL = "llama3.2"
 
@@ -25,7 +25,7 @@ def slow_cluster(tmp_path_factory):
     work_dir = tmp_path_factory.mktemp("gate")
     stack = start_cluster(work_dir, f"sqlite:///{work_dir / 'db.sqlite'}", sim_args=("--tokens-per-s", "5"),
                           max_concurrent=2,
-                          gateway_options=(*NO_LIMITS, waiting_bound(600), "breaker_cooldown_s=1"))
+                          gateway_options=options_with(NO_LIMITS, waiting_bound(600), "breaker_cooldown_s=1"))
     yield stack
     stack.stop()
 
@@ -184,7 +184,7 @@ def test_500_clients_leaving_queued_or_mid_stream_leave_no_slot_or_gauge_behind(
 def limited_cluster(tmp_path_factory):
     work_dir = tmp_path_factory.mktemp("limits")
     stack = start_cluster(work_dir, f"sqlite:///{work_dir / 'db.sqlite'}", sim_args=("--tokens-per-s", "5"),
-                          max_concurrent=1, gateway_options=(*NO_LIMITS, waiting_bound(2), "scheduler_max_wait_s=2"))
+                          max_concurrent=1, gateway_options=options_with(NO_LIMITS, waiting_bound(2), "scheduler_max_wait_s=2"))
     yield stack
     stack.stop()
 

@@ -14,6 +14,13 @@ NO_LIMITS = ("rate_limit_rpm=admin=0,faculty=0,staff=0,student=0",
              "max_queued_per_user=admin=0,faculty=0,staff=0,student=0")
 
 
+def options_with(base: tuple[str, ...], *overrides: str) -> tuple[str, ...]:
+    """`base` with each NAME=VALUE of `overrides` replacing base's NAME: mitmproxy never starts the
+    script's addons when one of their options is set twice on the command line."""
+    names = {override.split("=", 1)[0] for override in overrides}
+    return (*(option for option in base if option.split("=", 1)[0] not in names), *overrides)
+
+
 def start_cluster(work_dir: Path, database_url: str, gateway_options: tuple[str, ...] = (),
                   environment: dict[str, str] | None = None, **stack_options) -> Stack:
     env = {

@@ -3,10 +3,23 @@
 from __future__ import annotations
 
 import pytest
+from mitmproxy.http import Headers
+from mitmproxy.test import tflow
 
 from addons.local import version_key
 from addons.registry import BackendView, ModelView, model_aliases
-from addons.routing import ADMIN, CATALOG, HEALTH, INFERENCE, UNSERVED, route_for, unserved_error
+from addons.replies import reply_error
+from addons.routing import (
+    ADMIN,
+    CATALOG,
+    HEALTH,
+    INFERENCE,
+    UNSERVED,
+    oversized_headers,
+    route_for,
+    unserved_error,
+)
+from translators.errors import OLLAMA, OPENAI, GatewayError
 
 
 @pytest.mark.parametrize(("method", "path", "kind", "dialect"), [
@@ -63,3 +76,34 @@ def test_draining_or_unhealthy_backends_take_no_requests():
 def test_versions_compare_by_number_not_text():
     assert version_key("0.10.1") > version_key("0.9.7")
     assert min(["0.12.0", "0.9.1-rc1"], key=version_key) == "0.9.1-rc1"
+
+
+@pytest.mark.parametrize(("method", "path", "dialect"), [
+    ("POST", "/metrics", OLLAMA), ("DELETE", "/healthz", OLLAMA), ("PUT", "/v1/models", OPENAI),
+    ("POST", "/v1", OPENAI), ("GET", "/api", OLLAMA),
+])
+def test_the_gateways_own_paths_never_fall_through_to_the_admin_app(method, path, dialect):
+    route = route_for(method, path)
+    assert (route.kind, route.dialect) == (UNSERVED, dialect)
+
+
+def test_head_is_answered_like_get_on_catalog_and_health_paths():
+    assert route_for("HEAD", "/readyz") == route_for("GET", "/readyz")
+
+
+def test_a_head_request_is_answered_without_a_body():
+    flow = tflow.tflow()
+    flow.request.method = "HEAD"
+    reply_error(flow, OPENAI, GatewayError(405, "method HEAD not allowed"))
+    assert flow.response.status_code == 405 and flow.response.content == b""
+
+
+@pytest.mark.parametrize("headers", [[(b"X-Huge", b"v" * 9000)], [(b"X-Part-%d" % i, b"v" * 4000) for i in range(9)]])
+def test_oversized_headers_are_refused_with_431(headers):
+    error = oversized_headers(Headers([(b"Host", b"gw"), *headers]))
+    assert error is not None and error.status == 431
+
+
+def test_ordinary_headers_pass():
+    assert oversized_headers(Headers([(b"Host", b"gw"), (b"Authorization", b"Bearer mr_abcdefgh_" + b"x" * 40),
+                                      (b"Cookie", b"session=" + b"a" * 4000)])) is None

@@ -30,3 +30,9 @@ def test_hash_verifies_only_the_same_key_and_never_contains_it():
 def test_fingerprint_is_stable_and_not_the_key():
     key, _ = api_keys.generate_key()
     assert api_keys.key_fingerprint(key) == api_keys.key_fingerprint(key) != key
+
+
+def test_a_key_header_that_is_not_utf8_has_a_fingerprint_and_is_nobodys_key():
+    presented = b"mr_\xff\xff\xff\xff\xff\xff\xff\xff_x".decode("utf-8", "surrogateescape")  # as mitmproxy hands it over
+    assert len(api_keys.key_fingerprint(presented)) == 64
+    assert api_keys.key_prefix(presented) is None
