@@ -58,6 +58,14 @@ class Environment:
         )
 
 
+def cannot_start(reason: str) -> None:
+    print(f"mindrouter: cannot start: {reason}", file=sys.stderr)
+    sys.stderr.flush()
+    # mitmproxy logs an exception raised while a script loads and goes on serving without the
+    # script: an open proxy with no auth. Leave instead, before any listener takes a request.
+    os._exit(2)
+
+
 class Settings:
     """Applies mitmproxy.conf and checks the database schema before the proxy starts serving."""
 
@@ -70,8 +78,17 @@ class Settings:
             "mitmproxy options file the gateway applies at start-up; command-line options win.",
         )
         ctx.options.process_deferred()  # a --set mindrouter_conf=... waits there until now
+        self.refuse_options_set_twice()
         self.apply_conf_file(ctx.options.mindrouter_conf)
         self.require_current_schema()
+
+    @staticmethod
+    def refuse_options_set_twice() -> None:
+        """None of our options takes several values: mitmproxy, given one twice (`--set a=1 --set a=2`),
+        fails while loading the addon that declares it and never starts the others, with no word of why."""
+        twice = sorted(name for name, value in ctx.options.deferred.items() if len(getattr(value, "val", ())) > 1)
+        if twice:
+            cannot_start(f"options set more than once: {', '.join(twice)} (give each once)")
 
     def apply_conf_file(self, path: str) -> None:
         conf = Path(path)
@@ -92,11 +109,8 @@ class Settings:
             migrations.require_current_schema(db)
             db.close()
         except Exception as exc:  # any failure here means the gateway cannot serve
-            print(f"mindrouter: cannot start: {exc}", file=sys.stderr)
-            sys.stderr.flush()
-            # mitmproxy logs an exception raised while a script loads and goes on serving without the
-            # script: an open proxy with no auth. Leave instead, before any listener takes a request.
-            os._exit(2)
+            cannot_start(str(exc))
+
 
     def running(self):
         unknown = sorted(ctx.options.deferred)

@@ -38,6 +38,19 @@ def test_gateway_rejects_unknown_options(tmp_path):
     assert "gate_max_wiat_s" in done.stdout + done.stderr
 
 
+def test_gateway_refuses_an_option_set_twice_instead_of_hanging(tmp_path):
+    db_url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    migrations.upgrade(init_database(db_url))
+    done = subprocess.run(
+        [MITMDUMP, "-s", "addons/mindrouter.py", "-p", str(free_port()),
+         "--set", "scheduler_max_wait_s=3", "--set", "scheduler_max_wait_s=4"],
+        cwd=REPO_ROOT, timeout=60, env={"DATABASE_URL": db_url, "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True,
+    )
+    assert done.returncode == 2
+    assert "options set more than once: scheduler_max_wait_s" in done.stderr
+
+
 def test_gateway_applies_mitmproxy_conf_and_the_command_line_wins(tmp_path):
     db_url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     migrations.upgrade(init_database(db_url))
