@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+from urllib.parse import urlsplit
 
 from mitmproxy import http
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -110,7 +112,13 @@ class Local:
             return
         serving = sorted(self.registry.serving(model), key=lambda view: view.engine != "ollama")
         if serving and serving[0].engine == "ollama":
-            point_at_backend(flow, serving[0].url)
+            node = serving[0]
+            point_at_backend(flow, node.url)
+            # The node gets the question alone, in plain JSON: none of the caller's other fields, encodings
+            # or headers, which a node may choke on (a 500 the caller could cause at will).
+            question = {"model": model, "verbose": body.get("verbose") is True}
+            flow.request.headers = http.Headers(host=urlsplit(node.url).netloc, content_type="application/json")
+            flow.request.content = json.dumps(question).encode()
         elif serving:
             entry = next(e for e in catalog_entries(self.registry) if e.name == serving[0].served_name(model))
             reply_json(flow, 200, catalog.ollama_show(entry))

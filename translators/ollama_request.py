@@ -25,6 +25,7 @@ from translators.request_body import (
     optional_keep_alive,
     optional_list,
     optional_str,
+    parse_tools,
     required_str,
     wrong_type,
 )
@@ -59,7 +60,7 @@ def parse_request(endpoint: str, kind: str, body: dict) -> CanonicalRequest:
         if body.get("messages") is None:
             raise missing("messages")
         req.messages = parse_messages(optional_list(body, "messages"))
-        req.tools = optional_list(body, "tools")
+        req.tools = parse_tools(body)
     else:
         req.prompt = optional_str(body, "prompt") or ""
         req.system = optional_str(body, "system")

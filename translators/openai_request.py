@@ -27,6 +27,7 @@ from translators.request_body import (
     optional_keep_alive,
     optional_list,
     optional_str,
+    parse_tools,
     required_str,
     wrong_type,
 )
@@ -158,15 +159,6 @@ def parse_thinking(body: dict) -> bool | str | None:
     if effort in THINK_FOR_REASONING_EFFORT and enabled is not False:
         return THINK_FOR_REASONING_EFFORT[effort]
     return enabled
-
-
-def parse_tools(body: dict) -> list[dict]:
-    tools = optional_list(body, "tools")
-    for index, tool in enumerate(tools):
-        if not isinstance(tool, dict) or not isinstance(tool.get("function"), dict):
-            raise invalid_value(f"tools[{index}]", 'must be {"type": "function", "function": {...}}')
-        required_str(tool["function"], "name", f"tools[{index}].function.name")
-    return tools
 
 
 def parse_messages(raw_messages: list) -> list[Message]:

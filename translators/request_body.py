@@ -205,3 +205,15 @@ def optional_keep_alive(body: dict) -> str | int | float | None:
     if value is not None and not isinstance(value, str) and not is_number(value):
         raise wrong_type("keep_alive", 'a duration string ("5m") or a number of seconds', value)
     return value
+
+
+def parse_tools(body: dict) -> list[dict]:
+    """Function tools, the one kind both dialects and both engines share (an engine given another kind, or
+    a nameless function, fails with a 500 of its own)."""
+    tools = optional_list(body, "tools")
+    for index, tool in enumerate(tools):
+        if (not isinstance(tool, dict) or tool.get("type", "function") != "function"
+                or not isinstance(tool.get("function"), dict)):
+            raise invalid_value(f"tools[{index}]", 'must be {"type": "function", "function": {...}}')
+        required_str(tool["function"], "name", f"tools[{index}].function.name")
+    return tools

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 
+from mitmproxy.test import tflow
+
+from addons.context import CONTEXT_KEY, RequestContext
+from addons.local import Local
+from addons.polling import ModelView
+from addons.registry import BackendRegistry, BackendView
+from addons.routing import route_for
 from store.environment import load_dotenv
 from translators.catalog import CatalogEntry, ollama_ps, ollama_tags, openai_models
 
@@ -56,3 +64,23 @@ def test_dotenv_fills_only_what_the_environment_lacks(tmp_path, monkeypatch):
     load_dotenv(env_file)
     assert (os.environ["MR_TEST_A"], os.environ["MR_TEST_B"], os.environ["MR_TEST_C"]) == (
         "from-file", "quoted value", "from-environment")
+
+
+def test_api_show_asks_the_ollama_node_the_question_alone_in_plain_json():
+    """A caller's encodings, byte-order marks and extra fields reach no node (a node choking on them would
+    answer 500)."""
+    node = BackendView(id=1, name="ollama-1", url="http://10.0.0.7:11434", engine="ollama", max_concurrent=2,
+                       enabled=True, draining=False, priority=0, healthy=True,
+                       models={"qwen2.5vl:latest": ModelView("qwen2.5vl:latest")})
+    registry = BackendRegistry(writer=None)
+    registry.views = {node.id: node}
+    flow = tflow.tflow()
+    flow.request.path = "/api/show"
+    flow.request.headers["Content-Encoding"] = "zstd"
+    flow.request.raw_content = b'\xef\xbb\xbf{"model": "qwen2.5vl", "verbose": true, "x": [1]}'
+    flow.metadata[CONTEXT_KEY] = RequestContext("r1", route_for("POST", "/api/show"), "127.0.0.1")
+    Local(registry).request(flow)
+    assert flow.response is None and (flow.request.host, flow.request.port) == ("10.0.0.7", 11434)
+    assert json.loads(flow.request.content) == {"model": "qwen2.5vl", "verbose": True}
+    assert dict(flow.request.headers) == {"host": "10.0.0.7:11434", "content-type": "application/json",
+                                          "content-length": str(len(flow.request.content))}

@@ -666,3 +666,13 @@ def test_a_chat_survives_ollama_to_vllm_to_ollama():
     assert ollama_body["messages"] == original["messages"]
     assert ollama_body["options"] == original["options"]
     assert (ollama_body["format"], ollama_body["think"], ollama_body["stream"]) == ("json", True, False)
+
+
+@pytest.mark.parametrize("path", ["/api/chat", "/v1/chat/completions"])
+@pytest.mark.parametrize("tool", [{"type": "web_search", "function": {"name": "search"}},
+                                  {"type": "function", "function": {"name": None}}, "search"])
+def test_tools_other_than_named_functions_are_refused_in_both_dialects(path, tool):
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "tools": [tool]}
+    with pytest.raises(GatewayError) as refused:
+        parse_client_request(path, json.dumps(body).encode())
+    assert refused.value.status == 422 and "tools[0]" in refused.value.message
