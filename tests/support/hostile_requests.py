@@ -746,8 +746,11 @@ def problems(request: HostileRequest, outcome: Outcome) -> list[str]:
     if outcome.status is not None and outcome.status >= 500:
         found.append(f"{outcome.status}")
     path = request.path.split("?", 1)[0]
+    # A body over max_request_body_mb is refused by mitmproxy's HTTP layer (its body_size_limit) before
+    # any hook runs, so before the gateway could answer in a dialect: the status is right, the body is
+    # mitmproxy's own page. tests/integration/test_edge_limits.py checks that refusal.
     if (request.raw is None and outcome.status is not None and outcome.status >= 400 and path in DIALECT_PATHS
-            and request.method != "HEAD" and not outcome.failure):
+            and request.method != "HEAD" and not outcome.failure and outcome.status != 413):
         shape = dialect_error_problem(path, outcome.body)
         if shape:
             found.append(shape)
