@@ -43,6 +43,7 @@ GATEWAY_PATHS = {path for _, path in ROUTES}
 # fields of up to 8190 bytes and would otherwise drop the connection (mitmproxy's bare 502).
 MAX_HEADER_FIELD_BYTES = 8190
 MAX_HEADER_BYTES = 32 * 2**10
+UPGRADE_HEADERS = ("Connection", "Upgrade", "HTTP2-Settings")
 
 
 def route_for(method: str, path: str) -> Route:
@@ -80,6 +81,10 @@ class Routing:
         self.admin_app_url = admin_app_url
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
+        # No path here upgrades its connection (no WebSocket, no h2c): an upgrade asked for would only
+        # keep mitmproxy from closing the connection after an error it answers itself.
+        for header in UPGRADE_HEADERS:
+            flow.request.headers.pop(header, None)
         if error := oversized_headers(flow.request.headers):
             route = route_for(flow.request.method, flow.request.path.split("?", 1)[0])
             reply_error(flow, route.dialect, error)

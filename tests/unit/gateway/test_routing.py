@@ -107,3 +107,10 @@ def test_oversized_headers_are_refused_with_431(headers):
 def test_ordinary_headers_pass():
     assert oversized_headers(Headers([(b"Host", b"gw"), (b"Authorization", b"Bearer mr_abcdefgh_" + b"x" * 40),
                                       (b"Cookie", b"session=" + b"a" * 4000)])) is None
+
+
+def test_a_connection_upgrade_asked_for_is_dropped_at_the_edge():
+    flow = tflow.tflow()
+    flow.request.headers.update({"Connection": "Upgrade, HTTP2-Settings", "Upgrade": "h2c", "HTTP2-Settings": "AAM"})
+    Routing("http://127.0.0.1:8001").requestheaders(flow)
+    assert not {"connection", "upgrade", "http2-settings"} & {name.lower() for name in flow.request.headers}
