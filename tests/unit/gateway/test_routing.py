@@ -15,6 +15,7 @@ from addons.routing import (
     HEALTH,
     INFERENCE,
     UNSERVED,
+    Routing,
     oversized_headers,
     route_for,
     unserved_error,
