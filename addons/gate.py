@@ -180,6 +180,9 @@ class Gate:
         self.wake(now)
         if next(self.ticks) % SNAPSHOT_EVERY_TICKS == 0:
             gateway, snapshot = f"{socket.gethostname()}:{ctx.options.listen_port}", self.scheduler.snapshot(now)
+            for row in snapshot["backends"]:  # each gateway keeps breakers of its own: the admin app shows them all
+                if view := self.registry.views.get(row["backend_id"]):
+                    row["breaker"] = view.breaker.state
             self.writer.submit(lambda: write_snapshot(gateway, snapshot))
 
     def unqueue(self, request_id: str) -> Waiter:

@@ -12,6 +12,7 @@ import datetime as dt
 import functools
 import io
 import json
+from collections import Counter
 from collections.abc import Iterator
 
 import peewee
@@ -177,13 +178,18 @@ def per_gpu(samples: list[TelemetrySample]) -> list[dict]:
 def backends():
     listed = backends_with_models()
     telemetry = _telemetry([b.id for b, _ in listed], utcnow() - dt.timedelta(hours=1))
-    slots = {row["backend_id"]: row for gateway in live_queue(QUEUE_SNAPSHOT_MAX_AGE)
-             for row in gateway["backends"] if isinstance(row, dict) and "backend_id" in row}
+    reported = [row for gateway in live_queue(QUEUE_SNAPSHOT_MAX_AGE)
+                for row in gateway["backends"] if isinstance(row, dict) and "backend_id" in row]
+    slots = {row["backend_id"]: row for row in reported}
+    breakers: dict[int, Counter] = {}
+    for row in reported:
+        breakers.setdefault(row["backend_id"], Counter())[row.get("breaker", "unknown")] += 1
     rows = []
     for backend, models in listed:
         samples = telemetry.get(backend.id, [])
         rows.append({
             "backend": backend, "models": models, "slots": slots.get(backend.id),
+            "breakers": sorted(breakers.get(backend.id, Counter()).items()),
             "latest": samples[-1] if samples else None,
             "gpus": per_gpu(samples),
             "kv_cache": [Point(s.taken_at.strftime("%H:%M"), (s.kv_cache_usage or 0) * 100) for s in samples],

@@ -370,3 +370,15 @@ def test_every_console_route_refuses_a_student_and_sends_a_visitor_to_log_in(app
 def test_the_admin_api_answers_401_without_a_key_or_session(client, path):
     response = client.get(path)
     assert response.status_code == 401 and response.get_json()["error"]["code"] == "missing_api_key"
+
+
+def test_the_backends_page_shows_each_gateways_breaker_for_the_backend(client, logged_in):
+    logged_in("admin", "root")
+    backend = Backend.create(name="flaky-node", url="http://10.0.0.2:8000", engine="vllm", health="healthy")
+    for gateway, breaker in (("gw-1", "open"), ("gw-2", "closed"), ("gw-3", "open")):
+        QueueSnapshot.create(gateway=gateway, taken_at=utcnow(), data=json.dumps({
+            "waiting": 0, "in_flight": 0, "users": [], "queues": [],
+            "backends": [{"backend_id": backend.id, "in_flight": 0, "max_concurrent": 4, "accepts_work": True,
+                          "resident": [], "breaker": breaker}]}))
+    page = client.get("/admin/console/backends").get_data(as_text=True)
+    assert "closed on 1 gateway," in page and "open on 2 gateways" in page

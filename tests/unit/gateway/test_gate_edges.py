@@ -90,3 +90,24 @@ def test_a_caller_who_left_before_queueing_is_never_queued():
     through_gate(gate, flow)
     assert flow.error is not None and flow.response is None
     assert context.backend is None and node.in_flight == 0 and not gate.waiters
+
+
+def test_the_live_queue_snapshot_carries_each_backends_breaker(monkeypatch):
+    node = backend(1)
+    node.breaker.state, node.breaker.opened_at = "open", time.monotonic()
+    submitted, written = [], []
+    writer = Writer()
+    writer.submit = submitted.append
+    gate = Gate(Registry(node), writer, 300)
+    gate.scheduler.update_backends([backend_state(node)])
+    monkeypatch.setattr("addons.gate.write_snapshot", lambda gateway, snapshot: written.append(snapshot))
+
+    async def scenario():
+        with taddons.context(gate) as tctx:
+            tctx.configure(gate)
+            gate.tick()
+
+    asyncio.run(scenario())
+    for write in submitted:
+        write()
+    assert [row["breaker"] for row in written[0]["backends"]] == ["open"]
