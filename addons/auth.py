@@ -57,6 +57,7 @@ class Principal:
     key_prefix: str
     rpm_override: int | None
     max_concurrent_override: int | None
+    max_queued_override: int | None
     token_budget_override: int | None
 
 
@@ -71,6 +72,7 @@ def principal_of(key: ApiKey) -> Principal:
         key_prefix=key.prefix,
         rpm_override=key.rpm_override if key.rpm_override is not None else user.rpm_override,
         max_concurrent_override=user.max_concurrent_override,
+        max_queued_override=user.max_queued_override,
         token_budget_override=user.token_budget_override,
     )
 

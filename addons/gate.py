@@ -214,7 +214,7 @@ class Gate:
         try:
             self.scheduler.submit(
                 context.request_id, principal.user_id, principal.weight, context.model, cost, now,
-                max_waiting=limit_for(principal.role, None, self.waiting_limits),
+                max_waiting=limit_for(principal.role, principal.max_queued_override, self.waiting_limits),
                 max_running=limit_for(principal.role, principal.max_concurrent_override, self.running_limits))
         except QueueFull as refused:
             REFUSALS.labels("too_many_waiting", principal.role).inc()

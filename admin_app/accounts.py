@@ -34,6 +34,7 @@ USER_SETTINGS = (
     "token_budget_override",
     "rpm_override",
     "max_concurrent_override",
+    "max_queued_override",
     "active",
 )
 
@@ -63,6 +64,7 @@ def user_state(user: User) -> dict:
         "token_budget_override": user.token_budget_override,
         "rpm_override": user.rpm_override,
         "max_concurrent_override": user.max_concurrent_override,
+        "max_queued_override": user.max_queued_override,
         "can_log_in": bool(user.password_hash),
         "created_at": iso_utc(user.created_at),
     }

@@ -164,7 +164,7 @@ def user_changes(body: dict) -> dict:
             changes[name] = values.integer(name, value, 0, TOKEN_BUDGET_LIMIT)
         elif name == "rpm_override":
             changes[name] = values.integer(name, value, 0, RPM_LIMIT)
-        elif name == "max_concurrent_override":
+        elif name in ("max_concurrent_override", "max_queued_override"):
             changes[name] = values.integer(name, value, 0, CONCURRENCY_LIMIT)
     return changes
 

@@ -36,6 +36,7 @@ class User(BaseModel):
     token_budget_override = peewee.BigIntegerField(null=True)
     rpm_override = peewee.IntegerField(null=True)
     max_concurrent_override = peewee.IntegerField(null=True)
+    max_queued_override = peewee.IntegerField(null=True)
     active = peewee.BooleanField(default=True)
     password_hash = peewee.CharField(max_length=255, null=True)
     email = peewee.CharField(max_length=255, null=True)

@@ -195,9 +195,10 @@ def test_an_admin_changes_a_users_settings_and_resets_a_password(client, logged_
     token = _form_token(client, "/admin/console/users", csrf_token)
     client.post(f"/admin/console/users/{ada.id}", data={
         "csrf_token": token, "role": "faculty", "weight_override": "4.5", "token_budget_override": "",
-        "rpm_override": "120", "max_concurrent_override": "2", "active": "on"})
+        "rpm_override": "120", "max_concurrent_override": "2", "max_queued_override": "500", "active": "on"})
     ada = User.get_by_id(ada.id)
-    assert (ada.role, ada.weight_override, ada.rpm_override, ada.max_concurrent_override) == ("faculty", 4.5, 120, 2)
+    assert (ada.role, ada.weight_override, ada.rpm_override, ada.max_concurrent_override, ada.max_queued_override) \
+        == ("faculty", 4.5, 120, 2, 500)
     assert "ada" in client.get("/admin/console/users?q=ad").get_data(as_text=True)
     client.post(f"/admin/console/users/{ada.id}/password", data={"csrf_token": token, "password": "brand-new-pw"})
     client.post("/logout", data={"csrf_token": token})

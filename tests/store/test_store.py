@@ -97,3 +97,16 @@ def test_the_assembled_answer_column_is_added_to_a_database_made_before_it(any_d
 
     assert [m.version for m in migrations.upgrade(db)][:1] == [3]  # later migrations run again after it
     assert RequestBody.get(RequestBody.request == request).response_text == ""  # rows made before it: empty
+
+
+def test_the_waiting_bound_override_is_added_to_a_database_made_before_it(any_database_url):
+    from playhouse.migrate import migrate
+
+    db = init_database(any_database_url)
+    migrations.upgrade(db)
+    migrate(migrations.migrator_for(db).drop_column("user", "max_queued_override"))
+    migrations.SchemaMigration.bind(db)
+    migrations.SchemaMigration.delete().where(migrations.SchemaMigration.version >= 5).execute()
+    assert [m.version for m in migrations.upgrade(db)][:1] == [5]
+    assert "max_queued_override" in {column.name for column in db.get_columns("user")}
+    assert [m.version for m in migrations.upgrade(db)] == []  # and only once

@@ -44,7 +44,7 @@ def key_rows(monkeypatch):
 def add_key(rows) -> str:
     key, prefix = api_keys.generate_key()
     user = SimpleNamespace(id=1, username="student1", role="student", weight=1.0, active=True, rpm_override=None,
-                           max_concurrent_override=None, token_budget_override=None)
+                           max_concurrent_override=None, max_queued_override=None, token_budget_override=None)
     rows[prefix] = SimpleNamespace(id=len(rows) + 1, prefix=prefix, key_hash=api_keys.hash_key(key), status="active",
                                    expires_at=None, rpm_override=None, user=user)
     return key

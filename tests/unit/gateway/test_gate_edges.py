@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 
@@ -13,11 +14,12 @@ from addons.context import CONTEXT_KEY, RequestContext, Route
 from addons.gate import Gate, backend_state
 from addons.polling import ModelView
 from addons.registry import BackendView
+from translators.errors import GatewayError
 from translators.pipeline import parse_client_request
 
 CHAT = b'{"model": "qwen", "messages": [{"role": "user", "content": "hi"}], "stream": false}'
 STUDENT = Principal(user_id=7, username="student1", role="student", weight=1.0, key_id=1, key_prefix="abcdefgh",
-                    rpm_override=None, max_concurrent_override=None, token_budget_override=None)
+                    rpm_override=None, max_concurrent_override=None, max_queued_override=None, token_budget_override=None)
 
 
 class Registry:
@@ -111,3 +113,28 @@ def test_the_live_queue_snapshot_carries_each_backends_breaker(monkeypatch):
     for write in submitted:
         write()
     assert [row["breaker"] for row in written[0]["backends"]] == ["open"]
+
+
+def test_a_users_waiting_bound_override_wins_over_the_roles():
+    node = backend(1)
+    gate = Gate(Registry(node), Writer(), 300)
+    gate.scheduler.update_backends([backend_state(node)])
+    batch_user = dataclasses.replace(STUDENT, max_queued_override=1)
+    outcomes = []
+
+    async def scenario():
+        with taddons.context(gate) as tctx:
+            tctx.configure(gate, max_concurrent_per_user="admin=1,faculty=1,staff=1,student=1")
+            flows = []
+            for index in range(3):  # one runs, one waits, the third is beyond the user's own bound
+                flow, context = chat_flow()
+                context.request_id, context.principal = f"req-{index}", batch_user
+                flows.append(flow)
+                asyncio.ensure_future(gate.request(flow))
+                await asyncio.sleep(0)
+            await asyncio.sleep(0.05)
+            outcomes.extend(flow.response.status_code if flow.response else None for flow in flows)
+            gate.refuse_waiting(GatewayError(503, "test over"))
+
+    asyncio.run(scenario())
+    assert outcomes == [None, None, 429]

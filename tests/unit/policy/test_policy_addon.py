@@ -38,7 +38,7 @@ class RecordingWriter:
 
 def principal(**overrides) -> Principal:
     fields = dict(user_id=1, username="student1", role="student", weight=1.0, key_id=11, key_prefix="abcd1234",
-                  rpm_override=None, max_concurrent_override=None, token_budget_override=None)
+                  rpm_override=None, max_concurrent_override=None, max_queued_override=None, token_budget_override=None)
     return Principal(**(fields | overrides))
 
 
