@@ -24,10 +24,9 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 import redis
-from prometheus_client.parser import text_string_to_metric_families
 
 from sim.stack import wait_until
-from tests.support.cluster import start_cluster
+from tests.support.cluster import slot_gauges, start_cluster
 from tests.unit.policy.support import REDIS_URL, delete_prefix, requires_redis
 
 MODEL = "Qwen/Qwen2.5-0.5B-Instruct"  # the vLLM node's
@@ -133,15 +132,6 @@ def script_key(stack) -> str:
 
 # ---- what must come back after each scenario ----------------------------------------------------
 
-def gauges(stack) -> dict[str, float]:
-    text = httpx.get(f"{stack.gateway_url}/metrics").text
-    totals = {"mindrouter_in_flight_requests": 0.0, "mindrouter_queued_requests": 0.0}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name in totals:
-                totals[sample.name] += sample.value
-    return totals
-
 
 def live_users(stack) -> list[dict]:
     answer = httpx.get(f"{stack.gateway_url}/admin/queue",
@@ -160,7 +150,7 @@ def redis_leases(prefix: str) -> int:
 
 
 def assert_everything_given_back(stack) -> None:
-    wait_until(lambda: gauges(stack) == {"mindrouter_in_flight_requests": 0.0, "mindrouter_queued_requests": 0.0},
+    wait_until(lambda: slot_gauges(stack) == {"mindrouter_in_flight_requests": 0.0, "mindrouter_queued_requests": 0.0},
                10, "the in-flight and queued gauges to return to 0")
     wait_until(lambda: all(not row["running"] and not row["waiting"] for row in live_users(stack)), 10,
                "every user's running and waiting requests in the live queue to return to 0")

@@ -6,10 +6,9 @@ import asyncio
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from sim.stack import PYTHON, Service, free_port, wait_until
-from tests.support.cluster import NO_LIMITS, options_with, start_cluster
+from tests.support.cluster import NO_LIMITS, options_with, slot_gauges, start_cluster
 
 MODEL = "llama3.2"
 
@@ -32,17 +31,6 @@ def slow_cluster(tmp_path_factory):
 
 def headers(stack, user="student1"):
     return {"Authorization": f"Bearer {stack.keys[user]}"}
-
-
-def gauges(stack) -> dict[str, float]:
-    """In-flight and queued totals from the gateway's own /metrics."""
-    text = httpx.get(f"{stack.gateway_url}/metrics").text
-    totals = {"mindrouter_in_flight_requests": 0.0, "mindrouter_queued_requests": 0.0}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name in totals:
-                totals[sample.name] += sample.value
-    return totals
 
 
 def node_stats(stack) -> dict:
@@ -68,7 +56,7 @@ def test_clients_that_leave_while_queued_are_never_sent_upstream(slow_cluster):
                 client = httpx.AsyncClient(timeout=60)
                 leavers.append((client, asyncio.create_task(hold_stream(client, slow_cluster, queued_body))))
             await asyncio.sleep(0.5)
-            assert gauges(slow_cluster)["mindrouter_queued_requests"] == 10
+            assert slot_gauges(slow_cluster)["mindrouter_queued_requests"] == 10
             for client, task in leavers:
                 task.cancel()
                 await client.aclose()
@@ -77,7 +65,7 @@ def test_clients_that_leave_while_queued_are_never_sent_upstream(slow_cluster):
     asyncio.run(scenario())
     sent = [r for r in node_stats(slow_cluster)["recent"] if r["body"] and r["body"].get("prompt") == "never sent upstream"]
     assert sent == []
-    wait_until(lambda: gauges(slow_cluster) == {"mindrouter_in_flight_requests": 0, "mindrouter_queued_requests": 0},
+    wait_until(lambda: slot_gauges(slow_cluster) == {"mindrouter_in_flight_requests": 0, "mindrouter_queued_requests": 0},
                10, "the gauges back at zero")
 
 
@@ -90,7 +78,7 @@ def test_slots_come_back_after_engine_errors_and_dropped_connections(slow_cluste
                                  json={"model": MODEL, "prompt": "fail", "stream": False, "options": {"num_predict": 2}})
             assert failed.status_code >= 500
     httpx.post(f"{slow_cluster.ollama_url}/_sim/reset")
-    wait_until(lambda: gauges(slow_cluster)["mindrouter_in_flight_requests"] == 0, 10, "in-flight back at zero")
+    wait_until(lambda: slot_gauges(slow_cluster)["mindrouter_in_flight_requests"] == 0, 10, "in-flight back at zero")
     # The failures opened the node's breaker; after its 1 s cool-down a probe succeeds and closes it.
     wait_until(lambda: client.post(f"{slow_cluster.gateway_url}/api/generate", json={
         "model": MODEL, "prompt": "fine", "stream": False, "options": {"num_predict": 2}}).status_code == 200,
@@ -108,13 +96,13 @@ def test_callers_that_leave_before_a_whole_answer_free_their_slots_and_the_node_
         while node_stats(slow_cluster)["running"] < 2:  # both generating: 100 tokens at 5/s take 20 s
             assert asyncio.get_running_loop().time() - started < 10, "the two requests never reached the node"
             await asyncio.sleep(0.1)
-        assert gauges(slow_cluster)["mindrouter_in_flight_requests"] == 2
+        assert slot_gauges(slow_cluster)["mindrouter_in_flight_requests"] == 2
         for task, client in zip(asked, clients):
             task.cancel()
             await client.aclose()
 
     asyncio.run(scenario())
-    wait_until(lambda: gauges(slow_cluster)["mindrouter_in_flight_requests"] == 0, 5, "both slots given back")
+    wait_until(lambda: slot_gauges(slow_cluster)["mindrouter_in_flight_requests"] == 0, 5, "both slots given back")
     wait_until(lambda: node_stats(slow_cluster)["running"] == 0, 5, "the node no longer generating")
 
 
@@ -147,7 +135,7 @@ def test_a_caller_that_leaves_a_stream_before_its_first_byte_stops_the_backend_a
         asyncio.run(scenario())
         # Well before the load would have ended, the node has let the request go and the slot is back.
         wait_until(lambda: httpx.get(f"{url}/_sim/stats").json()["running"] == 0, 2, "the node no longer busy")
-        wait_until(lambda: gauges(slow_cluster)["mindrouter_in_flight_requests"] == 0, 2, "the slot given back")
+        wait_until(lambda: slot_gauges(slow_cluster)["mindrouter_in_flight_requests"] == 0, 2, "the slot given back")
     finally:
         node.stop()
 
@@ -172,7 +160,7 @@ def test_500_clients_leaving_queued_or_mid_stream_leave_no_slot_or_gauge_behind(
             await asyncio.gather(*(leave_mid_stream(client) for _ in range(20)), *(leave_queued() for _ in range(480)))
 
     asyncio.run(scenario())
-    wait_until(lambda: gauges(slow_cluster) == {"mindrouter_in_flight_requests": 0, "mindrouter_queued_requests": 0},
+    wait_until(lambda: slot_gauges(slow_cluster) == {"mindrouter_in_flight_requests": 0, "mindrouter_queued_requests": 0},
                30, "the gauges back at zero")
     wait_until(lambda: node_stats(slow_cluster)["running"] == 0, 30, "the node idle")
     ok = httpx.post(f"{slow_cluster.gateway_url}/api/generate", headers=headers(slow_cluster), timeout=30,

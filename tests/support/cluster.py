@@ -5,6 +5,9 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
 from sim.stack import Stack, free_port, start_stack
 
 USERS = ("admin", "faculty1", "staff1", "student1")
@@ -33,3 +36,14 @@ def start_cluster(work_dir: Path, database_url: str, gateway_options: tuple[str,
     }
     ports = {name: free_port() for name in ("gateway", "admin", "ollama", "vllm")}
     return start_stack(work_dir, env, ports, gateway_options, key_users=USERS, **stack_options)
+
+
+def slot_gauges(stack: Stack) -> dict[str, float]:
+    """In-flight and queued totals from the gateway's own /metrics."""
+    text = httpx.get(f"{stack.gateway_url}/metrics").text
+    totals = {"mindrouter_in_flight_requests": 0.0, "mindrouter_queued_requests": 0.0}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in totals:
+                totals[sample.name] += sample.value
+    return totals
