@@ -84,17 +84,28 @@ def backend_state(view: BackendView) -> BackendState:
     )
 
 
-def capability_refusal(canonical, model: str, capabilities: set[str] | None) -> str | None:
-    """Why the model cannot take this request, from what its nodes say it can do (None: it can, or nobody says)."""
-    if capabilities is None:
+def capability_refusal(canonical, model: str, described: list[tuple[str, set[str]]]) -> str | None:
+    """Why no backend serving the model can take this request (None: one can, or one does not say).
+
+    Each engine's own rule: Ollama embeds with any model it has (its embed handler asks for no
+    capability) but completes only with a model that says `completion`; vLLM serves an API only when
+    its runner routes it (a pooling runner embeds, a generating one completes)."""
+    refusals = [engine_refusal(canonical, model, engine, capabilities) for engine, capabilities in described]
+    return refusals[0] if refusals and all(refusals) else None
+
+
+def engine_refusal(canonical, model: str, engine: str, capabilities: set[str]) -> str | None:
+    if not capabilities:
         return None
-    if canonical.kind == "embedding" and "embedding" not in capabilities:
-        return f"model {model!r} does not produce embeddings"
-    if canonical.kind != "embedding" and "completion" not in capabilities:
+    if canonical.kind == "embedding":
+        if engine == "vllm" and "embedding" not in capabilities:
+            return f"model {model!r} does not produce embeddings (its vLLM node does not run a pooling model)"
+        return None
+    if "completion" not in capabilities:
         return f"model {model!r} is an embedding model: it cannot {canonical.kind}"
-    if canonical.images and "vision" not in capabilities:
+    if engine == "ollama" and canonical.images and "vision" not in capabilities:
         return f"model {model!r} does not accept images"
-    if canonical.tools and "tools" not in capabilities:
+    if engine == "ollama" and canonical.tools and "tools" not in capabilities:
         return f"model {model!r} does not support tools"
     return None
 

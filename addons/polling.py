@@ -1,8 +1,10 @@
 """What each engine says about itself when polled: models, residency, capabilities, load, GPUs.
 
 Ollama: `/api/tags` (models), `/api/ps` (resident, VRAM), `/api/version`, and `/api/show` once
-per model (capabilities, context length). vLLM: `/health`, `/v1/models` (max_model_len) and
-`/metrics` (running, waiting, KV-cache use, prefix-cache hits). A node running the telemetry
+per model (capabilities, context length). vLLM: `/health`, `/v1/models` (max_model_len),
+`/metrics` (running, waiting, KV-cache use, prefix-cache hits) and, once per set of served models,
+`/openapi.json`: vLLM routes only the APIs its runner serves (a pooling runner embeds and scores, a
+generating one completes), so its routes are its capabilities. A node running the telemetry
 agent adds its GPUs. The parsing is plain functions; the pollers only fetch, on a `PollLoop`.
 """
 
@@ -31,7 +33,9 @@ class ModelView:
     vram_bytes: int | None = None
     details: dict = field(default_factory=dict)  # the engine's own listing entry, for catalogs
     context_length: int | None = None
-    capabilities: tuple[str, ...] = ()  # Ollama's words: completion, vision, tools, thinking, embedding
+    # Ollama's words (completion, vision, tools, thinking, embedding); for vLLM, those its routes imply
+    # (completion, embedding, score, rerank, tokenize); empty: the node does not say.
+    capabilities: tuple[str, ...] = ()
 
 
 @dataclass
@@ -112,7 +116,25 @@ async def poll_ollama_residency(client: httpx.AsyncClient, url: str) -> dict:
     return ps.json()
 
 
+# vLLM's routes and the capability each one shows (its FastAPI app includes a router only for the
+# tasks its runner supports: vllm/entrypoints/openai/api_server.py, vllm/entrypoints/pooling/__init__.py).
+VLLM_ROUTE_CAPABILITIES = {
+    "/v1/chat/completions": "completion",
+    "/v1/embeddings": "embedding",
+    "/score": "score",
+    "/rerank": "rerank",
+    "/tokenize": "tokenize",
+}
+
+
+def capabilities_from_openapi(document: dict) -> tuple[str, ...]:
+    """What a vLLM server can do, from the paths its OpenAPI document lists."""
+    paths = document.get("paths") or {}
+    return tuple(capability for route, capability in VLLM_ROUTE_CAPABILITIES.items() if route in paths)
+
+
 async def poll_vllm(client: httpx.AsyncClient, url: str, shown: dict[str, tuple]) -> Poll:
+    """`shown` caches the capabilities read from /openapi.json by the set of served models."""
     health, listing, metrics = await asyncio.gather(
         client.get(f"{url}/health"), client.get(f"{url}/v1/models"), client.get(f"{url}/metrics"),
     )
@@ -122,6 +144,16 @@ async def poll_vllm(client: httpx.AsyncClient, url: str, shown: dict[str, tuple]
         entry["id"]: ModelView(name=entry["id"], resident=True, details=entry, context_length=entry.get("max_model_len"))
         for entry in listing.json().get("data", [])
     }
+    served = tuple(sorted(models))
+    if served not in shown:
+        document = await client.get(f"{url}/openapi.json")
+        shown.clear()
+        try:
+            shown[served] = capabilities_from_openapi(document.json()) if document.status_code == 200 else ()
+        except ValueError:  # no OpenAPI document (served with --disable-fastapi-docs): the node does not say
+            shown[served] = ()
+    for model in models.values():
+        model.capabilities = shown[served]
     load = parse_vllm_metrics(metrics.text) if metrics.status_code == 200 else EngineLoad()
     return Poll(models, load=load)
 

@@ -71,7 +71,7 @@ class BackendView:
     gpus: list[GpuReading] = field(default_factory=list)
     in_flight: int = 0
     breaker: Breaker = field(default_factory=Breaker)
-    shown: dict[tuple, tuple] = field(default_factory=dict)  # Ollama /api/show answers by (model, digest)
+    shown: dict[tuple, tuple] = field(default_factory=dict)  # Ollama /api/show answers, vLLM's routes (polling.py)
     recorded_state: tuple | None = None  # what the database last heard from this process
     sampled_at: float = 0.0
     refresh_seen: object = None  # the last admin refresh request acted on
@@ -362,11 +362,10 @@ class BackendRegistry:
     def known_models(self) -> set[str]:
         return {name for view in self.views.values() if view.accepts_requests for name in view.models}
 
-    def capabilities(self, model: str) -> set[str] | None:
-        """What the model can do, as its Ollama nodes describe it; None where no backend says."""
-        described = [set(view.models[name].capabilities) for view in self.views.values()
-                     if (name := view.served_name(model)) and view.models[name].capabilities]
-        return set.union(*described) if described else None
+    def capabilities(self, model: str) -> list[tuple[str, set[str]]]:
+        """(engine, what it can do) for each enabled backend serving the model; an empty set: it does not say."""
+        return [(view.engine, set(view.models[name].capabilities)) for view in self.views.values()
+                if view.enabled and (name := view.served_name(model))]
 
     @property
     def ready(self) -> bool:

@@ -14,7 +14,7 @@ MAX_BODY_BYTES = 64 * 1024 * 1024  # base64 images make big chat bodies
 
 def build_app(config: NodeConfig) -> web.Application:
     engine = ENGINES[config.engine](config)
-    app = web.Application(middlewares=[engine.node.record_and_log], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(middlewares=[engine.node.record_and_log, *engine.middlewares], client_max_size=MAX_BODY_BYTES)
     engine.add_routes(app)
     return app
 

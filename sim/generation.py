@@ -22,6 +22,7 @@ agree) and the prompt text: the last message's text for a chat, the prompt other
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -108,6 +109,16 @@ def split_tokens(text: str) -> list[str]:
 
 def count_text_tokens(text: str) -> int:
     return len(text.split())
+
+
+def token_ids(text: str, vocabulary: int = 151_000) -> list[int]:
+    """The ids a tokenizer would give `text`: one per whitespace-separated word, the same every time."""
+    return [int.from_bytes(hashlib.sha256(word.encode()).digest()[:4], "big") % vocabulary for word in text.split()]
+
+
+def similarity(model: str, first: str, second: str) -> float:
+    """The cosine of two texts' embeddings: what a pooling model scores a pair (vLLM's score for embed models)."""
+    return sum(a * b for a, b in zip(embedding_for(model, first), embedding_for(model, second)))
 
 
 def count_chat_prompt_tokens(turns: Iterable[Turn], tools: int = 0) -> int:

@@ -41,6 +41,8 @@ class Call:
 
 
 class OllamaNode:
+    middlewares = ()
+
     def __init__(self, config: NodeConfig):
         self.node = Node(config, error_body)
         self.residency = Residency(config.max_loaded, config.load_ms / 1000)

@@ -4,7 +4,11 @@ Objects follow the OpenAI API reference with vLLM's additions (`stop_reason`, `r
 `max_model_len` on models, `ignore_eos`, `chat_template_kwargs`). Streams are SSE, `data: {chunk}\\n\\n`,
 ending with `data: [DONE]\\n\\n`; a usage chunk with empty `choices` comes last only when
 `stream_options.include_usage` asks for it (vLLM defaults it to true once `stream_options` is given).
-Errors are vLLM's `{"error": {"message", "type", "param", "code"}}` with an integer code.
+Errors are vLLM's `{"error": {"message", "type", "param", "code"}}` with an integer code; what FastAPI
+answers itself (a path the server does not route, a method it does not take) is FastAPI's
+`{"detail": "Not Found"}`. As in vLLM, the server routes only the APIs its runner serves: generation
+(chat, completions) when it serves a generating model, pooling (embeddings, score, rerank) when it
+serves an embedding model, `/tokenize` always; `/openapi.json` lists them.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from sim import generation
 from sim.node import ChunkStream, Node, NodeConfig, Run, json_body, send_json
 
 VERSION = "0.11.0"
+SCORE_PATHS = ("/score", "/v1/score")
+RERANK_PATHS = ("/rerank", "/v1/rerank", "/v2/rerank")
 ERROR_TYPES = {400: "BadRequestError", 404: "NotFoundError", 500: "InternalServerError"}
 
 
@@ -45,7 +51,18 @@ class BadRequest(Exception):
         self.status, self.message, self.param = status, message, param
 
 
+@web.middleware
+async def fastapi_errors(request: web.Request, handler) -> web.StreamResponse:
+    """What FastAPI answers for a path it does not route or a method it does not take."""
+    try:
+        return await handler(request)
+    except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as error:
+        return web.json_response({"detail": error.reason}, status=error.status)
+
+
 class VllmNode:
+    middlewares = (fastapi_errors,)
+
     def __init__(self, config: NodeConfig):
         self.node = Node(config, error_body)
         self.created = int(time.time())
@@ -58,10 +75,29 @@ class VllmNode:
         app.router.add_get("/version", self.version)
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/metrics", self.metrics)
-        app.router.add_post("/v1/chat/completions", inference(self._refusing(self.chat)))
-        app.router.add_post("/v1/completions", inference(self._refusing(self.completions)))
-        app.router.add_post("/v1/embeddings", inference(self._refusing(self.embeddings)))
+        app.router.add_get("/openapi.json", self.openapi)
+        app.router.add_post("/tokenize", self._refusing(self.tokenize))
+        if set(self.node.config.served_models) - self._embedding:
+            app.router.add_post("/v1/chat/completions", inference(self._refusing(self.chat)))
+            app.router.add_post("/v1/completions", inference(self._refusing(self.completions)))
+        if self._embedding:
+            app.router.add_post("/v1/embeddings", inference(self._refusing(self.embeddings)))
+            for path in SCORE_PATHS:
+                app.router.add_post(path, inference(self._refusing(self.score)))
+            for path in RERANK_PATHS:
+                app.router.add_post(path, inference(self._refusing(self.rerank)))
         self.node.add_sim_routes(app, dict)
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        """FastAPI's OpenAPI document, reduced to what a reader of vLLM's routes needs: the paths."""
+        paths: dict[str, dict] = {}
+        for route in request.app.router.routes():
+            path = route.resource.canonical if route.resource else ""
+            if path.startswith("/_sim/") or route.method == "HEAD":
+                continue
+            paths.setdefault(path, {})[route.method.lower()] = {}
+        return web.json_response({"openapi": "3.1.0", "info": {"title": "FastAPI", "version": "0.1.0"},
+                                  "paths": paths})
 
     async def health(self, request: web.Request) -> web.Response:
         return web.Response()
@@ -315,8 +351,6 @@ class VllmNode:
     async def embeddings(self, request: web.Request) -> web.StreamResponse:
         body = await self._body(request)
         model = self._model(body, "Embeddings")
-        if model not in self._embedding:
-            raise BadRequest(400, "The model does not support Embeddings API")
         texts = _embedding_inputs(body.get("input"))
         encoding = body.get("encoding_format") or "float"
         if encoding not in ("float", "base64"):
@@ -343,6 +377,60 @@ class VllmNode:
                 "usage": _usage(prompt_tokens, 0),
             },
         )
+
+    async def tokenize(self, request: web.Request) -> web.Response:
+        """`/tokenize`: a prompt's (or a chat's) token ids and their count, for any served model."""
+        body = await self._body(request)
+        self._model(body, "Tokenize")
+        if isinstance(body.get("messages"), list):
+            turns = generation.turns_from_openai(body["messages"])
+            tokens = [i for t in turns for i in [0] * generation.MESSAGE_OVERHEAD_TOKENS + generation.token_ids(t.text)]
+        elif isinstance(body.get("prompt"), str):
+            tokens = generation.token_ids(body["prompt"])
+        else:
+            raise BadRequest(400, "prompt: Field required (or messages)", "prompt")
+        return web.json_response({"count": len(tokens), "max_model_len": generation.CONTEXT_LENGTH,
+                                  "tokens": tokens, "token_strs": None})
+
+    async def score(self, request: web.Request) -> web.StreamResponse:
+        """`/score`: each `text_2` against `text_1` (one against many, or pairwise), the cosine of embeddings."""
+        body = await self._body(request)
+        model = self._model(body, "Score")
+        firsts, seconds = _texts(body.get("text_1"), "text_1"), _texts(body.get("text_2"), "text_2")
+        if len(firsts) == 1:
+            firsts = firsts * len(seconds)
+        if len(firsts) != len(seconds):
+            raise BadRequest(400, "text_1 and text_2 must have the same length, or text_1 one item", "text_1")
+        prompt_tokens = sum(generation.count_text_tokens(a) + generation.count_text_tokens(b)
+                            for a, b in zip(firsts, seconds))
+        async with self._running(model, prompt_tokens) as run:
+            await run.prefill()
+            run.finish_reason = "stop"
+        data = [{"index": i, "object": "score", "score": generation.similarity(model, a, b)}
+                for i, (a, b) in enumerate(zip(firsts, seconds))]
+        return await send_json(request, {"id": f"score-{uuid.uuid4().hex}", "object": "list",
+                                         "created": int(time.time()), "model": body["model"], "data": data,
+                                         "usage": _usage(prompt_tokens, 0)})
+
+    async def rerank(self, request: web.Request) -> web.StreamResponse:
+        """`/rerank` (Jina's and Cohere's shape): documents by relevance to the query, best first, `top_n` of them."""
+        body = await self._body(request)
+        model = self._model(body, "Score")
+        query = body.get("query")
+        if not isinstance(query, str):
+            raise BadRequest(400, "query: Field required (a string)", "query")
+        documents = _texts(body.get("documents"), "documents")
+        top_n = body.get("top_n") or len(documents)
+        prompt_tokens = sum(generation.count_text_tokens(query) + generation.count_text_tokens(d) for d in documents)
+        async with self._running(model, prompt_tokens) as run:
+            await run.prefill()
+            run.finish_reason = "stop"
+        results = sorted(
+            ({"index": i, "document": {"text": d}, "relevance_score": generation.similarity(model, query, d)}
+             for i, d in enumerate(documents)),
+            key=lambda result: -result["relevance_score"])[:top_n]
+        return await send_json(request, {"id": f"rerank-{uuid.uuid4().hex}", "model": body["model"],
+                                         "usage": {"total_tokens": prompt_tokens}, "results": results})
 
     async def _stream(
         self, request, body, model, prompt_tokens, deltas, finish_reason, *, chunk, choice, opening=None
@@ -397,7 +485,9 @@ class VllmNode:
         model = body.setdefault("model", served[0])
         if model not in served:
             raise BadRequest(404, f"The model `{model}` does not exist.", "model")
-        if api != "Embeddings" and model in self._embedding:
+        if api in ("Chat Completions", "Completions") and model in self._embedding:
+            raise BadRequest(400, f"The model does not support {api} API")
+        if api in ("Embeddings", "Score") and model not in self._embedding:
             raise BadRequest(400, f"The model does not support {api} API")
         return model
 
@@ -513,6 +603,14 @@ def _embedding_inputs(value) -> list[str]:
     if isinstance(value, list) and value and all(isinstance(v, list) for v in value):
         return [" ".join(map(str, ids)) for ids in value]
     raise BadRequest(400, "input must be a string, a list of strings, or token ids", "input")
+
+
+def _texts(value, param: str) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return value
+    raise BadRequest(400, f"{param} must be a string or a non-empty list of strings", param)
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict:

@@ -20,9 +20,12 @@ from translators.framing import SSE_DONE, dumps, sse_event
 
 
 def error_message(value: object) -> str | None:
-    """The message of a vLLM/OpenAI error object (`{"error": {...}}` or vLLM's older `{"object": "error"}`)."""
+    """The message of a vLLM/OpenAI error object (`{"error": {...}}` or vLLM's older `{"object": "error"}`),
+    or of what vLLM's FastAPI answers itself (`{"detail": ...}`)."""
     if not isinstance(value, dict):
         return None
+    if set(value) == {"detail"}:
+        return fastapi_detail_message(value["detail"])
     error = value.get("error")
     if isinstance(error, dict):
         return str(error.get("message") or error.get("type") or "unknown error")
@@ -31,6 +34,25 @@ def error_message(value: object) -> str | None:
     if value.get("object") == "error":
         return str(value.get("message") or "unknown error")
     return None
+
+
+def fastapi_detail_message(detail: object) -> str:
+    """FastAPI's `detail`: a message (404 Not Found, 405, 415), or its request validation errors
+    (`[{"loc": ["body", "messages"], "msg": "Field required", ...}]`) as `messages: Field required`."""
+    if isinstance(detail, str):
+        return detail
+    if isinstance(detail, list):
+        problems = []
+        for item in detail[:5]:
+            if not isinstance(item, dict):
+                problems.append(str(item))
+                continue
+            location = [str(part) for part in item.get("loc") or [] if part != "body"]
+            message = str(item.get("msg") or item.get("type") or "invalid")
+            problems.append(f"{'.'.join(location)}: {message}" if location else message)
+        if problems:
+            return "invalid request: " + "; ".join(problems)
+    return "invalid request"
 
 
 def usage_from(value: dict) -> Usage | None:

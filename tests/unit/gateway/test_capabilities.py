@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from addons.gate import capability_refusal
-from addons.polling import capabilities_from_show, parse_vllm_metrics
+from addons.polling import capabilities_from_openapi, capabilities_from_show, parse_vllm_metrics
 from translators.pipeline import parse_client_request
 
 
@@ -14,16 +14,38 @@ def chat(**extra):
     return parse_client_request("/api/chat", json.dumps(body).encode())
 
 
+def embed():
+    return parse_client_request("/api/embed", b'{"model": "m", "input": ["a"]}')
+
+
 def test_nothing_is_refused_when_no_node_describes_the_model():
-    assert capability_refusal(chat(images=["aGk="]), "m", None) is None
+    assert capability_refusal(chat(images=["aGk="]), "m", []) is None
+    assert capability_refusal(chat(images=["aGk="]), "m", [("ollama", set())]) is None
 
 
-def test_images_need_vision_and_embeddings_need_an_embedding_model():
-    assert capability_refusal(chat(images=["aGk="]), "m", {"completion"}) == "model 'm' does not accept images"
-    assert capability_refusal(chat(images=["aGk="]), "m", {"completion", "vision"}) is None
-    embed = parse_client_request("/api/embed", b'{"model": "m", "input": ["a"]}')
-    assert "does not produce embeddings" in capability_refusal(embed, "m", {"completion"})
-    assert "embedding model" in capability_refusal(chat(), "m", {"embedding"})
+def test_images_need_vision_and_chat_needs_a_completion_model():
+    assert capability_refusal(chat(images=["aGk="]), "m", [("ollama", {"completion"})]) == "model 'm' does not accept images"
+    assert capability_refusal(chat(images=["aGk="]), "m", [("ollama", {"completion", "vision"})]) is None
+    assert "embedding model" in capability_refusal(chat(), "m", [("ollama", {"embedding"})])
+    assert "embedding model" in capability_refusal(chat(), "m", [("vllm", {"embedding", "score", "tokenize"})])
+
+
+def test_ollama_embeds_with_any_model_as_its_embed_handler_asks_for_no_capability():
+    assert capability_refusal(embed(), "m", [("ollama", {"completion", "tools"})]) is None
+
+
+def test_vllm_embeds_only_with_a_pooling_runner():
+    assert "does not produce embeddings" in capability_refusal(embed(), "m", [("vllm", {"completion", "tokenize"})])
+    assert capability_refusal(embed(), "m", [("vllm", {"embedding", "tokenize"})]) is None
+    # one backend that can is enough
+    assert capability_refusal(embed(), "m", [("vllm", {"completion"}), ("ollama", {"completion"})]) is None
+
+
+def test_vllm_routes_in_its_openapi_document_are_its_capabilities():
+    # vLLM's FastAPI app lists the routes of the tasks its runner supports (a pooling runner shown here).
+    document = {"paths": {"/v1/embeddings": {}, "/score": {}, "/v1/score": {}, "/rerank": {}, "/tokenize": {},
+                          "/v1/models": {}}}
+    assert capabilities_from_openapi(document) == ("embedding", "score", "rerank", "tokenize")
 
 
 def test_ollama_show_gives_capabilities_and_context_length():

@@ -30,8 +30,8 @@ class Registry:
     def serves(self, model: str | None) -> bool:
         return model == "qwen"
 
-    def capabilities(self, model: str) -> None:
-        return None
+    def capabilities(self, model: str) -> list:
+        return []
 
     def serving(self, model: str) -> list[BackendView]:
         return list(self.views.values())
