@@ -8,7 +8,7 @@ from mitmproxy import http
 
 from addons.context import CONTEXT_KEY, RequestContext, Route, context_of
 from addons.replies import point_at, reply_error
-from translators.errors import OLLAMA, OPENAI, GatewayError
+from translators.errors import ANTHROPIC, OLLAMA, OPENAI, GatewayError
 
 INFERENCE = "inference"
 CATALOG = "catalog"
@@ -20,6 +20,8 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("POST", "/v1/chat/completions"): Route(INFERENCE, OPENAI, "/v1/chat/completions"),
     ("POST", "/v1/completions"): Route(INFERENCE, OPENAI, "/v1/completions"),
     ("POST", "/v1/embeddings"): Route(INFERENCE, OPENAI, "/v1/embeddings"),
+    ("POST", "/v1/messages"): Route(INFERENCE, ANTHROPIC, "/v1/messages"),
+    ("POST", "/v1/messages/count_tokens"): Route(INFERENCE, ANTHROPIC, "/v1/messages/count_tokens"),
     ("GET", "/v1/models"): Route(CATALOG, OPENAI, "/v1/models"),
     ("POST", "/api/chat"): Route(INFERENCE, OLLAMA, "/api/chat"),
     ("POST", "/api/generate"): Route(INFERENCE, OLLAMA, "/api/generate"),
@@ -34,7 +36,7 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("GET", "/metrics"): Route(HEALTH, None, "/metrics", needs_key=False),
 }
 
-DIALECT_PREFIXES = {"/v1/": OPENAI, "/api/": OLLAMA}
+DIALECT_PREFIXES = {"/v1/messages/": ANTHROPIC, "/v1/": OPENAI, "/api/": OLLAMA}  # the longest prefix first
 ADMIN_ROUTE = Route(ADMIN, None, needs_key=False)
 
 
@@ -50,8 +52,9 @@ def route_for(method: str, path: str) -> Route:
     route = ROUTES.get((method, path)) or (ROUTES.get(("GET", path)) if method == "HEAD" else None)
     if route:
         return route
-    if path in GATEWAY_PATHS:  # ours, with another method: 405, never the admin app
-        return Route(UNSERVED, OPENAI if path.startswith("/v1/") else OLLAMA, path)
+    if path in GATEWAY_PATHS:  # ours, with another method: 405 in the path's dialect, never the admin app
+        dialect = next(route.dialect for (_, known), route in ROUTES.items() if known == path)
+        return Route(UNSERVED, dialect or OLLAMA, path)
     for prefix, dialect in DIALECT_PREFIXES.items():
         if path.startswith(prefix) or path == prefix.rstrip("/"):
             return Route(UNSERVED, dialect, path)

@@ -81,7 +81,8 @@ class Translate:
         if flow.response or context is None or context.route.kind != "inference":
             return
         context.client_body = flow.request.raw_content or b""
-        parse_args = (context.route.endpoint, context.client_body, int(ctx.options.max_request_body_mb * 2**20))
+        parse_args = (context.route.endpoint, context.client_body, int(ctx.options.max_request_body_mb * 2**20),
+                      flow.request.headers.get("anthropic-version"))
         try:
             if len(context.client_body) > PARSE_OFF_LOOP_BYTES:
                 canonical = await asyncio.to_thread(parse_client_request, *parse_args)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from translators.anthropic_request import ANTHROPIC_FIELDS
+from translators.anthropic_response import STOP_REASONS
 from translators.bounded_regex import MAX_PATTERN_LENGTH, MAX_STATES
 from translators.canonical import OLLAMA_ENGINE, VLLM_ENGINE, CanonicalRequest
+from translators.errors import ANTHROPIC_ERROR_TYPES
 from translators.mapping import (
     CALLER_FIELD_POLICY,
     CLIENT_ENDPOINTS,
@@ -160,7 +163,39 @@ def render() -> str:
     lines.append(
         f"From Ollama: {mapped}; any other reason → `stop`, or `tool_calls` when the model called tools."
     )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + anthropic_lines()) + "\n"
+
+
+def anthropic_lines() -> list[str]:
+    lines = ["", "## Anthropic client → either engine", ""]
+    lines.append(
+        "No engine is reached in Anthropic's dialect: a Messages request is a chat in the canonical form, "
+        "written for each engine as the tables above say, and the answer comes back as a Message. "
+        "`/v1/messages/count_tokens` is the same chat generating one token: its `input_tokens` is the "
+        "engine's exact prompt count, the one `/v1/messages` reports for the same request. The key comes as "
+        "`x-api-key` or `Authorization: Bearer`; an `anthropic-version` header must be a version date from "
+        "2023-01-01 on."
+    )
+    lines.append("")
+    lines += table(("field", "endpoints", "treatment", "becomes / why"), field_rows(ANTHROPIC_FIELDS))
+    lines.append("")
+    lines.append("Any other field is dropped with a note. A refused field or block is a 400.")
+    lines += ["", "### Stop reasons", ""]
+    lines += table(
+        ("canonical `finish_reason`", "Anthropic `stop_reason`"),
+        [(f"`{reason}`", f"`{stop}`") for reason, stop in STOP_REASONS.items()],
+    )
+    lines.append("")
+    lines.append("Any answer with a tool call stops with `tool_use`.")
+    lines += ["", "### Errors", ""]
+    lines.append(
+        'Every error on these paths, the gateway\'s own included, is `{"type": "error", "error": {"type", '
+        '"message"}}` with the status deciding the type; any other 4xx is `invalid_request_error`, any other '
+        "5xx `api_error`. A stream that fails after it started ends with an `error` event of that shape."
+    )
+    lines.append("")
+    lines += table(("status", "`error.type`"), [(str(status), f"`{kind}`") for status, kind in ANTHROPIC_ERROR_TYPES.items()])
+    return lines
 
 
 if __name__ == "__main__":

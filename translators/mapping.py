@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from translators.canonical import CHAT, COMPLETION, EMBEDDING, OLLAMA_ENGINE, VLLM_ENGINE
-from translators.errors import OLLAMA, OPENAI
+from translators.errors import ANTHROPIC, OLLAMA, OPENAI
 
 # Client paths the gateway translates: path → (dialect, kind).
 CLIENT_ENDPOINTS = {
@@ -23,6 +23,9 @@ CLIENT_ENDPOINTS = {
     "/api/generate": (OLLAMA, COMPLETION),
     "/api/embed": (OLLAMA, EMBEDDING),
     "/api/embeddings": (OLLAMA, EMBEDDING),
+    # Anthropic's Messages are chats on every engine; count_tokens is a chat that generates one token.
+    "/v1/messages": (ANTHROPIC, CHAT),
+    "/v1/messages/count_tokens": (ANTHROPIC, CHAT),
 }
 
 # Where each kind of request goes on each engine. Two exceptions, chosen so each client dialect keeps

@@ -10,7 +10,7 @@
                the first byte went out (finish() already adds one when the engine's stream breaks off)
 
 `parse_client_request(path, body, max_body_bytes)` → `CanonicalRequest` (translators.canonical) with
-`client_dialect` ("openai" | "ollama"), `client_endpoint`, `kind` ("chat" | "completion" | "embedding"),
+`client_dialect` ("openai" | "ollama" | "anthropic"), `client_endpoint`, `kind` ("chat" | "completion" | "embedding"),
 `model` (the gateway may rewrite it to the backend's name before building), `requested_model`,
 `stream` (decided from the body, never from Accept), `images` (bytes + media type, for the audit log),
 `image_urls_to_fetch()` / `supply_image(url, data)` (http(s) images the gateway fetches),
@@ -30,7 +30,15 @@ from __future__ import annotations
 
 import json
 
-from translators import caller_policy, ollama_request, ollama_response, openai_request, openai_response
+from translators import (
+    anthropic_request,
+    anthropic_response,
+    caller_policy,
+    ollama_request,
+    ollama_response,
+    openai_request,
+    openai_response,
+)
 from translators.canonical import (
     EMBEDDING,
     ENGINES,
@@ -40,7 +48,7 @@ from translators.canonical import (
     ToolCall,
     Usage,
 )
-from translators.errors import OLLAMA, OPENAI, GatewayError, error_body
+from translators.errors import ANTHROPIC, OLLAMA, OPENAI, GatewayError, error_body
 from translators.events import EngineFailed, Finished, StreamEnded, StreamState
 from translators.framing import SSE_DONE_PAYLOAD, NDJSONDecoder, SSEDecoder, dumps, ndjson_line, sse_event
 from translators.mapping import CLIENT_ENDPOINTS, ENGINE_PATHS
@@ -60,8 +68,9 @@ def normalize_endpoint(path: str) -> str:
 
 
 def parse_client_request(
-    path: str, body: bytes, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    path: str, body: bytes, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, anthropic_version: str | None = None
 ) -> CanonicalRequest:
+    """`anthropic_version`: the caller's `anthropic-version` header, checked on /v1/messages."""
     endpoint = normalize_endpoint(path)
     if endpoint not in CLIENT_ENDPOINTS:
         known = ", ".join(CLIENT_ENDPOINTS)
@@ -70,8 +79,11 @@ def parse_client_request(
         )
     dialect, kind = CLIENT_ENDPOINTS[endpoint]
     parsed = load_json_object(body, max_body_bytes)
-    parse = openai_request.parse_request if dialect == OPENAI else ollama_request.parse_request
-    req = parse(endpoint, kind, parsed)
+    if dialect == ANTHROPIC:
+        req = anthropic_request.parse_request(endpoint, kind, parsed, anthropic_version)
+    else:
+        parse = openai_request.parse_request if dialect == OPENAI else ollama_request.parse_request
+        req = parse(endpoint, kind, parsed)
     caller_policy.screen(req)
     return req
 
@@ -92,7 +104,9 @@ def backend_path(req: CanonicalRequest, engine: str) -> str:
 def build_backend_request(req: CanonicalRequest, engine: str, request_id: str) -> tuple[str, bytes]:
     path = backend_path(req, engine)
     notes: list[str] = []
-    if path == req.client_endpoint:
+    if req.client_dialect == ANTHROPIC:
+        body, notes = anthropic_request.build_request(req, engine, path, request_id)
+    elif path == req.client_endpoint:
         if engine == VLLM_ENGINE:
             body = openai_request.passthrough_body(req, request_id)
         else:
@@ -142,8 +156,11 @@ def unreadable_error(status: int, body: bytes) -> str:
 
 
 def stream_error_event(client_dialect: str, message: str) -> bytes:
-    """A clean end to a stream that already started: OpenAI clients raise APIError, Ollama's ResponseError."""
+    """A clean end to a stream that already started: OpenAI and Anthropic clients raise APIError, Ollama's
+    ResponseError."""
     error = GatewayError(502, message)
+    if client_dialect == ANTHROPIC:
+        return anthropic_response.named_event(json.loads(error_body(ANTHROPIC, error)))
     if client_dialect == OPENAI:
         return sse_event(error_body(OPENAI, error)) + sse_event(SSE_DONE_PAYLOAD)
     return ndjson_line(error_body(OLLAMA, error))
@@ -167,7 +184,7 @@ class ResponseTranslator:
         if not streaming:
             self.media_type = JSON_MEDIA_TYPE
         else:
-            self.media_type = SSE_MEDIA_TYPE if req.client_dialect == OPENAI else NDJSON_MEDIA_TYPE
+            self.media_type = NDJSON_MEDIA_TYPE if req.client_dialect == OLLAMA else SSE_MEDIA_TYPE
         self._framing = SSEDecoder() if engine == VLLM_ENGINE else NDJSONDecoder()
         self._frame = sse_event if req.client_dialect == OPENAI else ndjson_line
         self._decoder = self._stream_decoder() if streaming else None
@@ -272,6 +289,9 @@ class ResponseTranslator:
             ),
             "/api/chat": lambda: ollama_response.StreamEncoder(self._state, model, timestamp, chat=True),
             "/api/generate": lambda: ollama_response.StreamEncoder(self._state, model, timestamp, chat=False),
+            "/v1/messages": lambda: anthropic_response.MessageStreamEncoder(
+                self._state, f"msg_{self._request_id}", model
+            ),
         }
         return encoders[self._req.client_endpoint]()
 
@@ -341,6 +361,10 @@ class ResponseTranslator:
             return openai_response.encode_completion_response(
                 response, f"cmpl-{self._request_id}", self._created, model
             )
+        if endpoint == "/v1/messages":
+            return anthropic_response.encode_message(response, f"msg_{self._request_id}", model)
+        if endpoint == "/v1/messages/count_tokens":
+            return anthropic_response.encode_token_count(response.usage)
         timestamp = ollama_response.created_at(self._created)
         if endpoint == "/api/chat":
             return ollama_response.encode_chat_response(response, model, timestamp)

@@ -20,7 +20,7 @@ from addons.routing import (
     route_for,
     unserved_error,
 )
-from translators.errors import OLLAMA, OPENAI, GatewayError
+from translators.errors import ANTHROPIC, OLLAMA, OPENAI, GatewayError
 
 
 @pytest.mark.parametrize(("method", "path", "kind", "dialect"), [
@@ -81,7 +81,8 @@ def test_versions_compare_by_number_not_text():
 
 @pytest.mark.parametrize(("method", "path", "dialect"), [
     ("POST", "/metrics", OLLAMA), ("DELETE", "/healthz", OLLAMA), ("PUT", "/v1/models", OPENAI),
-    ("POST", "/v1", OPENAI), ("GET", "/api", OLLAMA),
+    ("POST", "/v1", OPENAI), ("GET", "/api", OLLAMA), ("GET", "/v1/messages", ANTHROPIC),
+    ("POST", "/v1/messages/batches", ANTHROPIC),
 ])
 def test_the_gateways_own_paths_never_fall_through_to_the_admin_app(method, path, dialect):
     route = route_for(method, path)

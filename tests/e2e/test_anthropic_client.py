@@ -1,0 +1,249 @@
+"""The official anthropic SDK (and LangChain's ChatAnthropic) through the real gateway, to both simulated engines.
+
+Nothing on the way speaks Anthropic's dialect but the gateway: each answer is the simulated model's
+own (sim.generation), translated from vLLM's or Ollama's dialect, with the node's exact counts.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import anthropic
+import httpx
+import pytest
+
+from sim import generation
+from tests.e2e import test_translation_matrix as matrix
+from tests.e2e.test_translation_matrix import (
+    CHAT_MODELS,
+    ON_VLLM,
+    PNG,
+    VISION_ON_OLLAMA,
+    VISION_ON_VLLM,
+    WEATHER_TOOL,
+)
+
+image_server = matrix.image_server  # the same fixture: a PNG and a text file on a local HTTP server
+
+ANTHROPIC_WEATHER_TOOL = {
+    "name": WEATHER_TOOL["function"]["name"],
+    "description": WEATHER_TOOL["function"]["description"],
+    "input_schema": WEATHER_TOOL["function"]["parameters"],
+}
+SYSTEM = "You answer in plain words."
+
+
+@pytest.fixture
+def client(cluster):
+    return anthropic.Anthropic(base_url=cluster.gateway_url, api_key=cluster.keys["staff1"], max_retries=0)
+
+
+def prompt_tokens(*turns: tuple[str, str], tools: int = 0, images: int = 0) -> int:
+    counted = [generation.Turn(role, text) for role, text in turns]
+    return generation.count_chat_prompt_tokens(counted, tools) + generation.IMAGE_TOKENS * images
+
+
+def sent_to_node(cluster, model: str, path: str) -> dict:
+    url = cluster.vllm_url if model in (ON_VLLM, VISION_ON_VLLM) else cluster.ollama_url
+    return [r for r in httpx.get(f"{url}/_sim/stats").json()["recent"] if r["path"] == path][-1]["body"]
+
+
+@pytest.mark.parametrize("model", CHAT_MODELS)
+def test_create_answers_the_models_text_with_exact_usage(client, model):
+    prompt = "Name three rivers in Idaho."
+    message = client.messages.create(model=model, max_tokens=512, system=SYSTEM,
+                                     messages=[{"role": "user", "content": prompt}])
+    reply = generation.reply_text(model, prompt)
+    assert [block.type for block in message.content] == ["text"]
+    assert message.content[0].text == reply
+    assert message.role == "assistant" and message.model == model and message.id.startswith("msg_")
+    assert message.stop_reason == "end_turn"
+    assert message.usage.input_tokens == prompt_tokens(("system", SYSTEM), ("user", prompt))
+    assert message.usage.output_tokens == len(generation.split_tokens(reply))
+
+
+@pytest.mark.parametrize("model", CHAT_MODELS)
+def test_max_tokens_and_stop_sequences_reach_the_engine(client, model):
+    prompt = "Tell me about the Snake River."
+    cut = client.messages.create(model=model, max_tokens=3, messages=[{"role": "user", "content": prompt}])
+    assert cut.stop_reason == "max_tokens" and cut.usage.output_tokens == 3
+    assert cut.content[0].text == generation.reply_text(model, prompt, max_tokens=3)
+    stop_word = generation.split_tokens(generation.reply_text(model, prompt))[2].strip()
+    stopped = client.messages.create(model=model, max_tokens=512, stop_sequences=[stop_word],
+                                     messages=[{"role": "user", "content": prompt}])
+    assert stop_word not in stopped.content[0].text
+    assert generation.reply_text(model, prompt).startswith(stopped.content[0].text)
+
+
+@pytest.mark.parametrize("model", CHAT_MODELS)
+def test_stream_gives_the_same_message_piece_by_piece(client, model):
+    prompt = "Describe the Palouse in one paragraph."
+    with client.messages.stream(model=model, max_tokens=512, messages=[{"role": "user", "content": prompt}]) as stream:
+        pieces = list(stream.text_stream)
+        final = stream.get_final_message()
+    assert "".join(pieces) == generation.reply_text(model, prompt) and len(pieces) > 3
+    assert final.content[0].text == generation.reply_text(model, prompt)
+    assert final.stop_reason == "end_turn"
+    assert final.usage.input_tokens == prompt_tokens(("user", prompt))
+    assert final.usage.output_tokens == len(pieces)
+
+
+@pytest.mark.parametrize("model", CHAT_MODELS)
+def test_stream_events_come_in_anthropics_order(cluster, model):
+    """Read raw, as a non-SDK caller would, with the key as a bearer token this time."""
+    response = httpx.post(f"{cluster.gateway_url}/v1/messages", headers={
+        "Authorization": f"Bearer {cluster.keys['staff1']}", "anthropic-version": "2023-06-01"}, json={
+        "model": model, "max_tokens": 256, "stream": True, "thinking": {"type": "enabled", "budget_tokens": 1024},
+        "messages": [{"role": "user", "content": "Is 17 prime?"}]}, timeout=30)
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+    events = [block for block in response.text.split("\n\n") if block]
+    names = [block.split("\n")[0].removeprefix("event: ") for block in events]
+    payloads = [json.loads(block.split("\n")[1].removeprefix("data: ")) for block in events]
+    assert [payload["type"] for payload in payloads] == names
+    assert names[:2] == ["message_start", "ping"] and names[-2:] == ["message_delta", "message_stop"]
+    blocks = names[2:-2]
+    # thinking, then text: each block opens, streams deltas, closes.
+    starts = [i for i, name in enumerate(blocks) if name == "content_block_start"]
+    stops = [i for i, name in enumerate(blocks) if name == "content_block_stop"]
+    assert len(starts) == len(stops) == 2 and starts[0] == 0 and stops[-1] == len(blocks) - 1
+    assert all(name == "content_block_delta" for i, name in enumerate(blocks) if i not in starts + stops)
+    kinds = [payloads[2 + i]["content_block"]["type"] for i in starts]
+    assert kinds == ["thinking", "text"]
+    delta = payloads[-2]
+    assert delta["delta"]["stop_reason"] == "end_turn" and delta["usage"]["input_tokens"] > 0
+
+
+@pytest.mark.parametrize("model", CHAT_MODELS)
+@pytest.mark.parametrize("stream", [False, True])
+def test_tools_call_then_a_tool_result_turn_gets_the_answer(client, model, stream):
+    prompt = "What's the weather in Boise?"
+    asked = {"model": model, "max_tokens": 512, "tools": [ANTHROPIC_WEATHER_TOOL],
+             "messages": [{"role": "user", "content": prompt}]}
+    if stream:
+        with client.messages.stream(**asked) as events:
+            message = events.get_final_message()
+    else:
+        message = client.messages.create(**asked)
+    calls = [block for block in message.content if block.type == "tool_use"]
+    assert message.stop_reason == "tool_use" and len(calls) == 1
+    assert calls[0].name == "get_weather" and calls[0].id
+    assert calls[0].input == generation.tool_arguments(model, prompt, WEATHER_TOOL["function"])
+    assert message.usage.input_tokens == prompt_tokens(("user", prompt), tools=1)
+    follow_up = client.messages.create(model=model, max_tokens=512, tools=[ANTHROPIC_WEATHER_TOOL], messages=[
+        {"role": "user", "content": prompt},
+        {"role": "assistant", "content": message.content},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": calls[0].id,
+                                      "content": "12 degrees and rain"}]},
+    ])
+    assert follow_up.stop_reason == "end_turn"
+    assert follow_up.content[0].text == generation.reply_text(model, "12 degrees and rain")
+
+
+@pytest.mark.parametrize("model", CHAT_MODELS)
+def test_thinking_blocks_come_signed_and_go_back(client, model):
+    prompt = "Is 17 prime?"
+    message = client.messages.create(model=model, max_tokens=2048, thinking={"type": "enabled", "budget_tokens": 1024},
+                                     messages=[{"role": "user", "content": prompt}])
+    assert [block.type for block in message.content] == ["thinking", "text"]
+    assert message.content[0].thinking == generation.thinking_text(model, prompt) and message.content[0].signature
+    assert message.content[1].text == generation.reply_text(model, prompt)
+    again = client.messages.create(model=model, max_tokens=2048, thinking={"type": "enabled", "budget_tokens": 1024},
+                                   messages=[{"role": "user", "content": prompt},
+                                             {"role": "assistant", "content": message.content},
+                                             {"role": "user", "content": "And 21?"}])
+    assert again.content[-1].text == generation.reply_text(model, "And 21?")
+
+
+def test_base64_image_reaches_a_vllm_vision_model(cluster, client):
+    data = base64.b64encode(PNG).decode()
+    message = client.messages.create(model=VISION_ON_VLLM, max_tokens=256, messages=[{"role": "user", "content": [
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": data}},
+        {"type": "text", "text": "What is in this picture?"}]}])
+    assert message.content[0].text == generation.reply_text(VISION_ON_VLLM, "What is in this picture?")
+    assert message.usage.input_tokens == prompt_tokens(("user", "What is in this picture?"), images=1)
+    parts = sent_to_node(cluster, VISION_ON_VLLM, "/v1/chat/completions")["messages"][0]["content"]
+    assert {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{data}"}} in parts
+
+
+def test_url_image_is_fetched_by_the_gateway_for_ollama(cluster, client, image_server):
+    message = client.messages.create(model=VISION_ON_OLLAMA, max_tokens=256, messages=[{"role": "user", "content": [
+        {"type": "image", "source": {"type": "url", "url": f"{image_server}/cat.png"}},
+        {"type": "text", "text": "What is this?"}]}])
+    assert message.content[0].text == generation.reply_text(VISION_ON_OLLAMA, "What is this?")
+    sent = sent_to_node(cluster, VISION_ON_OLLAMA, "/api/chat")
+    assert sent["messages"][0]["images"] == [base64.b64encode(PNG).decode()]
+
+
+def test_an_image_url_that_is_not_an_image_is_a_bad_request(client, image_server):
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        client.messages.create(model=VISION_ON_OLLAMA, max_tokens=256, messages=[{"role": "user", "content": [
+            {"type": "image", "source": {"type": "url", "url": f"{image_server}/notes.txt"}},
+            {"type": "text", "text": "What is this?"}]}])
+    assert caught.value.body["error"]["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize("model", CHAT_MODELS)
+def test_count_tokens_equals_the_input_tokens_of_the_same_request(client, model):
+    messages = [{"role": "user", "content": "What's the weather in Boise?"}]
+    counted = client.messages.count_tokens(model=model, system=SYSTEM, messages=messages, tools=[ANTHROPIC_WEATHER_TOOL])
+    answered = client.messages.create(model=model, max_tokens=512, system=SYSTEM, messages=messages,
+                                      tools=[ANTHROPIC_WEATHER_TOOL])
+    assert counted.input_tokens == answered.usage.input_tokens
+    assert counted.input_tokens == prompt_tokens(("system", SYSTEM), ("user", messages[0]["content"]), tools=1)
+
+
+def test_a_wrong_key_is_an_authentication_error(cluster):
+    client = anthropic.Anthropic(base_url=cluster.gateway_url, api_key="mr_abcdefgh_" + "x" * 40, max_retries=0)
+    with pytest.raises(anthropic.AuthenticationError) as caught:
+        client.messages.create(model=ON_VLLM, max_tokens=16, messages=[{"role": "user", "content": "hi"}])
+    assert caught.value.body == {"type": "error", "error": {"type": "authentication_error",
+                                                           "message": "invalid API key"}}
+
+
+def test_an_unknown_model_is_not_found(client):
+    with pytest.raises(anthropic.NotFoundError) as caught:
+        client.messages.create(model="claude-nonexistent", max_tokens=16, messages=[{"role": "user", "content": "hi"}])
+    assert caught.value.body["type"] == "error" and caught.value.body["error"]["type"] == "not_found_error"
+    assert "claude-nonexistent" in caught.value.body["error"]["message"]
+
+
+def test_a_bad_body_is_a_bad_request(client):
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        client.messages.create(model=ON_VLLM, max_tokens=16, messages=[{"role": "robot", "content": "hi"}])
+    assert caught.value.body["error"]["type"] == "invalid_request_error"
+    assert "messages[0].role" in caught.value.body["error"]["message"]
+
+
+@pytest.mark.parametrize(("body", "headers", "mentions"), [
+    ({"model": ON_VLLM, "messages": [{"role": "user", "content": "hi"}]}, {}, "max_tokens"),
+    ({"model": ON_VLLM, "max_tokens": 8, "messages": []}, {}, "messages"),
+    ({"model": ON_VLLM, "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]},
+     {"anthropic-version": "1999-01-01"}, "anthropic-version"),
+])
+def test_requests_anthropic_would_refuse_are_400_invalid_request_errors(cluster, body, headers, mentions):
+    response = httpx.post(f"{cluster.gateway_url}/v1/messages", json=body,
+                          headers={"x-api-key": cluster.keys["staff1"], **headers})
+    assert response.status_code == 400
+    error = response.json()
+    assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error"
+    assert mentions in error["error"]["message"]
+
+
+def test_a_missing_key_and_a_wrong_method_answer_in_anthropics_shape(cluster):
+    missing = httpx.post(f"{cluster.gateway_url}/v1/messages", json={})
+    assert missing.status_code == 401 and missing.json()["error"]["type"] == "authentication_error"
+    wrong_method = httpx.get(f"{cluster.gateway_url}/v1/messages", headers={"x-api-key": cluster.keys["staff1"]})
+    assert wrong_method.status_code == 405 and wrong_method.json()["type"] == "error"
+    unknown = httpx.post(f"{cluster.gateway_url}/v1/messages/batches", headers={"x-api-key": cluster.keys["staff1"]})
+    assert unknown.status_code == 404 and unknown.json()["error"]["type"] == "not_found_error"
+
+
+@pytest.mark.parametrize("model", CHAT_MODELS)
+def test_langchain_chat_anthropic_gets_a_reply(cluster, model):
+    from langchain_anthropic import ChatAnthropic
+
+    prompt = "Say something about Idaho."
+    chat = ChatAnthropic(model=model, base_url=cluster.gateway_url, api_key=cluster.keys["staff1"], max_retries=0,
+                         max_tokens=512)
+    assert chat.invoke(prompt).content == generation.reply_text(model, prompt)
