@@ -21,6 +21,7 @@ from addons.local import Local
 from addons.policy import Policy
 from addons.record import Record
 from addons.registry import BackendRegistry
+from addons.responses import ResponsesStore
 from addons.routing import Routing
 from addons.settings import Settings
 from addons.translate import Translate
@@ -43,6 +44,7 @@ addons = guarded(
     Local(registry),  # health, metrics and model catalogs answered here
     Translate(),  # parse and check the caller's body
     Policy(writer, settings.environment, registry),  # rate limit per key, concurrency per user, token budget
+    ResponsesStore(writer),  # /v1/responses: continue a stored conversation, keep answers, GET and DELETE them
     ImageFetch(),  # image URLs fetched, only for requests Policy admitted
     gate,  # fair-share wait for a backend slot
     Upstream(registry, gate),  # to the backend in its dialect, failing over before the first byte

@@ -15,11 +15,14 @@ CATALOG = "catalog"
 HEALTH = "health"
 ADMIN = "admin"
 UNSERVED = "unserved"  # under /v1 or /api, but not an endpoint we serve
+STORED = "stored"  # a stored response, /v1/responses/{id} (addons/responses.py)
+STORED_PREFIX = "/v1/responses/"
 
 ROUTES: dict[tuple[str, str], Route] = {
     ("POST", "/v1/chat/completions"): Route(INFERENCE, OPENAI, "/v1/chat/completions"),
     ("POST", "/v1/completions"): Route(INFERENCE, OPENAI, "/v1/completions"),
     ("POST", "/v1/embeddings"): Route(INFERENCE, OPENAI, "/v1/embeddings"),
+    ("POST", "/v1/responses"): Route(INFERENCE, OPENAI, "/v1/responses"),
     ("POST", "/v1/messages"): Route(INFERENCE, ANTHROPIC, "/v1/messages"),
     ("POST", "/v1/messages/count_tokens"): Route(INFERENCE, ANTHROPIC, "/v1/messages/count_tokens"),
     ("GET", "/v1/models"): Route(CATALOG, OPENAI, "/v1/models"),
@@ -52,6 +55,8 @@ def route_for(method: str, path: str) -> Route:
     route = ROUTES.get((method, path)) or (ROUTES.get(("GET", path)) if method == "HEAD" else None)
     if route:
         return route
+    if path.startswith(STORED_PREFIX) and "/" not in path.removeprefix(STORED_PREFIX) and method in ("GET", "DELETE"):
+        return Route(STORED, OPENAI, STORED_PREFIX + "{id}")
     if path in GATEWAY_PATHS:  # ours, with another method: 405 in the path's dialect, never the admin app
         dialect = next(route.dialect for (_, known), route in ROUTES.items() if known == path)
         return Route(UNSERVED, dialect or OLLAMA, path)

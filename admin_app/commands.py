@@ -114,7 +114,8 @@ def prune_command(age: tuple, batch_size: int, dry_run: bool) -> None:
         counts = count_prunable(cutoff)
         click.echo(
             f"would remove {counts.requests} requests, {counts.bodies} bodies, {counts.artifact_links} "
-            f"artifact links and {counts.artifacts} artifacts (created before {iso_utc(cutoff)})"
+            f"artifact links and {counts.artifacts} artifacts (created before {iso_utc(cutoff)}), and "
+            f"{counts.stored_responses} stored responses"
         )
         return
     counts = prune_audit(cutoff, current_app.config["ARTIFACT_STORAGE_PATH"], batch_size)
@@ -128,5 +129,5 @@ def prune_command(age: tuple, batch_size: int, dry_run: bool) -> None:
     click.echo(
         f"removed {counts.requests} requests, {counts.bodies} bodies, {counts.artifact_links} artifact links "
         f"and {counts.artifacts} artifacts ({counts.files} files; {counts.missing_files} already missing) "
-        f"created before {iso_utc(cutoff)}"
+        f"created before {iso_utc(cutoff)}, and {counts.stored_responses} stored responses"
     )

@@ -1,5 +1,5 @@
 """Audit retention: remove requests older than a cutoff, their bodies and artifact links, then every
-artifact no request refers to any more, with its file.
+artifact no request refers to any more, with its file, and the stored /v1/responses answers as old.
 
 Work goes in batches of request ids, each batch its own transaction, so a prune of millions of
 rows holds no long lock on the tables the gateway writes to and uses bounded memory on SQLite
@@ -18,7 +18,7 @@ from peewee import SQL, fn
 
 from admin_app.audit import artifact_file
 from store.db import database
-from store.models import Artifact, Request, RequestArtifact, RequestBody
+from store.models import Artifact, Request, RequestArtifact, RequestBody, StoredResponse
 
 DEFAULT_BATCH_SIZE = 500
 _AGE = re.compile(r"^\s*(\d+)\s*([dh])\s*$")
@@ -43,6 +43,7 @@ class PruneCounts:
     artifacts: int = 0
     files: int = 0
     missing_files: int = 0
+    stored_responses: int = 0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -116,6 +117,12 @@ def prune_audit(
             break
         counts.artifacts += len(orphans)
         _remove_files(orphans, storage_root, counts)
+    while True:
+        old_responses = [row.id for row in StoredResponse.select(StoredResponse.id)
+                         .where(StoredResponse.created_at < cutoff).limit(batch_size)]
+        if not old_responses:
+            break
+        counts.stored_responses += StoredResponse.delete().where(StoredResponse.id.in_(old_responses)).execute()
     return counts
 
 
@@ -135,4 +142,5 @@ def count_prunable(cutoff: dt.datetime) -> PruneCounts:
         artifacts=Artifact.select()
         .where(~fn.EXISTS(newer_link) & (fn.EXISTS(old_link) | (Artifact.created_at < cutoff)))
         .count(),
+        stored_responses=StoredResponse.select().where(StoredResponse.created_at < cutoff).count(),
     )

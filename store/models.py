@@ -253,6 +253,19 @@ class QueueSnapshot(BaseModel):
     data = LongTextField(default="{}")
 
 
+class StoredResponse(BaseModel):
+    """An answer of `POST /v1/responses` kept for `GET /v1/responses/{id}` and `previous_response_id`
+    (OpenAI's `store`, true unless the caller says false); only its owner ever reads it. Pruned with
+    the audit log (admin_app/retention.py)."""
+
+    response_id = peewee.CharField(max_length=64, unique=True)
+    user = peewee.ForeignKeyField(User, on_delete="CASCADE")
+    model = peewee.CharField(max_length=256)
+    created_at = peewee.DateTimeField(default=utcnow, index=True)
+    response = LongTextField()  # the Response object as its caller got it
+    conversation = LongTextField()  # the items a later turn continues from: earlier turns, input, output
+
+
 ALL_MODELS = [
     User,
     ApiKey,
@@ -270,6 +283,7 @@ ALL_MODELS = [
     UsageHour,
     UsageMinute,
     KeyRequest,
+    StoredResponse,
 ]
 
 

@@ -19,6 +19,7 @@ CLIENT_ENDPOINTS = {
     "/v1/chat/completions": (OPENAI, CHAT),
     "/v1/completions": (OPENAI, COMPLETION),
     "/v1/embeddings": (OPENAI, EMBEDDING),
+    "/v1/responses": (OPENAI, CHAT),  # OpenAI's Responses: a chat in other words (translators.responses_request)
     "/api/chat": (OLLAMA, CHAT),
     "/api/generate": (OLLAMA, COMPLETION),
     "/api/embed": (OLLAMA, EMBEDDING),

@@ -38,6 +38,8 @@ from translators import (
     ollama_response,
     openai_request,
     openai_response,
+    responses_request,
+    responses_response,
 )
 from translators.canonical import (
     EMBEDDING,
@@ -81,6 +83,8 @@ def parse_client_request(
     parsed = load_json_object(body, max_body_bytes)
     if dialect == ANTHROPIC:
         req = anthropic_request.parse_request(endpoint, kind, parsed, anthropic_version)
+    elif endpoint == responses_request.ENDPOINT:
+        req = responses_request.parse_request(endpoint, kind, parsed)
     else:
         parse = openai_request.parse_request if dialect == OPENAI else ollama_request.parse_request
         req = parse(endpoint, kind, parsed)
@@ -211,6 +215,15 @@ class ResponseTranslator:
     def finish_reason(self) -> str | None:
         return self._state.finish_reason
 
+    @property
+    def created(self) -> int:
+        return self._created
+
+    @property
+    def failed(self) -> bool:
+        """The answer broke off or broke a strict schema: the caller got an error, not this response."""
+        return self._failed
+
     # -- streams ---------------------------------------------------------------------------------
 
     def feed(self, data: bytes) -> list[bytes]:
@@ -289,6 +302,9 @@ class ResponseTranslator:
             ),
             "/api/chat": lambda: ollama_response.StreamEncoder(self._state, model, timestamp, chat=True),
             "/api/generate": lambda: ollama_response.StreamEncoder(self._state, model, timestamp, chat=False),
+            "/v1/responses": lambda: responses_response.ResponsesStreamEncoder(
+                self._state, self._req, f"resp_{self._request_id}", created
+            ),
             "/v1/messages": lambda: anthropic_response.MessageStreamEncoder(
                 self._state, f"msg_{self._request_id}", model
             ),
@@ -361,6 +377,8 @@ class ResponseTranslator:
             return openai_response.encode_completion_response(
                 response, f"cmpl-{self._request_id}", self._created, model
             )
+        if endpoint == "/v1/responses":
+            return responses_response.encode_response(self._req, response, f"resp_{self._request_id}", self._created)
         if endpoint == "/v1/messages":
             return anthropic_response.encode_message(response, f"msg_{self._request_id}", model)
         if endpoint == "/v1/messages/count_tokens":

@@ -14,6 +14,7 @@ from addons.routing import (
     CATALOG,
     HEALTH,
     INFERENCE,
+    STORED,
     UNSERVED,
     Routing,
     oversized_headers,
@@ -33,7 +34,12 @@ from translators.errors import ANTHROPIC, OLLAMA, OPENAI, GatewayError
     ("GET", "/admin/backends", ADMIN, None),
     ("GET", "/", ADMIN, None),
     ("GET", "/api/chat", UNSERVED, "ollama"),
-    ("POST", "/v1/responses", UNSERVED, "openai"),
+    ("POST", "/v1/responses", INFERENCE, "openai"),
+    ("GET", "/v1/responses/resp_1", STORED, "openai"),
+    ("DELETE", "/v1/responses/resp_1", STORED, "openai"),
+    ("POST", "/v1/responses/resp_1", UNSERVED, "openai"),
+    ("GET", "/v1/responses/resp_1/input_items", UNSERVED, "openai"),
+    ("POST", "/v1/rerank-everything", UNSERVED, "openai"),
 ])
 def test_paths_route_to_who_answers_them(method, path, kind, dialect):
     route = route_for(method, path)
