@@ -57,9 +57,15 @@ class Slots:
         self.running: Counter[str] = Counter()
         self.waiting: Counter[str] = Counter()
         self._queue: deque[tuple[str, asyncio.Future]] = deque()
+        self.peak = 0  # most requests running and waiting at once since the last reset: what callers sent
+
+    @property
+    def in_flight(self) -> int:
+        return sum(self.running.values()) + sum(self.waiting.values())
 
     @asynccontextmanager
     async def hold(self, model: str) -> AsyncIterator[None]:
+        self.peak = max(self.peak, self.in_flight + 1)
         if sum(self.running.values()) >= self.size or self._queue:
             await self._wait_for_turn(model)
         else:
@@ -234,6 +240,7 @@ class Node:
         async def reset(request: web.Request) -> web.Response:
             self.stats = Stats()
             self.faults = Faults()
+            self.slots.peak = self.slots.in_flight
             self._hung_released.set()
             self._hung_released = asyncio.Event()
             return web.json_response({"reset": True})
@@ -254,6 +261,7 @@ class Node:
             },
             "running": sum(self.slots.running.values()),
             "waiting": sum(self.slots.waiting.values()),
+            "peak_in_flight": self.slots.peak,
             "faults": {"mode": self.faults.mode, "remaining": self.faults.remaining},
             "recent": list(self.stats.recent),
         }

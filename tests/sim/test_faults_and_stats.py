@@ -129,3 +129,18 @@ def test_reset_clears_stats_and_faults(node):
 def test_unknown_fault_mode_is_refused(node):
     response = node.http.post(f"{node.url}/_sim/faults", json={"mode": "explode", "count": 1})
     assert response.status_code == 400 and "error500" in response.json()["error"]
+
+
+def test_peak_in_flight_counts_what_callers_sent_at_once_until_reset(start_node, engine, http):
+    """Gateways test their slot limits against this counter: running and waiting requests together."""
+    node = Node(http, start_node(engine, tokens_per_s=50, slots=2), engine)
+    with httpx.Client(timeout=30) as other:
+        callers = [threading.Thread(target=lambda: other.post(node.url + node.chat_path, json={
+            "model": "llama3.2", "messages": QUESTION, "stream": False})) for _ in range(3)]
+        for caller in callers:
+            caller.start()
+        for caller in callers:
+            caller.join()
+    assert node.stats()["peak_in_flight"] == 3
+    node.reset()
+    assert node.stats()["peak_in_flight"] == 0
