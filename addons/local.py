@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from urllib.parse import urlsplit
@@ -10,7 +11,7 @@ from mitmproxy import http
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from addons.context import context_of
-from addons.registry import BackendRegistry
+from addons.registry import BackendRegistry, model_aliases
 from addons.replies import point_at_backend, reply, reply_error, reply_json
 from translators import catalog
 from translators.errors import OLLAMA, GatewayError
@@ -34,6 +35,11 @@ def catalog_entries(registry: BackendRegistry) -> list[catalog.CatalogEntry]:
             if model.resident:
                 entry.resident = True
                 entry.vram_bytes = (entry.vram_bytes or 0) + (model.vram_bytes or 0)
+    for alias, target in registry.aliases.items():  # an alias is listed as the model it names, under its own name
+        named = next((entries[name] for name in model_aliases(target) if name in entries), None)
+        if named is not None and alias not in entries:
+            renamed = {key: alias for key in ("name", "model", "id", "root") if key in named.details}
+            entries[alias] = dataclasses.replace(named, name=alias, details={**named.details, **renamed})
     return list(entries.values())
 
 
@@ -110,6 +116,7 @@ class Local:
         if not isinstance(model, str) or not model:
             reply_error(flow, OLLAMA, GatewayError(422, "field 'model' is required"))
             return
+        model = self.registry.resolve(model)
         serving = sorted(self.registry.serving(model), key=lambda view: view.engine != "ollama")
         if serving and serving[0].engine == "ollama":
             node = serving[0]

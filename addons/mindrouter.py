@@ -11,6 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from addons.aliases import Aliases
 from addons.auth import Auth
 from addons.connections import ConnectionLimit
 from addons.drain import Drain
@@ -43,6 +44,7 @@ addons = guarded(
     Auth(),  # API key → Principal
     Local(registry),  # health, metrics and model catalogs answered here
     Translate(),  # parse and check the caller's body
+    Aliases(registry),  # a model alias an admin defined becomes the model it names
     Policy(writer, settings.environment, registry),  # rate limit per key, concurrency per user, token budget
     ResponsesStore(writer),  # /v1/responses: continue a stored conversation, keep answers, GET and DELETE them
     ImageFetch(),  # image URLs fetched, only for requests Policy admitted

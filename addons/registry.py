@@ -32,7 +32,7 @@ from addons.polling import (
 )
 from addons.writer import StoreWriter
 from scheduler.breaker import OPEN, Breaker
-from store.models import Backend, BackendModel, TelemetrySample, utcnow
+from store.models import Backend, BackendModel, ModelAlias, TelemetrySample, utcnow
 from telemetry_agent.client import GpuReading, summarize
 
 log = logging.getLogger(__name__)
@@ -98,6 +98,11 @@ def backend_rows() -> list[dict]:
     return list(Backend.select().order_by(Backend.id).dicts())
 
 
+def configuration_rows() -> tuple[list[dict], dict[str, str]]:
+    """The backend rows and the admin's model aliases (alias → model), read together on a worker thread."""
+    return backend_rows(), {row.alias: row.model for row in ModelAlias.select()}
+
+
 def gpu_indices(text: str) -> list[int]:
     return [int(part) for part in text.replace(" ", "").split(",") if part.isdigit()]
 
@@ -158,6 +163,7 @@ class BackendRegistry:
     def __init__(self, writer: StoreWriter) -> None:
         self.writer = writer
         self.views: dict[int, BackendView] = {}
+        self.aliases: dict[str, str] = {}  # an admin's model aliases, alias → model
         self.database_ok = False
         self.task: asyncio.Task | None = None
         self.polls: PollLoop | None = None
@@ -203,7 +209,7 @@ class BackendRegistry:
 
     async def refresh(self) -> None:
         try:
-            rows = await asyncio.to_thread(backend_rows)
+            rows, self.aliases = await asyncio.to_thread(configuration_rows)
             self.database_ok = True
         except Exception as exc:  # any database failure: keep serving from what we know
             self.database_ok = False
@@ -344,6 +350,12 @@ class BackendRegistry:
                         view.name, view.breaker.cooldown_s, view.breaker.failures, reason)
             metrics.BACKEND_BREAKER_OPEN.labels(view.name).set(1)
             self.notify()
+
+    def resolve(self, model: str | None) -> str | None:
+        """The model an admin's alias names (typed as `coder` or `coder:latest`); any other name as it is."""
+        if not model:
+            return model
+        return self.aliases.get(model) or self.aliases.get(model.removesuffix(":latest")) or model
 
     def serving(self, model: str) -> list[BackendView]:
         """Backends that take new requests for `model`."""

@@ -12,6 +12,7 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 from admin_app import (
     accounts_api,
     admin_api,
+    aliases_api,
     audit_api,
     auth,
     commands,
@@ -61,7 +62,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     # Key-authenticated calls carry no cookie to forge; session calls are CSRF-checked in `authenticate`
     # (and the quota-request form by its own form token).
     csrf.exempt(dashboard.request_quota)
-    for api in (admin_api.bp, accounts_api.bp, audit_api.bp):
+    for api in (admin_api.bp, accounts_api.bp, audit_api.bp, aliases_api.bp):
         csrf.exempt(api)
         app.register_blueprint(api)
     return app

@@ -266,6 +266,15 @@ class StoredResponse(BaseModel):
     conversation = LongTextField()  # the items a later turn continues from: earlier turns, input, output
 
 
+class ModelAlias(BaseModel):
+    """A name an admin gives a model (`coder` → `Qwen/Qwen2.5-Coder-32B-Instruct`): callers use the alias on
+    every endpoint, and the admin re-points it without any client changing."""
+
+    alias = peewee.CharField(max_length=256, unique=True)
+    model = peewee.CharField(max_length=256)
+    updated_at = peewee.DateTimeField(default=utcnow)
+
+
 ALL_MODELS = [
     User,
     ApiKey,
@@ -284,6 +293,7 @@ ALL_MODELS = [
     UsageMinute,
     KeyRequest,
     StoredResponse,
+    ModelAlias,
 ]
 
 
