@@ -33,6 +33,7 @@ from scheduler.breaker import HALF_OPEN
 from scheduler.limits import limit_for, parse_role_limits
 from store.models import ROLES, QueueSnapshot, utcnow
 from telemetry_agent.client import summarize
+from translators.canonical import PASSTHROUGH_KINDS
 from translators.errors import GatewayError
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,12 @@ def capability_refusal(canonical, model: str, described: list[tuple[str, set[str
 
 
 def engine_refusal(canonical, model: str, engine: str, capabilities: set[str]) -> str | None:
+    if canonical.kind in PASSTHROUGH_KINDS:  # vLLM's own APIs, routed only by a runner that serves them
+        if engine != "vllm":
+            return f"model {model!r} is served by Ollama, which has no {canonical.kind} API"
+        if capabilities and canonical.kind not in capabilities:
+            return f"model {model!r} does not serve {canonical.kind} (its vLLM node's runner does not route it)"
+        return None
     if not capabilities:
         return None
     if canonical.kind == "embedding":
@@ -220,7 +227,7 @@ class Gate:
         if client_left(flow):  # it left while an earlier step awaited (key check, image fetch, policy)
             flow.kill()
             return
-        cost = expected_cost(canonical.estimated_prompt_tokens, canonical.max_tokens, generates=canonical.kind != "embedding")
+        cost = expected_cost(canonical.estimated_prompt_tokens, canonical.max_tokens, generates=canonical.generates)
         now = context.queued_at = time.monotonic()
         try:
             self.scheduler.submit(

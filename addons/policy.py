@@ -136,9 +136,10 @@ def choices_of(canonical: CanonicalRequest) -> int:
 
 def reservation(canonical: CanonicalRequest, context_length: int | None) -> int:
     """The most the request may spend: its prompt estimate plus its `max_tokens` (without one, the model's
-    context, as the engine may generate that far), once per choice. Embeddings spend their input alone."""
+    context, as the engine may generate that far), once per choice. Embeddings, scores and tokenizations
+    spend their input alone."""
     prompt = canonical.estimated_prompt_tokens
-    if canonical.kind == "embedding":
+    if not canonical.generates:
         return max(1, prompt)
     completion = canonical.max_tokens
     if completion is None:
@@ -160,7 +161,7 @@ def tokens_to_charge(context: RequestContext, admission: Admission, delivered: b
         return admission.reserved if delivered else 0
     canonical = context.canonical
     expected = expected_cost(canonical.estimated_prompt_tokens, canonical.max_tokens,
-                             generates=canonical.kind != "embedding")
+                             generates=canonical.generates)
     return min(admission.reserved, choices_of(canonical) * expected)
 
 

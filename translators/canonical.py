@@ -18,6 +18,11 @@ from translators.vision import sniff_media_type
 CHAT = "chat"
 COMPLETION = "completion"
 EMBEDDING = "embedding"
+# vLLM's own APIs, served only by vLLM nodes whose runner routes them, passed through as the caller wrote them.
+RERANK = "rerank"
+SCORE = "score"
+TOKENIZE = "tokenize"
+PASSTHROUGH_KINDS = (RERANK, SCORE, TOKENIZE)
 
 OLLAMA_ENGINE = "ollama"
 VLLM_ENGINE = "vllm"
@@ -152,6 +157,11 @@ class CanonicalRequest:
 
     def __post_init__(self) -> None:
         self.requested_model = self.requested_model or self.model
+
+    @property
+    def generates(self) -> bool:
+        """Whether the engine generates tokens for it (embeddings, scores and tokenizations do not)."""
+        return self.kind in (CHAT, COMPLETION)
 
     @property
     def max_tokens(self) -> int | None:

@@ -6,7 +6,7 @@ from translators.anthropic_request import ANTHROPIC_FIELDS
 from translators.anthropic_response import STOP_REASONS
 from translators.bounded_regex import MAX_PATTERN_LENGTH, MAX_STATES
 from translators.canonical import OLLAMA_ENGINE, VLLM_ENGINE, CanonicalRequest
-from translators.errors import ANTHROPIC_ERROR_TYPES
+from translators.errors import ANTHROPIC_ERROR_TYPES, GatewayError
 from translators.mapping import (
     CALLER_FIELD_POLICY,
     CLIENT_ENDPOINTS,
@@ -52,13 +52,18 @@ def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
     return lines
 
 
+def engine_cell(req: CanonicalRequest, engine: str) -> str:
+    try:
+        return f"`{backend_path(req, engine)}`"
+    except GatewayError:
+        return "not served (refused before queueing)"
+
+
 def route_rows() -> list[tuple[str, ...]]:
     rows = []
     for endpoint, (dialect, kind) in CLIENT_ENDPOINTS.items():
         req = CanonicalRequest(dialect, endpoint, kind, "model", False, {})
-        rows.append(
-            (f"`{endpoint}`", f"`{backend_path(req, OLLAMA_ENGINE)}`", f"`{backend_path(req, VLLM_ENGINE)}`")
-        )
+        rows.append((f"`{endpoint}`", engine_cell(req, OLLAMA_ENGINE), engine_cell(req, VLLM_ENGINE)))
         if endpoint == "/api/generate":
             req.raw_prompt = True
             rows.append(

@@ -11,7 +11,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from translators.canonical import CHAT, COMPLETION, EMBEDDING, OLLAMA_ENGINE, VLLM_ENGINE
+from translators.canonical import (
+    CHAT,
+    COMPLETION,
+    EMBEDDING,
+    OLLAMA_ENGINE,
+    RERANK,
+    SCORE,
+    TOKENIZE,
+    VLLM_ENGINE,
+)
 from translators.errors import ANTHROPIC, OLLAMA, OPENAI
 
 # Client paths the gateway translates: path → (dialect, kind).
@@ -20,6 +29,13 @@ CLIENT_ENDPOINTS = {
     "/v1/completions": (OPENAI, COMPLETION),
     "/v1/embeddings": (OPENAI, EMBEDDING),
     "/v1/responses": (OPENAI, CHAT),  # OpenAI's Responses: a chat in other words (translators.responses_request)
+    # vLLM's rerank, score and tokenize APIs, under /v1 and at vLLM's own paths (translators.pooling_request)
+    "/v1/rerank": (OPENAI, RERANK),
+    "/rerank": (OPENAI, RERANK),
+    "/v1/score": (OPENAI, SCORE),
+    "/score": (OPENAI, SCORE),
+    "/v1/tokenize": (OPENAI, TOKENIZE),
+    "/tokenize": (OPENAI, TOKENIZE),
     "/api/chat": (OLLAMA, CHAT),
     "/api/generate": (OLLAMA, COMPLETION),
     "/api/embed": (OLLAMA, EMBEDDING),
@@ -40,6 +56,9 @@ ENGINE_PATHS = {
     (VLLM_ENGINE, CHAT): "/v1/chat/completions",
     (VLLM_ENGINE, COMPLETION): "/v1/completions",
     (VLLM_ENGINE, EMBEDDING): "/v1/embeddings",
+    (VLLM_ENGINE, RERANK): "/rerank",
+    (VLLM_ENGINE, SCORE): "/score",
+    (VLLM_ENGINE, TOKENIZE): "/tokenize",
 }
 
 # finish_reason (canonical, OpenAI's words) → Ollama done_reason. Ollama says "stop" after tool calls.

@@ -36,6 +36,18 @@ def error_message(value: object) -> str | None:
     return None
 
 
+def pooling_usage(value: dict) -> Usage | None:
+    """What vLLM's rerank, score and tokenize answers count: `usage.prompt_tokens` (score), only
+    `usage.total_tokens` (rerank), or the token `count` (tokenize); all of it prompt."""
+    usage = value.get("usage")
+    if isinstance(usage, dict):
+        tokens = usage.get("prompt_tokens", usage.get("total_tokens"))
+        if isinstance(tokens, int):
+            return Usage(tokens, 0)
+    count = value.get("count")
+    return Usage(count, 0) if isinstance(count, int) else None
+
+
 def fastapi_detail_message(detail: object) -> str:
     """FastAPI's `detail`: a message (404 Not Found, 405, 415), or its request validation errors
     (`[{"loc": ["body", "messages"], "msg": "Field required", ...}]`) as `messages: Field required`."""

@@ -38,6 +38,7 @@ from translators import (
     ollama_response,
     openai_request,
     openai_response,
+    pooling_request,
     responses_request,
     responses_response,
 )
@@ -45,6 +46,7 @@ from translators.canonical import (
     EMBEDDING,
     ENGINES,
     OLLAMA_ENGINE,
+    PASSTHROUGH_KINDS,
     VLLM_ENGINE,
     CanonicalRequest,
     ToolCall,
@@ -85,6 +87,8 @@ def parse_client_request(
         req = anthropic_request.parse_request(endpoint, kind, parsed, anthropic_version)
     elif endpoint == responses_request.ENDPOINT:
         req = responses_request.parse_request(endpoint, kind, parsed)
+    elif kind in PASSTHROUGH_KINDS:
+        req = pooling_request.parse_request(endpoint, kind, parsed)
     else:
         parse = openai_request.parse_request if dialect == OPENAI else ollama_request.parse_request
         req = parse(endpoint, kind, parsed)
@@ -100,6 +104,9 @@ def check_engine(engine: str) -> None:
 def backend_path(req: CanonicalRequest, engine: str) -> str:
     """The engine endpoint that keeps the client's meaning (see ENGINE_PATHS in translators.mapping)."""
     check_engine(engine)
+    if req.kind in PASSTHROUGH_KINDS and engine != VLLM_ENGINE:
+        raise GatewayError(422, f"{req.client_endpoint} is served by vLLM nodes only; model {req.model!r} is served "
+                                f"by {engine}", code="unsupported")
     if engine == VLLM_ENGINE and req.client_endpoint == "/api/generate" and not req.raw_prompt:
         return "/v1/chat/completions"
     return ENGINE_PATHS[(engine, req.kind)]
@@ -108,7 +115,9 @@ def backend_path(req: CanonicalRequest, engine: str) -> str:
 def build_backend_request(req: CanonicalRequest, engine: str, request_id: str) -> tuple[str, bytes]:
     path = backend_path(req, engine)
     notes: list[str] = []
-    if req.client_dialect == ANTHROPIC:
+    if req.kind in PASSTHROUGH_KINDS:
+        body = {**req.body, "model": req.model}
+    elif req.client_dialect == ANTHROPIC:
         body, notes = anthropic_request.build_request(req, engine, path, request_id)
     elif path == req.client_endpoint:
         if engine == VLLM_ENGINE:
@@ -177,7 +186,7 @@ class ResponseTranslator:
         self._req = req
         self._engine = engine
         self._engine_path = backend_path(req, engine)
-        self._passthrough = self._engine_path == req.client_endpoint
+        self._passthrough = self._engine_path == req.client_endpoint or req.kind in PASSTHROUGH_KINDS
         self._request_id = request_id
         self._created = created
         self._state = StreamState(request_id)
@@ -338,6 +347,9 @@ class ResponseTranslator:
             return self._error(502, "backend answered with a body that is not a JSON object")
         if (message := openai_response.error_message(value)) is not None:
             return self._error(502, message)
+        if self._req.kind in PASSTHROUGH_KINDS:
+            self._state.usage = openai_response.pooling_usage(value)
+            return status, body
         if self._req.kind == EMBEDDING:
             return self._translate_embeddings(status, body, value)
         response = self._decode_whole(value)

@@ -63,3 +63,12 @@ def test_vllm_metrics_are_summed_over_models_and_give_the_kv_cache_and_prefix_hi
     ]) + "\n"
     load = parse_vllm_metrics(text)
     assert (load.running, load.waiting, load.kv_cache_usage, load.prefix_cache_hit_rate) == (3, 4, 0.25, 0.25)
+
+
+def test_rerank_score_and_tokenize_go_only_to_vllm_nodes_that_route_them():
+    rerank = parse_client_request("/v1/rerank", b'{"model": "m", "query": "q", "documents": ["a"]}')
+    assert "no rerank API" in capability_refusal(rerank, "m", [("ollama", {"completion"})])
+    assert "does not serve rerank" in capability_refusal(rerank, "m", [("vllm", {"completion", "tokenize"})])
+    assert capability_refusal(rerank, "m", [("vllm", {"embedding", "rerank", "score"})]) is None
+    tokenize = parse_client_request("/tokenize", b'{"model": "m", "prompt": "hi"}')
+    assert capability_refusal(tokenize, "m", [("vllm", {"completion", "tokenize"})]) is None

@@ -27,6 +27,12 @@ BASE_BODIES = {
     "/api/embed": {"model": "m", "input": "hi"},
     "/api/embeddings": {"model": "m", "prompt": "hi"},
     "/v1/responses": {"model": "m", "input": [{"role": "user", "content": "hi"}], "instructions": "be brief"},
+    "/v1/rerank": {"model": "m", "query": "q", "documents": ["a", "b"]},
+    "/rerank": {"model": "m", "query": "q", "documents": [{"text": "a"}]},
+    "/v1/score": {"model": "m", "text_1": "q", "text_2": ["a", "b"]},
+    "/score": {"model": "m", "text_1": ["q"], "text_2": ["a"]},
+    "/v1/tokenize": {"model": "m", "prompt": "hi"},
+    "/tokenize": {"model": "m", "messages": CHAT_MESSAGES},
     "/v1/messages": {"model": "m", "max_tokens": 16, "messages": CHAT_MESSAGES},
     "/v1/messages/count_tokens": {"model": "m", "messages": CHAT_MESSAGES},
 }
@@ -118,6 +124,12 @@ def test_numbers_json_cannot_carry_are_400(number):
 
 # Engine answers in the smallest shape each engine path produces.
 ENGINE_BODIES = {
+    # vLLM's Re-rank, Score and Tokenizer APIs (vLLM docs, "OpenAI-Compatible Server")
+    "/rerank": {"id": "rerank-1", "model": "m", "usage": {"total_tokens": 3},
+                "results": [{"index": 0, "document": {"text": "a"}, "relevance_score": 0.5}]},
+    "/score": {"id": "score-1", "object": "list", "model": "m", "data": [{"index": 0, "object": "score", "score": 0.5}],
+               "usage": {"prompt_tokens": 3, "total_tokens": 3}},
+    "/tokenize": {"count": 1, "max_model_len": 8192, "tokens": [9], "token_strs": None},
     "/v1/chat/completions": {
         "choices": [{"index": 0, "message": {"role": "assistant", "content": "{}"}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
@@ -212,6 +224,11 @@ FIELD_PATHS = [
     ("output_config",),
     ("output_config", "format"),
     ("output_config", "format", "schema"),
+    ("query",),
+    ("documents",),
+    ("documents", 0),
+    ("text_1",),
+    ("text_2", 0),
     ("input",),
     ("input", 0, "type"),
     ("input", 0, "content"),
