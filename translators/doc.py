@@ -21,6 +21,7 @@ from translators.mapping import (
 )
 from translators.pipeline import backend_path
 from translators.request_body import MAX_NESTING_DEPTH
+from translators.responses_request import RESPONSES_FIELDS
 from translators.structured import (
     ENUM_STEPS,
     ERROR_STEPS,
@@ -168,7 +169,7 @@ def render() -> str:
     lines.append(
         f"From Ollama: {mapped}; any other reason → `stop`, or `tool_calls` when the model called tools."
     )
-    return "\n".join(lines + anthropic_lines()) + "\n"
+    return "\n".join(lines + anthropic_lines() + responses_lines() + vllm_api_lines()) + "\n"
 
 
 def anthropic_lines() -> list[str]:
@@ -200,6 +201,36 @@ def anthropic_lines() -> list[str]:
     )
     lines.append("")
     lines += table(("status", "`error.type`"), [(str(status), f"`{kind}`") for status, kind in ANTHROPIC_ERROR_TYPES.items()])
+    return lines
+
+
+def responses_lines() -> list[str]:
+    lines = ["", "## OpenAI Responses client → either engine", ""]
+    lines.append(
+        "`POST /v1/responses` is a chat in the canonical form, written for each engine as the tables above say; "
+        "the answer comes back as a Response object: a `reasoning` item when the model thought, a `message` "
+        "item with one `output_text` part, a `function_call` item per tool call, usage as `input_tokens` / "
+        "`output_tokens`, status `incomplete` when the output was cut at `max_output_tokens`. "
+        "`GET /v1/responses/{id}` and `DELETE /v1/responses/{id}` read and remove a stored answer, its owner's "
+        "alone (404 for anyone else). Errors are OpenAI's shape; a stream that fails after it started ends "
+        "with an error event."
+    )
+    lines.append("")
+    lines += table(("field", "endpoints", "treatment", "becomes / why"), field_rows(RESPONSES_FIELDS))
+    lines.append("")
+    lines.append("Any other field is ignored. A rejected field, a hosted tool or an unknown item type is a 400.")
+    return lines
+
+
+def vllm_api_lines() -> list[str]:
+    lines = ["", "## vLLM's rerank, score and tokenize", ""]
+    lines.append(
+        "`/v1/rerank`, `/v1/score`, `/v1/tokenize` and vLLM's own `/rerank`, `/score`, `/tokenize` pass through "
+        "as the caller wrote them (the model resolved) to a vLLM node whose runner routes them: vLLM routes "
+        "rerank and score for a pooling model, tokenize for any, and the gateway reads which from each node's "
+        "`/openapi.json`. A model no such node serves is refused with a 400 before it queues. Usage is vLLM's "
+        "count: `usage.prompt_tokens` (score), `usage.total_tokens` (rerank), the token `count` (tokenize)."
+    )
     return lines
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from translators.canonical import CHAT, CanonicalRequest, Image, Message, ResponseFormat, ToolCall
 from translators.errors import OPENAI, GatewayError
+from translators.mapping import ANSWERED, DROPPED, MAPPED, REJECTED, FieldRule
 from translators.openai_request import THINK_FOR_REASONING_EFFORT, parse_image_part
 from translators.request_body import (
     invalid_value,
@@ -31,18 +32,45 @@ from translators.structured import check_schema
 ENDPOINT = "/v1/responses"
 MESSAGE_ROLES = ("user", "assistant", "system", "developer")
 TEXT_PARTS = ("input_text", "output_text", "text", "refusal")
-# Features of OpenAI's hosted service with no engine behind them: refused, not silently ignored.
-REFUSED_FIELDS = {
-    "background": "background responses are not served: ask without it and wait for the answer",
-    "conversation": "conversation objects are not served: chain turns with previous_response_id",
-    "prompt": "stored prompt templates are not served: send the instructions and input themselves",
-}
+# What each field of a Responses request becomes (docs/translation.md is rendered from this table).
+RESPONSES_FIELDS = (
+    FieldRule("model", (ENDPOINT,), MAPPED, "`model` (an admin's alias resolves to the model it names)"),
+    FieldRule("input", (ENDPOINT,), MAPPED,
+              "chat messages: a string is one user turn; `message` items (`input_text`, `output_text`, "
+              "`input_image`) → messages, `function_call` → the assistant's tool calls, `function_call_output` "
+              "→ a `tool` message; `reasoning` items are dropped (chat templates drop earlier reasoning)"),
+    FieldRule("instructions", (ENDPOINT,), MAPPED, "a first `system` message (not carried over to later turns)"),
+    FieldRule("previous_response_id", (ENDPOINT,), ANSWERED,
+              "the stored conversation of that response (its owner's alone, else 404) goes before `input`"),
+    FieldRule("store", (ENDPOINT,), ANSWERED,
+              "unless false, the answer is kept for `GET /v1/responses/{id}` and later turns, pruned with the audit log"),
+    FieldRule("max_output_tokens", (ENDPOINT,), MAPPED, "`max_tokens` (vLLM) / `options.num_predict` (Ollama)"),
+    FieldRule("temperature", (ENDPOINT,), MAPPED, "`temperature` / `options.temperature`"),
+    FieldRule("top_p", (ENDPOINT,), MAPPED, "`top_p` / `options.top_p`"),
+    FieldRule("stream", (ENDPOINT,), MAPPED,
+              "`stream`; the engine's stream becomes Responses events (`response.created`, `response.in_progress`, "
+              "`response.output_item.added`, `response.content_part.added`, `response.output_text.delta`, "
+              "reasoning and function-call deltas, the `.done` events, `response.completed` with usage)"),
+    FieldRule("tools", (ENDPOINT,), MAPPED, "function tools → chat `tools`; hosted tools (web search, file search, "
+                                            "computer use, MCP ...) are refused"),
+    FieldRule("tool_choice", (ENDPOINT,), MAPPED, "`auto`, `none`, `required` or a named function"),
+    FieldRule("text", (ENDPOINT,), MAPPED, "`format` (`json_schema`, `json_object`) → structured output, validated "
+                                           "like chat's"),
+    FieldRule("reasoning", (ENDPOINT,), MAPPED, "`effort` → thinking, as chat's `reasoning_effort`"),
+    FieldRule("metadata", (ENDPOINT,), DROPPED, "echoed in the response, never sent to an engine"),
+    FieldRule("user", (ENDPOINT,), DROPPED, "echoed in the response; the gateway knows the user from the API key"),
+    FieldRule("background", (ENDPOINT,), REJECTED, "background responses are not served: ask without it"),
+    FieldRule("conversation", (ENDPOINT,), REJECTED,
+              "conversation objects are not served: chain turns with previous_response_id"),
+    FieldRule("prompt", (ENDPOINT,), REJECTED,
+              "stored prompt templates are not served: send the instructions and input themselves"),
+)
 
 
 def parse_request(endpoint: str, kind: str, body: dict) -> CanonicalRequest:
-    for field, reason in REFUSED_FIELDS.items():
-        if body.get(field) not in (None, False):
-            raise GatewayError(400, f"'{field}' is not accepted on {ENDPOINT}: {reason}", code="unsupported")
+    for rule in RESPONSES_FIELDS:
+        if rule.treatment == REJECTED and body.get(rule.field) not in (None, False):
+            raise GatewayError(400, f"'{rule.field}' is not accepted on {ENDPOINT}: {rule.becomes}", code="unsupported")
     req = CanonicalRequest(
         client_dialect=OPENAI,
         client_endpoint=endpoint,
