@@ -70,7 +70,8 @@ ANTHROPIC_FIELDS = (
               "`content_block_start`/`_delta`/`_stop`, `message_delta` with usage, `message_stop`)"),
     FieldRule("tools", ENDPOINTS, MAPPED, "function `tools` (`input_schema` → `parameters`); server tools are refused"),
     FieldRule("tool_choice", ENDPOINTS, MAPPED,
-              "`auto`, `any` → `required`, `tool` → a named function, `none`; Ollama cannot force a call "
+              "`auto`, `any` → `required`, `tool` → a named function, `none`; `disable_parallel_tool_use` → "
+              "`parallel_tool_calls: false` (vLLM); Ollama cannot force a call or hold back parallel ones "
               "(dropped there)"),
     FieldRule("thinking", ENDPOINTS, MAPPED,
               "`enabled` or `adaptive` → `chat_template_kwargs.enable_thinking` (vLLM) / `think` (Ollama); "
@@ -296,6 +297,11 @@ def read_tool_choice(choice: dict, tools: list[dict]) -> str | dict | None:
     return TOOL_CHOICES[kind]
 
 
+def one_call_at_most(body: dict) -> bool:
+    choice = body.get("tool_choice")
+    return isinstance(choice, dict) and choice.get("disable_parallel_tool_use") is True
+
+
 def read_thinking(thinking: dict) -> bool | None:
     if not thinking:
         return None
@@ -323,6 +329,8 @@ def build_request(req: CanonicalRequest, engine: str, path: str, request_id: str
         body, chat_notes = openai_request.build_request(chat, path, request_id)
         if req.tools and req.tool_choice is not None:
             body["tool_choice"] = req.tool_choice
+        if req.tools and one_call_at_most(req.body):
+            body["parallel_tool_calls"] = False
     output_config = req.body.get("output_config")
     if isinstance(output_config, dict) and output_config.get("effort") is not None:
         notes.append(f"output_config.effort: dropped for {engine} (no engine reads an effort level)")

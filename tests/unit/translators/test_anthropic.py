@@ -104,6 +104,14 @@ def test_tool_choice_becomes_openais_for_vllm(choice, openai_choice):
     assert body["tool_choice"] == openai_choice
 
 
+def test_disable_parallel_tool_use_holds_vllm_to_one_call():
+    _, body, _ = engine_body(message_body(tools=[WEATHER], tool_choice={"type": "auto", "disable_parallel_tool_use": True}),
+                             "vllm")
+    assert body["parallel_tool_calls"] is False and body["tool_choice"] == "auto"
+    _, body, _ = engine_body(message_body(tools=[WEATHER], tool_choice={"type": "auto"}), "vllm")
+    assert "parallel_tool_calls" not in body
+
+
 def test_what_ollama_cannot_take_is_noted_not_sent():
     _, body, notes = engine_body(message_body(tools=[WEATHER], tool_choice={"type": "any"},
                                               metadata={"user_id": "u1"}, unheard_of=True), "ollama")
