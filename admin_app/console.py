@@ -43,6 +43,7 @@ from admin_app.accounts import (
 )
 from admin_app.accounts_api import PASSWORD_MAX_LENGTH, PASSWORD_MIN_LENGTH, user_changes
 from admin_app.admin_actions import record_action
+from admin_app.aliases import all_aliases, remove_alias, set_alias
 from admin_app.api_values import FieldError
 from admin_app.audit import AuditSearch, _requests_query, parse_search, request_detail, request_json
 from admin_app.backends import RegistrationError, backend_state, backends_with_models, validate_registration
@@ -195,7 +196,7 @@ def backends():
             "kv_cache": [Point(s.taken_at.strftime("%H:%M"), (s.kv_cache_usage or 0) * 100) for s in samples],
             "gpu_utilization": [Point(s.taken_at.strftime("%H:%M"), s.gpu_utilization or 0) for s in samples],
         })
-    return render_template("admin/backends.html", rows=rows)
+    return render_template("admin/backends.html", rows=rows, aliases=all_aliases())
 
 
 @bp.post("/console/backends")
@@ -240,6 +241,29 @@ def change_backend(backend_id: int, action: str):
         after = backend_state(Backend.get_by_id(backend.id))
         record_action(_actor(), f"backend.{action}", f"backend:{backend.id}", before=before, after=after)
     flash(f"Backend {backend.name}: {action} done.", "info")
+    return _back("console.backends")
+
+
+@bp.post("/console/aliases")
+@admin_page
+def put_alias():
+    alias = request.form.get("alias", "").strip()
+    try:
+        row, created = set_alias(_actor(), alias, request.form.get("model", ""))
+    except FieldError as error:
+        flash(f"Alias not saved: {error}", "error")
+        return _back("console.backends")
+    flash(f"Alias {row.alias} {'defined' if created else 're-pointed'}: it names {row.model} for every caller "
+          "within seconds.", "info")
+    return _back("console.backends")
+
+
+@bp.post("/console/aliases/<path:alias>/delete")
+@admin_page
+def delete_alias(alias: str):
+    if not remove_alias(_actor(), alias):
+        abort(404)
+    flash(f"Alias {alias} removed.", "info")
     return _back("console.backends")
 
 

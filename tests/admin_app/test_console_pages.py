@@ -345,7 +345,7 @@ def test_access_requests_from_one_address_are_bounded(client, csrf_token):
 def _console_routes(app) -> list[tuple[str, str]]:
     """(method, URL) of every admin console route, with made-up ids."""
     values = {"backend_id": 1, "action": "drain", "user_id": 1, "key_id": 1, "request_id": 1,
-              "decision": "approve", "fmt": "csv"}
+              "decision": "approve", "fmt": "csv", "alias": "coder"}
     routes = []
     for rule in app.url_map.iter_rules():
         if rule.endpoint.startswith("console."):
