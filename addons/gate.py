@@ -8,27 +8,43 @@ Per-user limits live here, in the fair queue, because they must never lock a use
 at its cap on running requests (`max_concurrent_per_user`) waits in its queue while the others take
 the free slots, and only a request beyond its bound on waiting ones (`max_queued_per_user`) is
 refused, with a Retry-After of when one of its places likely frees (docs/scheduler.md, "Limits").
-The cap is per gateway process.
+
+With REDIS_URL the gateways share one queue and one slot table in Redis (`addons/cluster.py`): a
+request still queues here (its bounds, its wait limit, the dashboards' snapshot), and is also
+registered there, where whichever gateway finds a free slot grants it to the flow due next, cluster
+wide. Grants for this gateway's requests come back in script replies, over pub/sub, or with the
+next heartbeat. When Redis fails, this gateway decides alone on its share of each backend
+(`max_concurrent` divided among the gateways alive at the last heartbeat), and when Redis answers
+again it registers its running and waiting requests there afresh before it takes grants from it
+(docs/scheduler.md, "Several gateways").
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
+import os
 import socket
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from itertools import count
+from typing import NamedTuple
 
+import redis.asyncio as aioredis
 from mitmproxy import ctx, exceptions, http
 
+from addons.cluster import Backend, Grant, SharedQueue
 from addons.context import RequestContext, client_left, context_of
+from addons.limits import connect
 from addons.metrics import IN_FLIGHT, QUEUE_WAIT, QUEUED, REFUSALS
 from addons.registry import BackendRegistry, BackendView, model_aliases
 from addons.replies import reply_error
 from addons.writer import StoreWriter
 from scheduler import BackendState, NoBackend, QueueFull, Scheduler, SchedulerConfig, expected_cost
+from scheduler.backends import preference
 from scheduler.breaker import HALF_OPEN
 from scheduler.limits import limit_for, parse_role_limits
 from store.models import ROLES, QueueSnapshot, utcnow
@@ -47,6 +63,11 @@ DEFAULT_MAX_RUNNING = "admin=32,faculty=16,staff=8,student=4"
 DEFAULT_MAX_WAITING = "admin=1024,faculty=512,staff=384,student=256"
 TICK_S = 0.25  # how often queued requests are checked against the wait limit
 SNAPSHOT_EVERY_TICKS = 4  # the live queue the admin app shows is at most this many ticks old
+# Once Redis answers again, every gateway re-asserts its running requests' slots there at its next
+# heartbeat (a tick); this one waits a few more before it grants from the shared table again.
+RECONNECT_SETTLE_S = 1.0
+# What a Redis failure looks like from redis-py: its own errors, socket errors, our deadline.
+SHARED_FAILURES = (aioredis.RedisError, OSError, TimeoutError)
 
 
 def write_snapshot(gateway: str, snapshot: dict) -> None:
@@ -58,7 +79,17 @@ def write_snapshot(gateway: str, snapshot: dict) -> None:
 class Waiter:
     context: RequestContext
     client_id: str
+    cost: float
+    cap: int  # the user's running cap (0: none)
     granted: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class Entry(NamedTuple):
+    """A request registered in the shared queue, until it is granted or taken out."""
+
+    text: str  # as the flow's list holds it: `cancel` names it
+    user_id: int
+    model: str
 
 
 def backend_state(view: BackendView) -> BackendState:
@@ -118,7 +149,8 @@ def engine_refusal(canonical, model: str, engine: str, capabilities: set[str]) -
 
 
 class Gate:
-    def __init__(self, registry: BackendRegistry, writer: StoreWriter, fairness_window_s: float) -> None:
+    def __init__(self, registry: BackendRegistry, writer: StoreWriter, fairness_window_s: float,
+                 redis_url: str | None = None) -> None:
         self.registry = registry
         self.writer = writer
         self.ticks = count()
@@ -130,6 +162,17 @@ class Gate:
         self.ticker: asyncio.Task | None = None
         self.running_limits: dict[str, int] = {}
         self.waiting_limits: dict[str, int] = {}
+        self.redis_url = redis_url
+        self.queue: SharedQueue | None = None
+        self.shared = False  # grants come from the shared queue now; otherwise this process decides alone
+        self.reconnected_at: float | None = None  # Redis answered again: share from RECONNECT_SETTLE_S on
+        self.registered = False  # Redis has known this gateway's epoch: not knowing it any more means data lost
+        self.gateways: list[str] = []  # alive at the last heartbeat, this one included
+        self.entries: dict[str, Entry] = {}
+        self.renewed_at = 0.0
+        self.beating: asyncio.Task | None = None
+        self.listener: asyncio.Task | None = None
+        self.tasks: set[asyncio.Task] = set()
         registry.listeners.append(self.backends_changed)
 
     def load(self, loader):
@@ -161,7 +204,8 @@ class Gate:
         try:
             config = SchedulerConfig(
                 quantum=ctx.options.scheduler_quantum,
-                burst_cap=ctx.options.scheduler_burst_cap,
+                # Several gateways: the shared queue's start tags put a user back from idle first in line.
+                burst_cap=0 if self.redis_url else ctx.options.scheduler_burst_cap,
                 fairness_window_s=self.fairness_window_s,
                 max_wait_s=ctx.options.scheduler_max_wait_s,
             )
@@ -169,12 +213,31 @@ class Gate:
             raise exceptions.OptionsError(str(error)) from None
         self.scheduler.reconfigure(config, time.monotonic())
 
-    def running(self):
-        self.ticker = asyncio.get_running_loop().create_task(self.tick_forever())
+    async def running(self):
+        loop = asyncio.get_running_loop()
+        self.ticker = loop.create_task(self.tick_forever())
+        if self.redis_url and self.queue is None:
+            gateway_id = f"{socket.gethostname()}:{ctx.options.listen_port}:{os.getpid()}"
+            client = connect(self.redis_url, ctx.options.redis_timeout_ms / 1000)
+            self.queue = SharedQueue(client, ctx.options.redis_key_prefix, gateway_id, ctx.options.policy_lease_ttl_s)
+            self.listener = loop.create_task(self.listen_forever())
+            await self.heartbeat()
 
-    def done(self):
-        if self.ticker:
-            self.ticker.cancel()
+    async def done(self):
+        """After Drain: the queue is empty and what ran has ended. Give the last slots back, leave the cluster."""
+        for task in (self.ticker, self.listener, self.beating):
+            if task:
+                task.cancel()
+        if self.tasks:
+            await asyncio.wait(self.tasks, timeout=2 * ctx.options.redis_timeout_ms / 1000)
+        if self.queue is not None:
+            try:
+                async with self.redis_deadline():
+                    await self.queue.leave()
+            except SHARED_FAILURES as exc:
+                log.warning("cannot leave the shared queue (%s: %s); this gateway's entries expire with its heartbeat",
+                            type(exc).__name__, exc)
+            await self.queue.client.aclose()
 
     async def tick_forever(self) -> None:
         while True:
@@ -185,12 +248,25 @@ class Gate:
                 log.exception("scheduler tick failed")
 
     def backends_changed(self) -> None:
-        self.scheduler.update_backends(backend_state(view) for view in self.registry.views.values())
+        states = (backend_state(view) for view in self.registry.views.values())
+        if self.queue is not None and not self.shared:  # alone, on this gateway's share of each backend
+            states = (dataclasses.replace(s, max_concurrent=self.share_of(s)) for s in states)
+        self.scheduler.update_backends(states)
         self.wake(time.monotonic())
+
+    def share_of(self, state: BackendState) -> int:
+        """This gateway's slots of a backend while it decides alone: `max_concurrent` split among the gateways
+        alive at the last heartbeat, the remainder going to different gateways for different backends."""
+        gateways = sorted({*self.gateways, self.queue.gateway_id})
+        count, rank = len(gateways), gateways.index(self.queue.gateway_id)
+        return state.max_concurrent // count + ((rank + state.backend_id) % count < state.max_concurrent % count)
 
     def tick(self) -> None:
         now = time.monotonic()
+        if self.queue is not None and (self.beating is None or self.beating.done()):
+            self.beating = asyncio.get_running_loop().create_task(self.heartbeat())
         for request_id in self.scheduler.expired(now):
+            self.take_out(request_id)
             waiter = self.unqueue(request_id)
             waiter.granted.set_result(GatewayError(
                 503, f"no backend slot for {waiter.context.model!r} within {self.scheduler.config.max_wait_s:g} s",
@@ -233,7 +309,9 @@ class Gate:
             self.scheduler.submit(
                 context.request_id, principal.user_id, principal.weight, context.model, cost, now,
                 max_waiting=limit_for(principal.role, principal.max_queued_override, self.waiting_limits),
-                max_running=limit_for(principal.role, principal.max_concurrent_override, self.running_limits))
+                # With the shared queue the cap is counted there, over every gateway.
+                max_running=0 if self.shared else limit_for(
+                    principal.role, principal.max_concurrent_override, self.running_limits))
         except QueueFull as refused:
             REFUSALS.labels("too_many_waiting", principal.role).inc()
             reply_error(flow, context.dialect, GatewayError(
@@ -243,11 +321,15 @@ class Gate:
             reply_error(flow, context.dialect, GatewayError(503, str(refused),
                                                             headers={"Retry-After": str(refused.retry_after_s)}))
             return
-        waiter = Waiter(context, flow.client_conn.id)
+        cap = limit_for(principal.role, principal.max_concurrent_override, self.running_limits)
+        waiter = Waiter(context, flow.client_conn.id, cost, cap)
         self.waiters[context.request_id] = waiter
         self.queued_by_client.setdefault(waiter.client_id, set()).add(context.request_id)
         QUEUED.labels(context.model).inc()
-        self.wake(now)
+        if self.shared:
+            self.spawn(self.enqueue(context.request_id, waiter))
+        else:
+            self.wake(now)
         try:
             outcome = await waiter.granted
         except asyncio.CancelledError:  # the client left while queued: never send it upstream
@@ -267,11 +349,15 @@ class Gate:
         waiting = list(self.waiters)
         for request_id in waiting:
             self.scheduler.cancel(request_id, now)
+            self.take_out(request_id)
             self.unqueue(request_id).granted.set_result(error)
         return len(waiting)
 
     def wake(self, now: float) -> None:
-        """Move failed-over requests where a slot came free, then resume every request granted one now."""
+        """Move failed-over requests where a slot came free, then resume every request granted one now.
+        With the shared queue, grants come from Redis instead (`take`)."""
+        if self.shared:
+            return
         for request_id, (exclude, moved) in list(self.transfers.items()):
             if grant := self.scheduler.transfer(request_id, exclude, now):
                 del self.transfers[request_id]
@@ -304,6 +390,8 @@ class Gate:
         It keeps its slot while it waits for one (ahead of the queue: it has waited its turn already),
         for at most scheduler_max_wait_s; then its slot is given back and the request is over.
         """
+        if self.shared:
+            return await self.shared_transfer(context, exclude)
         grant = self.scheduler.transfer(context.request_id, exclude, time.monotonic())
         if grant is None and not any(view.id not in exclude for view in self.registry.serving(context.model)):
             self.release(context)  # no other backend serves the model: the failure is the answer
@@ -336,8 +424,12 @@ class Gate:
             return
         now = context.finished_at = time.monotonic()
         usage = context.translator.usage if context.translator else None
+        slot = self.scheduler.slot_of(context.request_id)
         self.scheduler.release(context.request_id, usage.total_tokens if usage else None, now)
         self.vacate(context.backend)
+        if self.shared and slot is not None:
+            correction = (usage.total_tokens - slot.cost) / context.principal.weight if usage else 0.0
+            self.spawn(self.shared_release(slot.request_id, slot.user_id, slot.model, correction, slot.backend_id))
         self.wake(now)
 
     def response(self, flow: http.HTTPFlow) -> None:
@@ -352,6 +444,207 @@ class Gate:
         now = time.monotonic()
         for request_id in list(self.queued_by_client.get(client.id, ())):
             self.scheduler.cancel(request_id, now)
+            self.take_out(request_id)
             self.unqueue(request_id).granted.cancel()
             log.info("request %s: client left while queued", request_id)
         self.wake(now)
+
+    # ---- the shared queue (REDIS_URL) ----------------------------------------------------------------
+
+    def spawn(self, work: Coroutine) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def redis_deadline(self):
+        return asyncio.timeout(2 * ctx.options.redis_timeout_ms / 1000)
+
+    def shared_backends(self, model: str | None = None, exclude: frozenset[int] = frozenset()) -> list[Backend]:
+        """Backends this gateway sees accepting work (serving `model`, if given), the preferred first."""
+        states = [state for view in self.registry.views.values()
+                  if (state := backend_state(view)).accepts_work and state.backend_id not in exclude
+                  and (model is None or model in state.models)]
+        if model is not None:
+            in_flight = {view.id: view.in_flight for view in self.registry.views.values()}
+            states.sort(key=lambda s: preference(s, in_flight[s.backend_id], model in s.resident,
+                                                 s.models_held or len(s.resident)))
+        return [Backend(s.backend_id, s.max_concurrent, s.models) for s in states]
+
+    def shared_backend(self, backend_id: int) -> Backend:
+        """The backend a released slot belongs to, to refill it (none to refill if it stopped accepting work)."""
+        view = self.registry.views.get(backend_id)
+        state = backend_state(view) if view is not None else None
+        if state is None or not state.accepts_work:
+            return Backend(backend_id, 0, frozenset())
+        return Backend(backend_id, state.max_concurrent, state.models)
+
+    def shared_failed(self, what: str, exc: BaseException) -> None:
+        """Redis failed: decide alone, on this gateway's share of each backend, until it answers again."""
+        if self.shared:
+            log.warning("Redis failed during %s (%s: %s): this gateway grants alone, on its share of each backend "
+                        "(max_concurrent / %d gateways), until Redis answers", what, type(exc).__name__, exc,
+                        len(set(self.gateways) | {self.queue.gateway_id}))
+        self.shared, self.reconnected_at = False, None
+        self.queue.epoch += 1  # what it registered until now is stale: a grant of it must not count
+        self.entries.clear()
+        self.backends_changed()
+
+    async def heartbeat(self) -> None:
+        """Every tick: say this gateway lives, pick up grants, renew leases; after an outage, rejoin."""
+        now = time.monotonic()
+        try:
+            async with self.redis_deadline():
+                beat = await self.queue.tick(self.shared_backends())
+                self.gateways = beat.gateways
+                if self.shared and not beat.known and self.registered:
+                    log.warning("Redis no longer knows this gateway (restarted?): registering its running and "
+                                "waiting requests again")
+                    await self.rejoin()
+                elif not self.shared and self.reconnected_at is None:
+                    self.reconnected_at = now
+                    await self.renew()  # the slots it holds count for the others' grants at once
+                if not self.shared and (now - self.reconnected_at >= RECONNECT_SETTLE_S or not self.scheduler.slots()):
+                    await self.rejoin()
+                elif self.shared and now - self.renewed_at >= ctx.options.policy_lease_ttl_s / 3:
+                    await self.renew()
+        except SHARED_FAILURES as exc:
+            self.shared_failed("heartbeat", exc)
+            return
+        self.registered = True
+        self.take(beat.grants)
+
+    async def renew(self) -> None:
+        missing = await self.queue.renew([(s.request_id, s.backend_id, s.user_id) for s in self.scheduler.slots()])
+        self.renewed_at = time.monotonic()
+        if missing and self.shared:
+            log.warning("%d slot leases of running requests had expired in Redis (a stall longer than "
+                        "policy_lease_ttl_s, or Redis lost them); asserted again", missing)
+
+    async def rejoin(self) -> None:
+        """Register this gateway afresh: a new epoch, its running requests' slots, then its waiting requests
+        in the order they came; from then on grants come from the shared queue."""
+        self.queue.epoch += 1
+        beat = await self.queue.tick(self.shared_backends())
+        await self.renew()
+        self.shared, self.reconnected_at = True, None
+        self.backends_changed()
+        log.info("shared queue: %d gateways alive; %d running and %d waiting requests of this one registered",
+                 len(beat.gateways), len(self.scheduler.slots()), len(self.waiters))
+        for request_id, waiter in list(self.waiters.items()):
+            if request_id in self.waiters:
+                await self.enqueue(request_id, waiter)
+        self.take(beat.grants)
+
+    async def enqueue(self, request_id: str, waiter: Waiter) -> None:
+        if request_id not in self.waiters or not self.shared:  # gone already, or Redis failed meanwhile
+            return
+        context = waiter.context
+        entry = Entry(self.queue.entry(request_id, waiter.cost, context.principal.weight, waiter.cap),
+                      context.principal.user_id, context.model)
+        self.entries[request_id] = entry
+        try:
+            async with self.redis_deadline():
+                grants = await self.queue.enqueue(entry.text, entry.user_id, entry.model,
+                                                  self.shared_backends(entry.model))
+        except SHARED_FAILURES as exc:
+            self.shared_failed("enqueue", exc)
+            return
+        self.take(grants)
+
+    def take_out(self, request_id: str) -> None:
+        """A waiting request leaves this gateway's queue: take it out of the shared one too."""
+        if self.shared and request_id in self.entries:
+            self.spawn(self.shared_cancel(request_id))
+
+    async def shared_cancel(self, request_id: str) -> None:
+        entry = self.entries[request_id]
+        try:
+            async with self.redis_deadline():
+                removed = await self.queue.cancel(entry.text, entry.user_id, entry.model)
+        except SHARED_FAILURES as exc:
+            self.shared_failed("cancel", exc)
+            return
+        if removed:  # otherwise it was just granted: the grant gives its slot back when it comes (`take`)
+            self.entries.pop(request_id, None)
+
+    async def shared_release(self, request_id: str, user_id: int, model: str, correction: float,
+                             backend_id: int) -> None:
+        try:
+            async with self.redis_deadline():
+                grants = await self.queue.release(request_id, user_id, model, correction,
+                                                  self.shared_backend(backend_id))
+        except SHARED_FAILURES as exc:
+            self.shared_failed("release", exc)  # the lease expires on its own
+            return
+        self.take(grants)
+
+    def take(self, grants: list[Grant]) -> None:
+        """Resume this gateway's requests the shared queue granted; a grant may come twice (message and
+        heartbeat), or for a request no longer waiting here, whose slot goes straight back."""
+        now = time.monotonic()
+        for request_id, backend_id in grants:
+            if slot := self.scheduler.slot_of(request_id):  # taken already; a second lease goes back
+                if slot.backend_id != backend_id:
+                    self.spawn(self.shared_release(request_id, slot.user_id, slot.model, 0.0, backend_id))
+                continue
+            entry = self.entries.pop(request_id, None)
+            if entry is None:
+                continue  # a late copy of a grant it took and has finished with
+            backend = self.registry.views.get(backend_id)
+            if request_id in self.waiters and backend is not None and \
+                    self.scheduler.grant_chosen(request_id, backend_id, now):
+                waiter = self.unqueue(request_id)
+                self.occupy(backend)
+                waiter.granted.set_result(backend)
+                continue
+            self.spawn(self.shared_release(request_id, entry.user_id, entry.model, 0.0, backend_id))
+            if request_id in self.waiters:  # granted a backend this gateway does not know yet: queue again
+                self.spawn(self.enqueue(request_id, self.waiters[request_id]))
+
+    async def listen_forever(self) -> None:
+        """Grants made for this gateway's requests by other gateways' scripts, as they happen."""
+        while True:
+            client = aioredis.Redis.from_url(self.redis_url)  # no read timeout: it waits for messages
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.queue.grants_channel)
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message and self.shared:
+                        request_id, backend_id = message["data"].decode().split()
+                        self.take([Grant(request_id, int(backend_id))])
+            except SHARED_FAILURES:
+                await asyncio.sleep(1)  # the heartbeat notices and says so; grants meanwhile wait in Redis
+            finally:
+                await pubsub.aclose()
+                await client.aclose()
+
+    async def shared_transfer(self, context: RequestContext, exclude: frozenset[int]) -> BackendView | None:
+        """Failover with the shared slot table: a free slot on another backend, ahead of the queue, tried at
+        every tick for at most scheduler_max_wait_s; the request keeps its slot meanwhile."""
+        deadline = time.monotonic() + self.scheduler.config.max_wait_s
+        try:
+            while True:
+                others = self.shared_backends(context.model, exclude | {context.backend.id})
+                if not others and not any(view.id not in exclude for view in self.registry.serving(context.model)):
+                    break
+                try:
+                    async with self.redis_deadline():
+                        moved = await self.queue.move(context.request_id, context.backend.id, others)
+                except SHARED_FAILURES as exc:
+                    self.shared_failed("failover", exc)
+                    moved = None
+                backend = self.registry.views.get(moved) if moved is not None else None
+                if backend is not None and self.scheduler.move(context.request_id, moved, time.monotonic()):
+                    self.vacate(context.backend)
+                    context.backend = backend
+                    self.occupy(backend)
+                    return backend
+                if time.monotonic() >= deadline or not self.shared:
+                    break
+                await asyncio.sleep(TICK_S)
+        except asyncio.CancelledError:  # the caller left while it waited
+            self.release(context)
+            raise
+        self.release(context)
+        return None

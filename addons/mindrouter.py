@@ -32,7 +32,7 @@ from addons.writer import StoreWriter
 settings = Settings()
 writer = StoreWriter()
 registry = BackendRegistry(writer)
-gate = Gate(registry, writer, settings.environment.fairness_window_s)
+gate = Gate(registry, writer, settings.environment.fairness_window_s, settings.environment.redis_url)
 
 addons = guarded(
     settings,  # mitmproxy.conf, environment, schema check

@@ -160,6 +160,9 @@ class BackendPool:
             ),
         )
 
+    def knows(self, backend_id: int) -> bool:
+        return backend_id in self._states
+
     def holds(self, request_id: str) -> bool:
         return request_id in self._slots
 

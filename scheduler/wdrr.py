@@ -334,9 +334,45 @@ class Scheduler:
         backend_id = self._pool.best_backend(slot.model, exclude | {slot.backend_id})
         if backend_id is None:
             return None
+        return self.move(request_id, backend_id, now)
+
+    def move(self, request_id: str, backend_id: int, now: float) -> Grant | None:
+        """Move a granted request's slot to `backend_id`, which something else found free (the cluster's
+        shared slot table); None if the request holds no slot or the backend is unknown here."""
+        slot = self._pool.slot_of(request_id)
+        if slot is None or not self._pool.knows(backend_id):
+            return None
         self._pool.release(request_id)
         self._pool.acquire(slot._replace(backend_id=backend_id))
         return Grant(request_id, backend_id, slot.model, slot.user_id, now - slot.granted_at, False)
+
+    def grant_chosen(self, request_id: str, backend_id: int, now: float) -> Grant | None:
+        """Grant a waiting request the slot that a decision outside this scheduler gave it: the cluster's
+        shared queue, which orders the requests of every gateway and keeps the ledger they are charged
+        to. The request leaves its queue as if served, its flow's deficit untouched. None if it is not
+        waiting here or the backend is unknown here."""
+        request = self._waiting.get(request_id)
+        if request is None or not self._pool.knows(backend_id):
+            return None
+        self._withdraw(request, now)
+        user = request.user
+        user.in_flight += 1
+        user.idle_since = None
+        self._pool.acquire(Slot(request_id, backend_id, user.user_id, request.model, request.cost, now))
+        if user.capped:
+            self._park_all(user)
+        return Grant(request_id, backend_id, request.model, user.user_id, now - request.submitted_at, False)
+
+    def holds(self, request_id: str) -> bool:
+        """Whether the request holds a slot (granted and not yet released)."""
+        return self._pool.holds(request_id)
+
+    def slot_of(self, request_id: str) -> Slot | None:
+        return self._pool.slot_of(request_id)
+
+    def slots(self) -> list[Slot]:
+        """The granted requests and where they run."""
+        return list(self._pool.slots())
 
     def cancel(self, request_id: str, now: float) -> bool:
         """Take a waiting request out of line (its client left); False if it is not waiting."""
