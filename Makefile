@@ -9,7 +9,7 @@ PYTHON312 ?= $(shell for p in python3.12 $$HOME/.pyenv/versions/3.12*/bin/python
 	$$p -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' 2>/dev/null && { echo $$p; break; }; done)
 PYTEST_ARGS ?=
 
-.PHONY: install dev run test test-unit test-integration test-engines engines-venv engines-models lint format migrate seed bench services docker-up docker-down clean
+.PHONY: install dev run run-cluster test test-unit test-integration test-engines engines-venv engines-models lint format migrate seed bench services docker-up docker-down clean
 
 $(BIN)/python:
 	@test -n "$(PYTHON312)" || { echo "Python 3.12 not found (mitmproxy 12 needs it): install python3.12" >&2; exit 1; }
@@ -36,6 +36,12 @@ seed: migrate  ## the development users (admin, faculty1, staff1, student1)
 
 run: seed  ## gateway on :8000, admin app on :8001, a simulated Ollama and vLLM node
 	$(BIN)/python -m sim.stack
+
+GATEWAYS ?= $(shell nproc)
+CLUSTER_DATABASE_URL ?= mysql://root@127.0.0.1:3306/mindrouter
+run-cluster: install .env services  ## HAProxy on :8000 in front of GATEWAYS gateway processes (one per core), MariaDB, Redis
+	mariadb -uroot -e 'CREATE DATABASE IF NOT EXISTS mindrouter CHARACTER SET utf8mb4'
+	DATABASE_URL=$(CLUSTER_DATABASE_URL) REDIS_URL=redis://127.0.0.1:6379/0 $(BIN)/python -m sim.scaleout --gateways $(GATEWAYS)
 
 services:  ## start MariaDB and Redis (and install the tools) the tests use
 	.ci/prepare

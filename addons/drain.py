@@ -2,7 +2,9 @@
 
 mitmproxy calls the addons' `done` hooks in order, while the event loop and the listeners still
 run, and ends every connection once they return. First in the list, this `done` runs before any
-other addon stops: from then on a new request gets 503 with Retry-After in its dialect,
+other addon stops. At once `/readyz` answers 503, so a balancer takes the gateway out of its
+rotation; for `shutdown_drain_s` more it serves what still arrives (the balancer's next health
+check may be that far off). From then on a new request gets 503 with Retry-After in its dialect,
 queued ones get the same from the gate, and running ones have `shutdown_grace_s` to finish. Only
 then do the later addons stop (the upstream client, the relay, the policy's Redis), and the
 store writer, last of all, flushes the audit rows and usage of everything that ran.
@@ -29,7 +31,8 @@ SHUTTING_DOWN = GatewayError(503, "this gateway is shutting down; retry (another
 class Drain:
     def __init__(self, gate: Gate) -> None:
         self.gate = gate
-        self.stopping = False
+        self.draining = False  # /readyz says 503
+        self.stopping = False  # and every new request too
         self.open_flows: set[str] = set()  # ids of the flows taken and not yet ended
         self.all_ended: asyncio.Event | None = None
 
@@ -38,19 +41,28 @@ class Drain:
             "shutdown_grace_s", int, 30,
             "On shutdown, seconds requests already running get to finish before the gateway stops anyway.",
         )
+        loader.add_option(
+            "shutdown_drain_s", int, 0,
+            "On shutdown, seconds /readyz answers 503 while new requests are still served, before they are "
+            "refused: at least a load balancer's health-check interval, so it never sends one to a gateway "
+            "that refuses it.",
+        )
 
     def configure(self, updated):
-        if "shutdown_grace_s" in updated and ctx.options.shutdown_grace_s < 0:
-            raise exceptions.OptionsError(f"shutdown_grace_s: {ctx.options.shutdown_grace_s!r} is not a whole number ≥ 0")
+        for name in ("shutdown_grace_s", "shutdown_drain_s"):
+            if name in updated and getattr(ctx.options, name) < 0:
+                raise exceptions.OptionsError(f"{name}: {getattr(ctx.options, name)!r} is not a whole number ≥ 0")
 
     def request(self, flow: http.HTTPFlow) -> None:
-        if self.stopping:
+        if self.draining:
             route = route_for(flow.request.method, flow.request.path.split("?", 1)[0])
             if route.endpoint == "/readyz":  # a balancer sends no more here
                 reply_json(flow, 503, {"status": "shutting down"})
-            elif route.kind != HEALTH:
-                reply_error(flow, route.dialect, SHUTTING_DOWN)
-            return
+                return
+            if self.stopping:
+                if route.kind != HEALTH:
+                    reply_error(flow, route.dialect, SHUTTING_DOWN)
+                return
         self.open_flows.add(flow.id)
 
     def response(self, flow: http.HTTPFlow) -> None:
@@ -65,6 +77,10 @@ class Drain:
             self.all_ended.set()
 
     async def done(self):
+        self.draining = True
+        if ctx.options.shutdown_drain_s:
+            log.info("shutting down: /readyz answers 503; requests still served for %d s", ctx.options.shutdown_drain_s)
+            await asyncio.sleep(ctx.options.shutdown_drain_s)
         self.stopping = True
         self.all_ended = asyncio.Event()
         refused = self.gate.refuse_waiting(SHUTTING_DOWN)
