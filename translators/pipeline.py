@@ -119,6 +119,8 @@ def build_backend_request(req: CanonicalRequest, engine: str, request_id: str) -
         body = {**req.body, "model": req.model}
     elif req.client_dialect == ANTHROPIC:
         body, notes = anthropic_request.build_request(req, engine, path, request_id)
+    elif req.client_endpoint == responses_request.ENDPOINT:
+        body, notes = responses_request.build_request(req, engine, path, request_id)
     elif path == req.client_endpoint:
         if engine == VLLM_ENGINE:
             body = openai_request.passthrough_body(req, request_id)

@@ -11,10 +11,18 @@ in the same shape, placed after the instructions and before this request's input
 
 from __future__ import annotations
 
-from translators.canonical import CHAT, CanonicalRequest, Image, Message, ResponseFormat, ToolCall
+from translators import ollama_request, openai_request
+from translators.canonical import (
+    CHAT,
+    OLLAMA_ENGINE,
+    CanonicalRequest,
+    Image,
+    Message,
+    ResponseFormat,
+    ToolCall,
+)
 from translators.errors import OPENAI, GatewayError
 from translators.mapping import ANSWERED, DROPPED, MAPPED, REJECTED, FieldRule
-from translators.openai_request import THINK_FOR_REASONING_EFFORT, parse_image_part
 from translators.request_body import (
     invalid_value,
     missing,
@@ -92,6 +100,18 @@ def parse_request(endpoint: str, kind: str, body: dict) -> CanonicalRequest:
     req.tool_choice = parse_tool_choice(body.get("tool_choice"))
     req.messages = conversation(body, [])
     return req
+
+
+def build_request(req: CanonicalRequest, engine: str, path: str, request_id: str) -> tuple[dict, list[str]]:
+    """The engine body: the chat the other codecs write, with the tool choice vLLM can honour."""
+    if engine == OLLAMA_ENGINE:
+        return ollama_request.build_request(req)  # Ollama cannot force a call: its codec says so in a note
+    body, notes = openai_request.build_request(req, path, request_id)
+    if req.tools and req.tool_choice is not None:
+        body["tool_choice"] = req.tool_choice
+    if req.tools and req.body.get("parallel_tool_calls") is False:
+        body["parallel_tool_calls"] = False
+    return body, notes
 
 
 def conversation(body: dict, history: list) -> list[Message]:
@@ -185,7 +205,7 @@ def text_and_images(content: object, where: str) -> tuple[str, list[Image]]:
         elif kind == "input_image":
             if part.get("file_id") is not None:
                 raise invalid_value(f"{part_where}.file_id", "uploaded files are not served: send image_url")
-            images.append(parse_image_part({"image_url": part.get("image_url")}, f"{part_where}"))
+            images.append(openai_request.parse_image_part({"image_url": part.get("image_url")}, f"{part_where}"))
         else:
             raise GatewayError(
                 400, f"'{part_where}' is a content part of type {kind!r}; the gateway accepts input_text, "
@@ -219,9 +239,10 @@ def parse_reasoning(body: dict) -> bool | str | None:
     effort = optional_str(optional_dict(body, "reasoning"), "effort", "reasoning.effort")
     if effort is None:
         return None
-    if effort not in THINK_FOR_REASONING_EFFORT:
-        raise invalid_value("reasoning.effort", f"must be one of {', '.join(THINK_FOR_REASONING_EFFORT)}, not {effort!r}")
-    return THINK_FOR_REASONING_EFFORT[effort]
+    if effort not in openai_request.THINK_FOR_REASONING_EFFORT:
+        raise invalid_value("reasoning.effort", f"must be one of {', '.join(openai_request.THINK_FOR_REASONING_EFFORT)}, "
+                                              f"not {effort!r}")
+    return openai_request.THINK_FOR_REASONING_EFFORT[effort]
 
 
 def parse_function_tools(body: dict) -> list[dict]:

@@ -141,11 +141,12 @@ def test_embedding_input_beyond_the_context_is_vllms_own_400(openai_client, vllm
     assert raised.value.body["message"] == direct["error"]["message"]
 
 
-def test_embeddings_from_the_chat_model_are_vllms_404(openai_client, vllm, chat_model):
-    # The chat engine has no /v1/embeddings route: vLLM (FastAPI) answers 404 {"detail": "Not Found"}.
+def test_embeddings_from_the_chat_model_are_refused_as_vllm_would_before_queueing(openai_client, vllm, chat_model):
+    # The chat engine's runner routes no /v1/embeddings (vLLM answers 404 {"detail": "Not Found"}); the
+    # gateway reads that from the engine's /openapi.json and refuses with the reason before queueing.
     body = {"model": chat_model, "input": "hello"}
     status, direct = vllm.error("/v1/embeddings", body)
-    with pytest.raises(openai.NotFoundError) as raised:
+    assert (status, direct) == (404, {"detail": "Not Found"})
+    with pytest.raises(openai.BadRequestError) as raised:
         openai_client.embeddings.create(**body, encoding_format="float")
-    assert status == raised.value.status_code == 404
-    assert direct["detail"] in raised.value.message
+    assert "does not produce embeddings" in raised.value.message

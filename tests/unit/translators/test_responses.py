@@ -42,6 +42,9 @@ def test_flat_function_tools_and_named_tool_choice_become_chats():
     assert path == "/v1/chat/completions"
     assert sent["tools"] == [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
     assert sent["max_tokens"] == 5 and sent["chat_template_kwargs"] == {"enable_thinking": True}
+    assert sent["tool_choice"] == {"type": "function", "function": {"name": "f"}}
+    _, ollama_body = build_backend_request(req, "ollama", "rid")
+    assert "tool_choice" not in json.loads(ollama_body) and any("tool_choice" in note for note in req.notes)
 
 
 @pytest.mark.parametrize("body, words", [
