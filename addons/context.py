@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     from translators.pipeline import ResponseTranslator
 
 CONTEXT_KEY = "mindrouter"
+# The caller's address when a request reached the gateway through this process's body sink (addons/body_limit.py).
+CALLER_ADDRESS_KEY = "mindrouter.caller_address"
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,12 @@ class RequestContext:
 
 def context_of(flow: http.HTTPFlow) -> RequestContext | None:
     return flow.metadata.get(CONTEXT_KEY)
+
+
+def caller_address(flow: http.HTTPFlow) -> str:
+    if CALLER_ADDRESS_KEY in flow.metadata:
+        return flow.metadata[CALLER_ADDRESS_KEY]
+    return flow.client_conn.peername[0] if flow.client_conn.peername else ""
 
 
 def client_left(flow: http.HTTPFlow) -> bool:

@@ -54,6 +54,8 @@ class Drain:
                 raise exceptions.OptionsError(f"{name}: {getattr(ctx.options, name)!r} is not a whole number ≥ 0")
 
     def request(self, flow: http.HTTPFlow) -> None:
+        if flow.request.stream:  # a body held by BodyLimit: its answer is a request of its own, drained as any other
+            return
         if self.draining:
             route = route_for(flow.request.method, flow.request.path.split("?", 1)[0])
             if route.endpoint == "/readyz":  # a balancer sends no more here

@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from addons.aliases import Aliases
 from addons.auth import Auth
+from addons.body_limit import BodyLimit
 from addons.connections import ConnectionLimit
 from addons.drain import Drain
 from addons.gate import Gate
@@ -41,6 +42,7 @@ addons = guarded(
     registry,  # backends from the database, polled for health and models
     ConnectionLimit(),  # a ceiling on open client connections
     Routing(settings.environment.admin_app_url),  # what the path is; dashboards go to the admin app
+    BodyLimit(),  # bodies over the limit refused unread; chunked ones read to a bound first
     Auth(),  # API key → Principal
     Local(registry),  # health, metrics and model catalogs answered here
     Translate(),  # parse and check the caller's body

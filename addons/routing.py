@@ -6,7 +6,7 @@ import secrets
 
 from mitmproxy import http
 
-from addons.context import CONTEXT_KEY, RequestContext, Route, context_of
+from addons.context import CONTEXT_KEY, RequestContext, Route, caller_address, context_of
 from addons.replies import point_at, reply_error
 from translators.errors import ANTHROPIC, OLLAMA, OPENAI, GatewayError
 
@@ -104,7 +104,7 @@ class Routing:
             reply_error(flow, route.dialect, error)
 
     def request(self, flow: http.HTTPFlow) -> None:
-        if flow.response:  # answered at the edge
+        if flow.response or flow.request.stream:  # answered at the edge, or its body went to the body sink
             return
         path = flow.request.path.split("?", 1)[0]
         route = route_for(flow.request.method, path)
@@ -114,17 +114,16 @@ class Routing:
         flow.metadata[CONTEXT_KEY] = RequestContext(
             request_id=secrets.token_hex(12),
             route=route,
-            client_address=flow.client_conn.peername[0] if flow.client_conn.peername else "",
+            client_address=caller_address(flow),
         )
         if route.kind == ADMIN:
             point_at(flow, self.admin_app_url)
-            flow.request.headers["X-Forwarded-For"] = flow.client_conn.peername[0] if flow.client_conn.peername else ""
+            flow.request.headers["X-Forwarded-For"] = caller_address(flow)
             flow.request.headers["X-Forwarded-Proto"] = "http"
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         """The admin app's pages and exports pass through as they come, never held whole in the gateway's
-        memory. body_size_limit (there for what callers send) still refuses an answer whose Content-Length
-        is over it before this hook runs: the admin app sends large exports chunked."""
+        memory."""
         context = context_of(flow)
         if context is not None and context.route.kind == ADMIN:
             flow.response.stream = True

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 
-from mitmproxy import ctx, exceptions, http
+from mitmproxy import ctx, http
 
 from addons.context import RequestContext, context_of
 from addons.images import check_image_url_count
@@ -58,24 +58,6 @@ def stream_translator(context: RequestContext):
 
 
 class Translate:
-    def load(self, loader):
-        loader.add_option(
-            "max_request_body_mb", int, 32,
-            "Largest request body accepted, in MiB (inline images count); larger bodies get 413 before they "
-            "are read (mitmproxy's body_size_limit follows this option).",
-        )
-
-    def configure(self, updated):
-        if "max_request_body_mb" not in updated:
-            return
-        if ctx.options.max_request_body_mb < 1:
-            raise exceptions.OptionsError(
-                f"max_request_body_mb: {ctx.options.max_request_body_mb!r} is not a whole number of MiB ≥ 1")
-        # mitmproxy reads a whole body before the first request hook: without this limit an endless chunked
-        # body would fill the memory. It refuses a larger Content-Length at once, and a chunked body as soon
-        # as it grows past the limit, with 413 and the connection closed, before any key is checked.
-        ctx.options.update(body_size_limit=f"{ctx.options.max_request_body_mb}m")
-
     async def request(self, flow: http.HTTPFlow) -> None:
         context = context_of(flow)
         if flow.response or context is None or context.route.kind != "inference":

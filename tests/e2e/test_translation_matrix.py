@@ -348,13 +348,12 @@ def test_image_urls_that_are_not_usable_images_are_refused(openai_client, image_
     assert caught.value.status_code in (400, 413) and path in caught.value.body["message"]
 
 
-def test_a_too_large_body_is_413(cluster):
-    """mitmproxy's body_size_limit refuses it from its Content-Length, before reading it: its own 413
-    page, not the dialect's body (tests/integration/test_edge_limits.py has the rest)."""
+def test_a_too_large_body_is_413_in_the_dialect(cluster):
+    """Refused from its Content-Length under the shipped limit (tests/integration/test_edge_limits.py has the rest)."""
     headers = {"Authorization": f"Bearer {cluster.keys['staff1']}"}
     huge = {"model": ON_OLLAMA, "prompt": "x" * (33 * 2**20), "stream": False}
     response = httpx.post(f"{cluster.gateway_url}/api/generate", json=huge, headers=headers, timeout=60)
-    assert response.status_code == 413
+    assert response.status_code == 413 and "larger than the limit of 33554432 bytes" in response.json()["error"]
 
 
 @pytest.mark.parametrize(("model", "engine_url"), [(ON_VLLM, "vllm_url"), (ON_OLLAMA, "ollama_url")])

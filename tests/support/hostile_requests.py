@@ -725,23 +725,11 @@ def _complete_answer(received: bytes) -> bool:
     return False
 
 
-# mitmproxy 12.3 refuses a body over body_size_limit and stops reading it, but does not always close the
-# connection before a client that writes its whole body before reading gives up (and, past about 128 KiB of
-# headers, does not answer at all). The gateway goes on serving everyone else: docs/operations.md.
-MAX_BODY = 32 * 2**20
-
-
-def mitmproxy_stops_reading(request: HostileRequest) -> bool:
-    return len(request.body or b"") > MAX_BODY
-
-
 def problems(request: HostileRequest, outcome: Outcome) -> list[str]:
     """What was wrong with the gateway's answer (empty: nothing), each a short category name."""
     found = []
     if outcome.failure.startswith(UNSENT):
         return found
-    if outcome.failure.startswith("hang: WriteTimeout") and mitmproxy_stops_reading(request):
-        return found  # a known limit of mitmproxy's HTTP/1 layer (docs/operations.md), not of the gateway
     if outcome.failure.startswith("hang") or outcome.elapsed_s > ANSWER_LIMIT_S + 1:
         found.append(f"hang ({outcome.failure.split(':')[-1].strip() or f'{outcome.elapsed_s:.1f} s'})")
     elif outcome.failure.startswith("desync"):
@@ -758,11 +746,8 @@ def problems(request: HostileRequest, outcome: Outcome) -> list[str]:
     if outcome.status is not None and outcome.status >= 500:
         found.append(f"{outcome.status}")
     path = request.path.split("?", 1)[0]
-    # A body over max_request_body_mb is refused by mitmproxy's HTTP layer (its body_size_limit) before
-    # any hook runs, so before the gateway could answer in a dialect: the status is right, the body is
-    # mitmproxy's own page. tests/integration/test_edge_limits.py checks that refusal.
     if (request.raw is None and outcome.status is not None and outcome.status >= 400 and path in DIALECT_PATHS
-            and request.method != "HEAD" and not outcome.failure and outcome.status != 413):
+            and request.method != "HEAD" and not outcome.failure):
         shape = dialect_error_problem(path, outcome.body)
         if shape:
             found.append(shape)
