@@ -23,9 +23,10 @@ import httpx
 from sim.stack import MITMDUMP, REPO_ROOT, Service, Stack, free_port, run_command, start_stack, wait_until
 
 HAPROXY = "/usr/sbin/haproxy"
-# HAProxy asks every gateway's /readyz this often; one failure takes it out of the rotation, two
-# successes put it back. A stopping gateway keeps serving new requests for `shutdown_drain_s`,
-# which must cover one check interval and the request that may be on its way meanwhile.
+# HAProxy asks every gateway's /readyz this often; two failures in a row take it out of the rotation
+# (one slow answer on a busy machine does not), two successes put it back. A stopping gateway keeps
+# serving new requests for `shutdown_drain_s`, which must cover two check intervals and the request
+# that may be on its way meanwhile.
 CHECK_INTERVAL_MS = 500
 DRAIN_S = 2
 
@@ -34,10 +35,17 @@ def haproxy_config(listen_port: int, gateway_ports: list[int], stats_socket: Pat
     """HAProxy in front of the gateways: least connections (requests hold a connection while they stream
     or wait in the fair queue), health-checked on /readyz, no timeout a long generation could hit.
 
-    A request is sent again to another gateway only when the first could not be reached at all
-    (`retry-on conn-failure`): one that a gateway took is never replayed, so it is audited and charged once.
+    When no gateway is ready, requests go to them all the same (backup servers), to be answered in the
+    caller's dialect. A request is sent again to another gateway only when the first could not be reached
+    at all (`retry-on conn-failure`): one that a gateway took is never replayed, so it is audited and
+    charged once.
     """
     servers = "\n".join(f"    server gw{n} 127.0.0.1:{port} check" for n, port in enumerate(gateway_ports, 1))
+    # Not ready is about what a gateway can serve (its database, its backends), which every gateway shares:
+    # when none is ready, the requests still go to one, which answers in the caller's dialect (503 with
+    # Retry-After) rather than HAProxy's own HTML page. Unchecked backups are used only then.
+    servers += "".join(f"\n    server gw{n}-anyway 127.0.0.1:{port} backup"
+                       for n, port in enumerate(gateway_ports, 1))
     return f"""\
 global
     stats socket {stats_socket} mode 600 level admin
@@ -50,6 +58,7 @@ defaults
     timeout server 3600s
     timeout http-request 30s
     timeout http-keep-alive 10s
+    timeout check 2s
     retries 2
     option redispatch
     retry-on conn-failure
@@ -60,9 +69,10 @@ frontend mindrouter
 
 backend gateways
     balance leastconn
+    option allbackups
     option httpchk GET /readyz
     http-check expect status 200
-    default-server inter {CHECK_INTERVAL_MS}ms fall 1 rise 2
+    default-server inter {CHECK_INTERVAL_MS}ms fall 2 rise 2
 {servers}
 """
 

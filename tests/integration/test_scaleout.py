@@ -85,7 +85,8 @@ def haproxy_servers_up(stack) -> int:
         while chunk := sock.recv(65536):
             answer += chunk
     rows = [line.split() for line in answer.decode().splitlines()[2:] if line.strip()]
-    return sum(1 for row in rows if len(row) > 5 and row[5] == "2")  # srv_op_state 2: running
+    # srv_name, srv_op_state (2: running); the unchecked backups are always running
+    return sum(1 for row in rows if len(row) > 5 and not row[3].endswith("-anyway") and row[5] == "2")
 
 
 # ---- clients ----------------------------------------------------------------------------------------
