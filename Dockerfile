@@ -16,4 +16,4 @@ RUN pip install --no-cache-dir .
 ENV PYTHONUNBUFFERED=1
 EXPOSE 8000 8001
 # The gateway, as in the README; docker-compose overrides this for the other services.
-CMD ["mitmdump", "-s", "addons/mindrouter.py", "-p", "8000"]
+CMD ["python", "-m", "addons", "-p", "8000"]

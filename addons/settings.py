@@ -27,6 +27,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONF = REPO_ROOT / "mitmproxy.conf"
 
 log = logging.getLogger(__name__)
+# Options of mitmdump's own addons that the lean launcher (`python -m addons`) leaves out: it prints no flows.
+MITMDUMP_ONLY_OPTIONS = frozenset({"flow_detail"})
 # mitmproxy sets the root logger to DEBUG: peewee would log every SQL statement, httpcore trace every
 # socket operation and httpx write a line per upstream request, all on the event loop's thread.
 logging.getLogger("peewee").setLevel(logging.INFO)
@@ -99,6 +101,7 @@ class Settings:
             name: value
             for name, value in values.items()
             if name not in ctx.options.deferred and not (name in ctx.options and ctx.options.has_changed(name))
+            and (name in ctx.options or name not in MITMDUMP_ONLY_OPTIONS)
         }
         ctx.options.update_defer(**untouched)
 

@@ -25,6 +25,7 @@ VENV_BIN = Path(sys.executable).parent
 PYTHON = str(VENV_BIN / "python")
 FLASK = [str(VENV_BIN / "flask"), "--app", "admin_app"]
 MITMDUMP = str(VENV_BIN / "mitmdump")
+GATEWAY = [PYTHON, "-m", "addons"]  # the lean launcher; `mitmdump -s addons/mindrouter.py` is the same gateway
 
 OLLAMA_MODELS = ["llama3.2", "qwen2.5vl", "nomic-embed-text"]
 VLLM_MODELS = ["Qwen/Qwen2.5-0.5B-Instruct", "Qwen/Qwen2-VL-2B-Instruct", "intfloat/e5-small"]
@@ -152,7 +153,7 @@ def start_stack(
                              "--embedding-models", "intfloat/e5-small", "--vision-models", "Qwen/Qwen2-VL-2B-Instruct", *pacing],
                     env, log_dir),
             Service("admin", [*FLASK, "run", "--port", str(ports["admin"])], env, log_dir),
-            Service("gateway", [MITMDUMP, "-s", "addons/mindrouter.py", "-p", str(ports["gateway"]),
+            Service("gateway", [*GATEWAY, "-p", str(ports["gateway"]),
                                 *(arg for option in gateway_options for arg in ("--set", option))], env, log_dir),
         ]
         stack.service("ollama").wait_http(f"{stack.ollama_url}/api/version")

@@ -1,4 +1,5 @@
-"""The gateway process itself: start-up checks, mitmproxy.conf, key revocation, slot limits, secrets at rest."""
+"""The gateway process itself: start-up checks, mitmproxy.conf, key revocation, slot limits, secrets at rest.
+The start-up checks hold for both ways to run it: the lean launcher and mitmdump with the script."""
 
 from __future__ import annotations
 
@@ -11,14 +12,19 @@ import httpx
 import pytest
 
 import migrations
-from sim.stack import MITMDUMP, PYTHON, REPO_ROOT, Service, free_port, wait_until
+from sim.stack import GATEWAY, MITMDUMP, PYTHON, REPO_ROOT, Service, free_port, wait_until
 from store import init_database
 from store.models import ApiKey, User
 
 
-def test_gateway_refuses_an_out_of_date_schema(tmp_path):
+LAUNCHERS = pytest.mark.parametrize("launcher", [GATEWAY, [MITMDUMP, "-s", "addons/mindrouter.py"]],
+                                    ids=["python -m addons", "mitmdump -s"])
+
+
+@LAUNCHERS
+def test_gateway_refuses_an_out_of_date_schema(tmp_path, launcher):
     done = subprocess.run(
-        [MITMDUMP, "-s", "addons/mindrouter.py", "-p", str(free_port())], cwd=REPO_ROOT, timeout=60,
+        [*launcher, "-p", str(free_port())], cwd=REPO_ROOT, timeout=60,
         env={"DATABASE_URL": f"sqlite:///{tmp_path / 'empty.db'}", "PATH": "/usr/bin:/bin"},
         capture_output=True, text=True,
     )
@@ -26,11 +32,12 @@ def test_gateway_refuses_an_out_of_date_schema(tmp_path):
     assert "flask --app admin_app db upgrade" in done.stderr
 
 
-def test_gateway_rejects_unknown_options(tmp_path):
+@LAUNCHERS
+def test_gateway_rejects_unknown_options(tmp_path, launcher):
     db_url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     migrations.upgrade(init_database(db_url))
     done = subprocess.run(
-        [MITMDUMP, "-s", "addons/mindrouter.py", "-p", str(free_port()), "--set", "gate_max_wiat_s=3"],
+        [*launcher, "-p", str(free_port()), "--set", "gate_max_wiat_s=3"],
         cwd=REPO_ROOT, timeout=60, env={"DATABASE_URL": db_url, "PATH": "/usr/bin:/bin"},
         capture_output=True, text=True,
     )
@@ -38,11 +45,12 @@ def test_gateway_rejects_unknown_options(tmp_path):
     assert "gate_max_wiat_s" in done.stdout + done.stderr
 
 
-def test_gateway_refuses_an_option_set_twice_instead_of_hanging(tmp_path):
+@LAUNCHERS
+def test_gateway_refuses_an_option_set_twice_instead_of_hanging(tmp_path, launcher):
     db_url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     migrations.upgrade(init_database(db_url))
     done = subprocess.run(
-        [MITMDUMP, "-s", "addons/mindrouter.py", "-p", str(free_port()),
+        [*launcher, "-p", str(free_port()),
          "--set", "scheduler_max_wait_s=3", "--set", "scheduler_max_wait_s=4"],
         cwd=REPO_ROOT, timeout=60, env={"DATABASE_URL": db_url, "PATH": "/usr/bin:/bin"},
         capture_output=True, text=True,
@@ -51,14 +59,15 @@ def test_gateway_refuses_an_option_set_twice_instead_of_hanging(tmp_path):
     assert "options set more than once: scheduler_max_wait_s" in done.stderr
 
 
-def test_gateway_applies_mitmproxy_conf_and_the_command_line_wins(tmp_path):
+@LAUNCHERS
+def test_gateway_applies_mitmproxy_conf_and_the_command_line_wins(tmp_path, launcher):
     db_url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     migrations.upgrade(init_database(db_url))
     conf = tmp_path / "gateway.conf"
     port_in_file, port_on_command_line = free_port(), free_port()
     conf.write_text((REPO_ROOT / "mitmproxy.conf").read_text().replace("listen_port: 8000", f"listen_port: {port_in_file}"))
     for args, port in (([], port_in_file), (["-p", str(port_on_command_line)], port_on_command_line)):
-        gateway = Service("gateway", [MITMDUMP, "-s", "addons/mindrouter.py", "--set", f"mindrouter_conf={conf}", *args],
+        gateway = Service("gateway", [*launcher, "--set", f"mindrouter_conf={conf}", *args],
                           {"DATABASE_URL": db_url}, tmp_path)
         try:
             gateway.wait_http(f"http://127.0.0.1:{port}/healthz", accept=lambda r: r.status_code == 200)

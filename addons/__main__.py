@@ -1,0 +1,51 @@
+"""The gateway as its own program: `python -m addons` (or `mindrouter-gateway`), mitmdump's command line.
+
+It embeds mitmproxy's Master with only what a reverse proxy needs (core, proxy server, layer
+selection, TLS settings, start-up error check) and the gateway's addons; none of mitmdump's ~30
+default addons (flow export, playback, anticache, ...) sees a hook. The gateway's addons are added
+after the command line is read and before any listener opens, so `mitmproxy.conf` and `-p`/`--set`
+apply as with `mitmdump -s addons/mindrouter.py`, with no moment when a plain proxy listens. The
+event loop is uvloop's (docs/benchmarks.md has the measured gain); `--asyncio-loop` keeps Python's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from mitmproxy import master, options
+from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig
+from mitmproxy.tools import cmdline
+from mitmproxy.tools.main import run
+
+ASYNCIO_LOOP_FLAG = "--asyncio-loop"
+
+
+class GatewayMaster(master.Master):
+    def __init__(self, opts: options.Options) -> None:
+        super().__init__(opts, with_termlog=True)
+        self.addons.add(
+            core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer(), tlsconfig.TlsConfig(),
+            errorcheck.ErrorCheck(repeat_errors_on_stderr=True),
+        )
+
+    async def run(self) -> None:
+        from addons.mindrouter import addons  # the options of the command line are set by now
+
+        self.addons.add(*addons)
+        await super().run()
+
+
+def main(arguments: list[str] | None = None) -> None:
+    arguments = list(sys.argv[1:] if arguments is None else arguments)
+    if ASYNCIO_LOOP_FLAG in arguments:
+        arguments.remove(ASYNCIO_LOOP_FLAG)
+    else:
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    run(GatewayMaster, cmdline.mitmdump, arguments)
+
+
+if __name__ == "__main__":
+    main()
