@@ -40,6 +40,7 @@ class RequestContext:
     principal: Principal | None = None
     canonical: CanonicalRequest | None = None
     translator: ResponseTranslator | None = None
+    prepared: tuple[int, tuple[str, bytes]] | None = None  # (backend id, its path and body): built once per backend
     model: str | None = None  # as the caller named it
     model_label: str = "unknown"  # for metrics: the model once a backend is known to serve it, never the caller's string
     stream: bool = False

@@ -117,7 +117,7 @@ class Upstream:
             flow.kill()
             return
         try:  # the caller's request may ask what no engine can do (GatewayError 422): say so before trying
-            build_backend_request(context.canonical, context.backend.engine, context.request_id)
+            self.backend_request(context, context.backend)
         except GatewayError as error:
             reply_error(flow, context.dialect, error)
             return
@@ -203,16 +203,22 @@ class Upstream:
         context.error = failure[1].decode("utf-8", "replace")[:500]
         return failure
 
+    @staticmethod
+    def backend_request(context: RequestContext, backend: BackendView) -> tuple[str, bytes]:
+        """The path and body `backend` is sent, built once per backend (the request hook's check is the first attempt's)."""
+        if context.prepared is None or context.prepared[0] != backend.id:
+            if backend.engine == "vllm":  # vLLM knows one spelling; Ollama answers the name as the caller typed it
+                context.canonical.model = backend.served_name(context.model) or context.canonical.model
+            context.prepared = (backend.id, build_backend_request(context.canonical, backend.engine, context.request_id))
+        return context.prepared[1]
+
     async def attempt(self, context: RequestContext, backend: BackendView) -> httpx.Response | Failure:
         """One try at `backend`: its response with the headers in, or why not and whose fault that is."""
-        canonical = context.canonical
-        if backend.engine == "vllm":  # vLLM knows one spelling; Ollama answers the name as the caller typed it
-            canonical.model = backend.served_name(context.model) or canonical.model
         try:
-            path, payload = build_backend_request(canonical, backend.engine, context.request_id)
+            path, payload = self.backend_request(context, backend)
         except GatewayError as error:  # this engine cannot take what the caller asked; another may
             return Failure(error.message, (error.status, engine_error(error.message), None), REQUEST)
-        context.translator = response_translator(canonical, backend.engine, context.request_id, int(time.time()))
+        context.translator = response_translator(context.canonical, backend.engine, context.request_id, int(time.time()))
         request = self.client.build_request(
             "POST", backend.url + path, content=payload,
             # The gateway reads and rewrites every answer: compressed bodies would only cost CPU twice.

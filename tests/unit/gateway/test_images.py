@@ -18,6 +18,7 @@ from mitmproxy import certs
 from mitmproxy.test import taddons, tflow
 
 import addons.images as images_module
+from addons.body_limit import BodyLimit
 from addons.context import CONTEXT_KEY, RequestContext, Route
 from addons.image_fetch import ImageFetch
 from addons.images import ImageFetcher, is_public, resolve_once
@@ -150,7 +151,7 @@ def translate_then_fetch(flow, **options) -> None:
     translate, fetch = Translate(), ImageFetch()
 
     async def main():
-        with taddons.context(translate, fetch) as tctx:
+        with taddons.context(BodyLimit(), translate, fetch) as tctx:  # BodyLimit declares the body limit
             tctx.configure(fetch, **options)
             fetch.running()
             try:
@@ -177,7 +178,7 @@ def test_translate_leaves_fetching_to_image_fetch(image_server):
     translate, fetch = Translate(), ImageFetch()
 
     async def main():
-        with taddons.context(translate, fetch) as tctx:
+        with taddons.context(BodyLimit(), translate, fetch) as tctx:  # BodyLimit declares the body limit
             tctx.configure(fetch, image_fetch_allow_internal=True)
             fetch.running()
             try:

@@ -103,6 +103,17 @@ def test_an_engine_fault_moves_the_request_and_counts_against_its_backend():
     assert registry.failed_backends == ["node-1"]
 
 
+def test_the_backend_request_is_built_once_per_backend(monkeypatch):
+    built = []
+    real_build = __import__("addons.upstream", fromlist=["build_backend_request"]).build_backend_request
+    monkeypatch.setattr("addons.upstream.build_backend_request", lambda *args: built.append(args[1]) or real_build(*args))
+    context = context_for(backend(1))
+    first = Upstream.backend_request(context, context.backend)  # the request hook's check
+    assert Upstream.backend_request(context, context.backend) is first and len(built) == 1  # the first attempt's
+    Upstream.backend_request(context, backend(2))  # a failover builds for its backend
+    assert len(built) == 2
+
+
 def test_a_500_counts_against_its_backend_only_when_another_backend_answers():
     outcome, registry, calls = open_with({"node-1": 500, "node-2": 200}, Gate(backend(2)), backend(1))
     assert outcome.status_code == 200 and registry.failed_backends == ["node-1"]
