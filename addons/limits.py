@@ -4,13 +4,11 @@ Both stores answer the same questions with the same rules (`scheduler.limits`, `
 
     wait = await store.take_rate(key_id, limit, window_s, lease)      # 0.0: admitted; else seconds to wait
     await store.give_back_rate(key_id, lease)                           # a refused request does not count
-    ok = await store.acquire_slot(user_id, limit, lease, ttl_s)         # a concurrency lease
-    await store.release_slot(user_id, lease)
     outcome = await store.reserve(user_id, period, cost, lease, ttl_s)  # RESERVED | REFUSED | UNKNOWN
     await store.start_ledger(user_id, period, budget, used, expires_at) # after UNKNOWN: load it, retry
     await store.settle(user_id, period, lease, actual)                  # reservation → real usage
     await store.sync_used(user_id, period, used)                        # after a switch of store: the database's
-    await store.renew(slots, reservations, ttl_s)                       # the heartbeat of live requests
+    await store.renew(reservations, ttl_s)                              # the heartbeat of live requests
 
 `lease` is the request id: one request holds at most one entry of each kind, and giving it back
 twice is harmless. Everything a lease holds in Redis expires `ttl_s` after its gateway last renewed
@@ -19,7 +17,6 @@ it, so a gateway killed with requests in flight locks nobody out for longer than
 Redis key layout (`{prefix}` is the `redis_key_prefix` option, "mindrouter" by default):
 
     {prefix}:rate:{key_id}                 sorted set  request id → admitted at (ms); expires after the window
-    {prefix}:slots:{user_id}               sorted set  request id → lease expiry (ms); expires with its last lease
     {prefix}:quota:{user_id:period}        hash        budget, used, reserved; expires a week after the period
     {prefix}:quota:{user_id:period}:leases sorted set  request id → reservation expiry (ms)
     {prefix}:quota:{user_id:period}:amounts hash       request id → tokens reserved
@@ -31,14 +28,13 @@ from Redis (`TIME`), one clock for every gateway; tests pass a virtual clock ins
 from __future__ import annotations
 
 import datetime as dt
-import math
 import time
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 import redis.asyncio as aioredis
 
-from scheduler.limits import LeaseTable, SlidingWindow
+from scheduler.limits import SlidingWindow
 from scheduler.quota import Ledger, next_period_start
 
 RESERVED, REFUSED, UNKNOWN = "reserved", "refused", "unknown"
@@ -67,7 +63,6 @@ class LocalCounters:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self.windows: dict[int, SlidingWindow] = {}
-        self.slots: dict[int, LeaseTable] = {}
         self.ledgers: dict[tuple[int, str], Ledger] = {}
         self.reservations: dict[str, tuple[tuple[int, str], int]] = {}  # lease → ((user, period), tokens)
         self.rate_leases: dict[str, float] = {}  # lease → when it entered its key's window
@@ -84,14 +79,6 @@ class LocalCounters:
         window = self.windows.get(key_id)
         if taken_at is not None and window is not None:
             window.give_back(taken_at)
-
-    async def acquire_slot(self, user_id: int, limit: int, lease: str, ttl_s: float) -> bool:
-        return self.slots.setdefault(user_id, LeaseTable()).acquire(lease, self.clock(), math.inf, limit)
-
-    async def release_slot(self, user_id: int, lease: str) -> None:
-        table = self.slots.get(user_id)
-        if table is not None and table.release(lease) and not table:
-            del self.slots[user_id]
 
     async def reserve(self, user_id: int, period: str, cost: int, lease: str, ttl_s: float) -> ReserveOutcome:
         ledger = self.ledgers.get((user_id, period))
@@ -114,8 +101,8 @@ class LocalCounters:
         if ledger := self.ledgers.get((user_id, period)):
             ledger.used = max(ledger.used, used)
 
-    async def renew(self, slots: list[tuple[int, str]], reservations: list[tuple[int, str, str]], ttl_s: float) -> int:
-        return len(slots) + len(reservations)  # nothing here expires: the process holding it is the one counting
+    async def renew(self, reservations: list[tuple[int, str, str]], ttl_s: float) -> int:
+        return len(reservations)  # nothing here expires: the process holding it is the one counting
 
     async def set_budgets(self, budgets: dict[tuple[int, str], int]) -> None:
         for key, budget in budgets.items():
@@ -160,32 +147,17 @@ local blocking = redis.call('ZRANGE', KEYS[1], count - limit, count - limit, 'WI
 return tonumber(blocking[2]) + window - now
 """
 
-# KEYS: slots. ARGV: now, ttl ms, limit, request id. → 1 acquired, 0 full.
-SLOT_ACQUIRE_LUA = _CLOCK_LUA + """
-local now, ttl = now_ms(ARGV[1]), tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
-redis.call('ZADD', KEYS[1], now + ttl, ARGV[4])
-local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-redis.call('PEXPIRE', KEYS[1], tonumber(last[2]) - now)
-return 1
-"""
-
-# KEYS: a lease set. ARGV: now, ttl ms, "1" to stretch the key's own expiry to its last lease, request ids.
-# → how many were renewed (a lease already expired stays gone: its slot may be someone else's now).
+# KEYS: a reservation lease set. ARGV: now, ttl ms, request ids.
+# → how many were renewed (a lease already expired stays gone: its tokens were given back).
 RENEW_LUA = _CLOCK_LUA + """
 local now, ttl = now_ms(ARGV[1]), tonumber(ARGV[2])
 local renewed = 0
-for i = 4, #ARGV do
+for i = 3, #ARGV do
   local expiry = redis.call('ZSCORE', KEYS[1], ARGV[i])
   if expiry and tonumber(expiry) > now then
     redis.call('ZADD', KEYS[1], now + ttl, ARGV[i])
     renewed = renewed + 1
   end
-end
-if renewed > 0 and ARGV[3] == '1' then
-  local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-  redis.call('PEXPIRE', KEYS[1], tonumber(last[2]) - now)
 end
 return renewed
 """
@@ -291,7 +263,6 @@ class RedisCounters:
         self.prefix = prefix
         self.clock = clock  # None: Redis's clock
         self.rate_script = client.register_script(RATE_LUA)
-        self.acquire_script = client.register_script(SLOT_ACQUIRE_LUA)
         self.renew_script = client.register_script(RENEW_LUA)
         self.start_script = client.register_script(QUOTA_START_LUA)
         self.reserve_script = client.register_script(QUOTA_RESERVE_LUA)
@@ -305,9 +276,6 @@ class RedisCounters:
 
     def rate_key(self, key_id: int) -> str:
         return f"{self.prefix}:rate:{key_id}"
-
-    def slots_key(self, user_id: int) -> str:
-        return f"{self.prefix}:slots:{user_id}"
 
     def quota_keys(self, user_id: int, period: str) -> list[str]:
         quota = f"{self.prefix}:quota:{{{user_id}:{period}}}"  # one hash tag: one slot in a Redis Cluster
@@ -324,14 +292,6 @@ class RedisCounters:
     async def sync_used(self, user_id: int, period: str, used: int) -> None:
         await self.sync_used_script(keys=self.quota_keys(user_id, period)[:1], args=[used])
 
-    async def acquire_slot(self, user_id: int, limit: int, lease: str, ttl_s: float) -> bool:
-        acquired = await self.acquire_script(
-            keys=[self.slots_key(user_id)], args=[self.now_arg(), _ms(ttl_s), limit, lease])
-        return acquired == 1
-
-    async def release_slot(self, user_id: int, lease: str) -> None:
-        await self.client.zrem(self.slots_key(user_id), lease)
-
     async def reserve(self, user_id: int, period: str, cost: int, lease: str, ttl_s: float) -> ReserveOutcome:
         state, remaining = await self.reserve_script(
             keys=self.quota_keys(user_id, period),
@@ -344,19 +304,17 @@ class RedisCounters:
     async def settle(self, user_id: int, period: str, lease: str, actual: int) -> None:
         await self.settle_script(keys=self.quota_keys(user_id, period), args=[lease, actual])
 
-    async def renew(self, slots: list[tuple[int, str]], reservations: list[tuple[int, str, str]], ttl_s: float) -> int:
-        """Renew every lease of this gateway's live requests in one round trip; how many were still live."""
-        by_key: dict[tuple[str, str], list[str]] = {}
-        for user_id, lease in slots:
-            by_key.setdefault((self.slots_key(user_id), "1"), []).append(lease)
+    async def renew(self, reservations: list[tuple[int, str, str]], ttl_s: float) -> int:
+        """Renew the reservations of this gateway's live requests in one round trip; how many were still live."""
+        by_key: dict[str, list[str]] = {}
         for user_id, period, lease in reservations:
-            by_key.setdefault((self.quota_keys(user_id, period)[1], "0"), []).append(lease)
+            by_key.setdefault(self.quota_keys(user_id, period)[1], []).append(lease)
         if not by_key:
             return 0
         now, ttl = self.now_arg(), _ms(ttl_s)
         async with self.client.pipeline(transaction=False) as pipe:
-            for (key, stretch), leases in by_key.items():
-                await self.renew_script(keys=[key], args=[now, ttl, stretch, *leases], client=pipe)
+            for key, leases in by_key.items():
+                await self.renew_script(keys=[key], args=[now, ttl, *leases], client=pipe)
             return sum(int(renewed) for renewed in await pipe.execute())
 
     async def set_budgets(self, budgets: dict[tuple[int, str], int]) -> None:

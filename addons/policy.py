@@ -531,7 +531,7 @@ class Policy:
                 continue
             try:
                 async with asyncio.timeout(2 * self.redis_timeout_s):
-                    renewed = await self.shared.renew([], reservations, ctx.options.policy_lease_ttl_s)
+                    renewed = await self.shared.renew(reservations, ctx.options.policy_lease_ttl_s)
             except SHARED_FAILURES as exc:
                 self.shared_missed("lease renewal", exc)
                 continue

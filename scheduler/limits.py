@@ -5,8 +5,8 @@
   the end of one minute and the start of the next cannot double the rate). A request admitted at
   `t` occupies the window until `t + window_s`; a refused request is not recorded, and one refused
   by a later step is given back (`give_back`).
-- A **concurrency limit** allows at most `limit` live leases. A lease expires at the time its
-  holder last set (its heartbeat renews it), so what a crashed holder leaves behind frees itself.
+- Running requests per user are the fair queue's cap (`scheduler/wdrr.py`; with several gateways
+  the shared queue's, `addons/cluster.py`), not a refusal here.
 - A limit of 0 means no limit.
 
 The in-process store uses these classes directly; the Redis store runs the same rules in Lua
@@ -93,36 +93,3 @@ class SlidingWindow:
             return wait
         self.times.append(now)
         return 0.0
-
-
-@dataclass
-class LeaseTable:
-    """The live leases of one user: lease id → expiry time."""
-
-    expiries: dict[str, float] = field(default_factory=dict)
-
-    def drop_expired(self, now: float) -> None:
-        for lease in [lease for lease, expiry in self.expiries.items() if expiry <= now]:
-            del self.expiries[lease]
-
-    def acquire(self, lease: str, now: float, ttl_s: float, limit: int) -> bool:
-        """Take a lease until `now + ttl_s` if fewer than `limit` are live; False when full."""
-        self.drop_expired(now)
-        if limit != UNLIMITED and len(self.expiries) >= limit:
-            return False
-        self.expiries[lease] = now + ttl_s
-        return True
-
-    def renew(self, lease: str, now: float, ttl_s: float) -> bool:
-        """Push a live lease's expiry to `now + ttl_s`; an expired lease stays gone (False)."""
-        expiry = self.expiries.get(lease)
-        if expiry is None or expiry <= now:
-            return False
-        self.expiries[lease] = now + ttl_s
-        return True
-
-    def release(self, lease: str) -> bool:
-        return self.expiries.pop(lease, None) is not None
-
-    def __len__(self) -> int:
-        return len(self.expiries)

@@ -140,10 +140,10 @@ def live_users(stack) -> list[dict]:
 
 
 def redis_leases(prefix: str) -> int:
-    """Entries of every lease set the gateways keep in Redis (concurrency slots, reservations)."""
+    """Entries of every lease set the gateways keep in Redis (backend slots, reservations)."""
     client = redis.Redis.from_url(REDIS_URL)
     try:
-        keys = [key for key in client.scan_iter(f"{prefix}:*") if key.endswith(b":leases") or b":slots:" in key]
+        keys = [key for key in client.scan_iter(f"{prefix}:*") if key.endswith(b":leases")]
         return sum(client.zcard(key) for key in keys)
     finally:
         client.close()

@@ -201,11 +201,11 @@ def reserved_in_database(stack: Stack) -> dict[int, int]:
 
 
 def held_in_redis(prefix: str) -> dict[str, object]:
-    """Concurrency leases and token reservations still in Redis under `prefix`."""
+    """Backend slot leases and token reservations still in Redis under `prefix`."""
     client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
     held: dict[str, object] = {}
     try:
-        for key in client.scan_iter(match=f"{prefix}:slots:*", count=1000):
+        for key in client.scan_iter(match=f"{prefix}:backend:*:leases", count=1000):
             if client.zcard(key):
                 held[key] = client.zrange(key, 0, -1)
         for key in client.scan_iter(match=f"{prefix}:quota:*", count=1000):

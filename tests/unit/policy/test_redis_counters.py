@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from addons.limits import RESERVED, RedisCounters, connect, quota_keys_expire_at
-from scheduler.limits import LeaseTable, SlidingWindow
+from scheduler.limits import SlidingWindow
 from scheduler.quota import period_of
 from store.models import utcnow
 from tests.unit.policy.support import REDIS_URL, VirtualClock, delete_prefix, requires_redis, unique_prefix
@@ -34,49 +34,33 @@ def test_concurrent_acquires_from_several_gateways_never_overshoot(redis_prefix)
     async def scenario():
         stores = gateways(redis_prefix, 4)
         try:
-            slots = await asyncio.gather(*(stores[i % 4].acquire_slot(1, 7, f"s{i}", 30) for i in range(200)))
             rates = await asyncio.gather(*(stores[i % 4].take_rate(1, 10, 60, f"r{i}") for i in range(200)))
             await stores[0].start_ledger(1, PERIOD, 1000, 0, quota_keys_expire_at(PERIOD))
             reserved = await asyncio.gather(*(stores[i % 4].reserve(1, PERIOD, 100, f"q{i}", 30) for i in range(200)))
-            return sum(slots), sum(wait == 0 for wait in rates), sum(o.state == RESERVED for o in reserved)
+            return sum(wait == 0 for wait in rates), sum(o.state == RESERVED for o in reserved)
         finally:
             await close(stores)
 
-    assert asyncio.run(scenario()) == (7, 10, 10)
+    assert asyncio.run(scenario()) == (10, 10)
 
 
-def test_a_dead_gateways_slots_expire_after_the_lease_ttl_and_not_before(redis_prefix):
-    async def scenario():
-        dead, alive = gateways(redis_prefix, 2)  # Redis's own clock
-        try:
-            assert await dead.acquire_slot(1, 2, "a", 1.5) and await dead.acquire_slot(1, 2, "b", 1.5)
-            await dead.client.aclose()  # the gateway dies holding both
-            taken_at = time.monotonic()
-            assert not await alive.acquire_slot(1, 2, "c", 1.5)
-            while not await alive.acquire_slot(1, 2, "c", 1.5):
-                await asyncio.sleep(0.02)
-            return time.monotonic() - taken_at
-        finally:
-            await alive.client.aclose()
-
-    assert 1.3 <= asyncio.run(scenario()) <= 2.5
-
-
-def test_renewed_leases_outlive_their_ttl(redis_prefix):
+def test_renewed_reservations_outlive_their_ttl(redis_prefix):
     async def scenario():
         (store,) = gateways(redis_prefix, 1)
         try:
-            await store.acquire_slot(1, 1, "held", 1.0)
+            await store.start_ledger(1, PERIOD, 100, 0, quota_keys_expire_at(PERIOD))
+            assert (await store.reserve(1, PERIOD, 80, "held", 1.0)).state == RESERVED
             for _ in range(6):  # 1.5 s in all, renewed every 0.25 s
                 await asyncio.sleep(0.25)
-                assert await store.renew([(1, "held")], [], 1.0) == 1
-                assert not await store.acquire_slot(1, 1, "other", 1.0)
+                assert await store.renew([(1, PERIOD, "held")], 1.0) == 1
+                assert (await store.reserve(1, PERIOD, 80, "other", 1.0)).state != RESERVED
             await asyncio.sleep(1.05)
-            return await store.renew([(1, "held")], [], 1.0), await store.acquire_slot(1, 1, "other", 1.0)
+            return (await store.renew([(1, PERIOD, "held")], 1.0),
+                    (await store.reserve(1, PERIOD, 80, "other", 1.0)).state)
         finally:
             await store.client.aclose()
 
-    assert asyncio.run(scenario()) == (0, True)
+    assert asyncio.run(scenario()) == (0, RESERVED)
 
 
 def test_a_dead_gateways_reservations_give_their_tokens_back(redis_prefix):
@@ -104,19 +88,18 @@ def test_every_key_expires(redis_prefix):
         (store,) = gateways(redis_prefix, 1)
         try:
             await store.take_rate(1, 5, 60, "a")
-            await store.acquire_slot(1, 5, "a", 30)
             await store.start_ledger(1, PERIOD, 100, 0, quota_keys_expire_at(PERIOD))
             await store.reserve(1, PERIOD, 10, "a", 30)
-            await store.renew([(1, "a")], [(1, PERIOD, "a")], 30)
+            await store.renew([(1, PERIOD, "a")], 30)
             keys = [key async for key in store.client.scan_iter(match=f"{redis_prefix}:*")]
             return {key.decode(): await store.client.pttl(key) for key in keys}
         finally:
             await store.client.aclose()
 
     lifetimes = asyncio.run(scenario())
-    assert len(lifetimes) == 5
+    assert len(lifetimes) == 4
     assert all(ttl > 0 for ttl in lifetimes.values()), lifetimes
-    assert lifetimes[f"{redis_prefix}:rate:1"] <= 60_000 and lifetimes[f"{redis_prefix}:slots:1"] <= 30_000
+    assert lifetimes[f"{redis_prefix}:rate:1"] <= 60_000
 
 
 def test_an_unreachable_redis_fails_fast():
@@ -124,7 +107,7 @@ def test_an_unreachable_redis_fails_fast():
         store = RedisCounters(connect("redis://127.0.0.1:1/0", 0.2), unique_prefix())
         started = time.monotonic()
         try:
-            await store.acquire_slot(1, 1, "a", 30)
+            await store.take_rate(1, 1, 60, "a")
         except (redis.RedisError, OSError):
             return time.monotonic() - started
         finally:
@@ -151,39 +134,6 @@ def test_redis_sliding_window_is_the_pure_one_exactly(steps, limit):
                 clock.advance(advance_ms / 1000)
                 expected = model[key].admit(round(clock.now * 1000) / 1000, limit, window_s)
                 assert await store.take_rate(key, limit, window_s, f"r{i}") == round(expected, 3)
-        finally:
-            await store.client.aclose()
-
-    try:
-        asyncio.run(scenario())
-    finally:
-        delete_prefix(prefix)
-
-
-LEASE_STEPS = st.lists(st.tuples(st.sampled_from(["acquire", "release", "renew"]), st.integers(0, 4),
-                                 st.integers(0, 400)), min_size=1, max_size=40)
-
-
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(LEASE_STEPS)
-def test_redis_leases_are_the_pure_lease_table_exactly(steps):
-    ttl_s, limit = 0.5, 2
-    prefix, clock = unique_prefix(), VirtualClock(start=0.0)
-
-    async def scenario():
-        (store,) = gateways(prefix, 1, clock)
-        model = LeaseTable()
-        try:
-            for action, lease, advance_ms in steps:
-                clock.advance(advance_ms / 1000)
-                now, lease = round(clock.now * 1000) / 1000, f"l{lease}"
-                if action == "acquire":
-                    assert await store.acquire_slot(1, limit, lease, ttl_s) == model.acquire(lease, now, ttl_s, limit)
-                elif action == "renew":
-                    assert bool(await store.renew([(1, lease)], [], ttl_s)) == model.renew(lease, now, ttl_s)
-                else:
-                    await store.release_slot(1, lease)
-                    model.release(lease)
         finally:
             await store.client.aclose()
 

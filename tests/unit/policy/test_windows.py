@@ -1,4 +1,4 @@
-"""Rate and concurrency arithmetic (scheduler.limits) in virtual time."""
+"""Rate arithmetic and role limits (scheduler.limits) in virtual time."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from scheduler.limits import (
-    LeaseTable,
     SlidingWindow,
     limit_for,
     parse_role_limits,
@@ -88,36 +87,3 @@ def test_window_is_exact(limit, window, arrivals):
             later = [a for a in in_window if a > t + wait - window]
             earlier = [a for a in in_window if a > t + wait - 0.5 - window]
             assert len(later) < limit <= len(earlier)
-
-
-def test_leases_count_until_released_or_expired():
-    table = LeaseTable()
-    assert table.acquire("a", now=0, ttl_s=30, limit=2)
-    assert table.acquire("b", now=1, ttl_s=30, limit=2)
-    assert not table.acquire("c", now=2, ttl_s=30, limit=2)
-    table.release("a")
-    assert table.acquire("c", now=3, ttl_s=30, limit=2)
-    assert not table.acquire("d", now=30.9, ttl_s=30, limit=2)
-    assert table.acquire("d", now=31, ttl_s=30, limit=2)  # b expired at 31
-
-
-def test_a_renewed_lease_lives_on_and_an_expired_one_stays_gone():
-    table = LeaseTable()
-    table.acquire("a", now=0, ttl_s=10, limit=1)
-    assert table.renew("a", now=9, ttl_s=10)
-    assert not table.acquire("b", now=18, ttl_s=10, limit=1)
-    assert not table.renew("a", now=19, ttl_s=10)  # lapsed at 19: its slot may be someone else's
-    assert table.acquire("b", now=19, ttl_s=10, limit=1)
-
-
-@given(st.lists(st.tuples(st.sampled_from(["acquire", "release", "renew"]), st.integers(0, 5),
-                          st.integers(0, 3)), max_size=60))
-def test_live_leases_never_exceed_the_limit(steps):
-    table, now, limit = LeaseTable(), 0.0, 3
-    for action, lease, advance in steps:
-        now += advance
-        getattr(table, action)(*(
-            (str(lease), now, 5, limit) if action == "acquire" else (str(lease), now, 5) if action == "renew"
-            else (str(lease),)))
-        table.drop_expired(now)
-        assert len(table) <= limit
