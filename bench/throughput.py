@@ -1,0 +1,135 @@
+"""How much one gateway process carries, beside the node called directly and a stock mitmdump, in one run.
+
+Four ways to the same simulated vLLM node, measured one after the other under the same load:
+`direct`; `stock mitmdump` (a plain reverse proxy, no addons: mitmproxy's own floor); the gateway as
+shipped (`python -m addons`, uvloop); and the same gateway on Python's asyncio loop (`--asyncio-loop`),
+which shows what uvloop gives. The gateways run with the shipped defaults except the per-user limits,
+switched off (one user makes all the requests); `--with-limits` keeps the shipped limits instead.
+
+(a) streams at saturation: `--streams` clients, each opening its next stream of `--stream-tokens`
+    tokens at `--stream-tokens-per-s` as soon as the last one ends: tokens/s delivered and the proxy's
+    CPU per streamed token (its process's CPU time over the run, /proc, divided by the tokens).
+(b) non-streamed at concurrency 1, 16 and 64 (closed loop, the node answers at once): requests/s, p50
+    and p99 latency, the p50 added to direct, and the proxy's CPU per request.
+
+    PYTHONPATH=. .venv/bin/python bench/throughput.py [--seconds 10] [--json throughput.json]
+
+The proxies, the node, the admin app and this load generator share the machine's CPUs: figures from a
+busy machine are not comparable with figures from a quiet one (the load average is printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+import harness
+from harness import NO_LIMITS, Service, Stack, auth, chat_body, free_port, table
+from overhead import PACED_MODEL, closed_loop
+
+from sim.stack import GATEWAY
+
+SLOTS = 256
+CONCURRENCIES = (1, 16, 64)
+
+
+def start_asyncio_gateway(stack: Stack, options: tuple[str, ...]) -> str:
+    """One more gateway process on the same database, on Python's own event loop; its URL."""
+    port = free_port()
+    gateway = Service("gateway-asyncio", [*GATEWAY, "--asyncio-loop", "-p", str(port),
+                                          *(arg for option in options for arg in ("--set", option))],
+                      stack.env, stack.work_dir)  # type: ignore[attr-defined]
+    stack.services.append(gateway)  # stopped first, before the nodes
+    url = f"http://127.0.0.1:{port}"
+    gateway.wait_http(f"{url}/healthz", accept=lambda response: response.status_code == 200)
+    return url
+
+
+def targets(stack: Stack, node_url: str, node_pid: int, stock_url: str, asyncio_url: str) -> list[tuple]:
+    """(label, base URL, headers, the proxy's pid or None) for each way to the node."""
+    key = auth(stack.keys["student1"])
+    return [
+        ("direct", node_url, {}, None),
+        ("stock mitmdump", stock_url, {}, stack.service("mitmdump-stock").process.pid),
+        ("gateway (uvloop)", stack.gateway_url, key, harness.gateway_pid(stack)),
+        ("gateway (asyncio)", asyncio_url, key, stack.service("gateway-asyncio").process.pid),
+    ]
+
+
+async def measure(ways: list[tuple], node_pid: int, body: dict, clients: int, seconds: float) -> dict:
+    results = {}
+    for label, url, headers, proxy_pid in ways:
+        pids = {"node": node_pid} | ({"proxy": proxy_pid} if proxy_pid else {})
+        print(f"[throughput] {label}: {clients} clients, stream={body['stream']} ...", file=sys.stderr, flush=True)
+        results[label] = await closed_loop(None, f"{url}/v1/chat/completions", body, headers, clients, seconds, pids)
+    return results
+
+
+async def run_all(args) -> dict:
+    results: dict = {"machine": harness.machine(), "parameters": vars(args).copy()}
+    options = () if args.with_limits else NO_LIMITS
+    with harness.cluster("throughput", gateway_options=options, max_concurrent=SLOTS,
+                         sim_args=("--tokens-per-s", "0", "--slots", str(SLOTS))) as stack:
+        paced_url = harness.start_vllm_node(stack, "paced-node", [PACED_MODEL],
+                                            ["--tokens-per-s", str(args.stream_tokens_per_s), "--slots", str(SLOTS)])
+        await asyncio.to_thread(harness.register_vllm_node, stack, "sim-vllm-paced", paced_url, [PACED_MODEL], SLOTS)
+        asyncio_url = start_asyncio_gateway(stack, options)
+        paced_pid = stack.service("paced-node").process.pid
+        streams = await measure(targets(stack, paced_url, paced_pid, harness.start_stock_mitmdump(stack, paced_url),
+                                        asyncio_url),
+                                paced_pid, chat_body(args.stream_tokens, stream=True, model=PACED_MODEL),
+                                args.streams, args.seconds)
+        results["streams"] = {label: run | {"tokens_per_s": run["requests_per_s"] * run["chunks_per_request"]}
+                              for label, run in streams.items()}
+        node_pid = stack.service("vllm").process.pid
+        stock_url = harness.start_stock_mitmdump(stack, stack.vllm_url)
+        ways = targets(stack, stack.vllm_url, node_pid, stock_url, asyncio_url)
+        results["non_streamed"] = {
+            str(clients): await measure(ways, node_pid, chat_body(args.max_tokens, stream=False), clients, args.seconds)
+            for clients in CONCURRENCIES
+        }
+    return results
+
+
+def cpu_us(run: dict, per: float) -> float | None:
+    cpu_ms = run["cpu_ms_per_request"].get("proxy")
+    return None if cpu_ms is None or not per else 1000 * cpu_ms / per
+
+
+def report(results: dict) -> None:
+    m, p = results["machine"], results["parameters"]
+    print(f"throughput: {m['cpus']} CPUs ({m['cpu_model']}) shared by proxies, nodes and load generator; "
+          f"load average at start {m['load_average_at_start']:.1f}")
+    rows = []
+    for label, run in results["streams"].items():
+        per_token = cpu_us(run, run["chunks_per_request"])
+        rows.append([label, run["tokens_per_s"], run["requests_per_s"], run["failed"],
+                     per_token, 100 * run["cpu_share"].get("proxy", 0.0)])
+    print(table(f"(a) {p['streams']} streams of {p['stream_tokens']} tokens at {p['stream_tokens_per_s']}/s, "
+                f"closed loop, {p['seconds']:.0f} s each",
+                ["way", "tokens/s", "streams/s", "failed", "proxy CPU µs/token", "proxy CPU %"], rows))
+    for clients, ways in results["non_streamed"].items():
+        direct_p50 = ways["direct"]["latency_ms"]["p50"]
+        rows = [[label, run["requests_per_s"], run["latency_ms"]["p50"], run["latency_ms"]["p99"],
+                 run["latency_ms"]["p50"] - direct_p50, run["failed"], run["cpu_ms_per_request"].get("proxy")]
+                for label, run in ways.items()]
+        print(table(f"(b) non-streamed, {clients} clients, {p['max_tokens']} tokens each",
+                    ["way", "req/s", "p50 ms", "p99 ms", "p50 added ms", "failed", "proxy CPU ms/req"], rows))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--streams", type=int, default=48, help="concurrent streams in (a)")
+    parser.add_argument("--stream-tokens", type=int, default=280, help="tokens in each stream")
+    parser.add_argument("--stream-tokens-per-s", type=int, default=100, help="pacing of the streaming node")
+    parser.add_argument("--max-tokens", type=int, default=64, help="tokens in each non-streamed answer")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each closed-loop run")
+    parser.add_argument("--with-limits", action="store_true", help="keep the shipped per-user limits on")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    args = parser.parse_args()
+    harness.run_and_report(run_all, report, args)
+
+
+if __name__ == "__main__":
+    main()
