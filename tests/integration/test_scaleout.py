@@ -173,6 +173,18 @@ def slot_leases(stack) -> int:
         client.close()
 
 
+def live_leases(stack) -> set[str]:
+    """Backend slot leases not yet expired, by Redis's clock."""
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        seconds, micros = client.time()
+        now_ms = seconds * 1000 + micros // 1000
+        return {member.decode() for key in client.scan_iter(f"{stack.redis_prefix}:backend:*:leases")
+                for member in client.zrangebyscore(key, now_ms, "+inf")}
+    finally:
+        client.close()
+
+
 def assert_nothing_held(stack, within_s: float) -> None:
     wait_until(lambda: slot_leases(stack) == 0, within_s, "every backend slot lease in Redis to return")
     wait_until(lambda: node_stats(stack)["running"] == 0, within_s, "the node to run nothing")
@@ -213,6 +225,7 @@ def test_three_gateways_share_one_nodes_two_slots_by_weight(cluster):
 def test_a_gateway_killed_under_load_costs_only_its_own_requests_and_its_slots_come_back(cluster):
     load = Load()
     killed_at: dict[str, float] = {}
+    held_at_kill: set[str] = set()
 
     async def scenario():
         async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=None)) as client:
@@ -221,11 +234,17 @@ def test_a_gateway_killed_under_load_costs_only_its_own_requests_and_its_slots_c
             await asyncio.sleep(4)
             killed_at["t"] = time.monotonic()
             await asyncio.to_thread(cluster.gateways[2].stop, signal.SIGKILL)
-            await asyncio.sleep(6)
+            held_at_kill.update(await asyncio.to_thread(live_leases, cluster))
+            # The live gateways' requests end within a fraction of a second; the dead one's leases, at their expiry.
+            while held_at_kill & await asyncio.to_thread(live_leases, cluster):
+                await asyncio.sleep(0.1)
+            killed_at["all returned"] = time.monotonic()
+            await asyncio.sleep(max(0.0, killed_at["t"] + 6 - time.monotonic()))
             load.stop.set()
             await asyncio.gather(*streams)
 
     asyncio.run(scenario())
+    assert held_at_kill and killed_at["all returned"] - killed_at["t"] <= LEASE_TTL_S + 1
 
     killed = killed_at["t"]
     failed = [o for o in load.outcomes if o.status != 200 or o.error]
@@ -233,7 +252,8 @@ def test_a_gateway_killed_under_load_costs_only_its_own_requests_and_its_slots_c
     assert all(o.started < killed for o in failed), [(o.status, o.error) for o in failed if o.started >= killed]
     assert len(failed) <= 3 * 4, failed
     after = [o for o in load.outcomes if o.started > killed + 1]
-    assert len(after) >= 20 and all(o.status == 200 and not o.error for o in after)
+    # The others keep serving everyone (how many depends on the machine's load, not on the gateways).
+    assert {o.user for o in after} == set(WEIGHTS) and all(o.status == 200 and not o.error for o in after)
     assert node_stats(cluster)["peak_in_flight"] <= SLOTS
     assert_nothing_held(cluster, LEASE_TTL_S + 2)  # the dead gateway's leases expire with its heartbeat
 
