@@ -20,7 +20,9 @@ import functools
 import inspect
 import logging
 
-from mitmproxy import http
+import mitmproxy.addonmanager  # noqa: F401  (these two register every hook mitmproxy dispatches)
+import mitmproxy.proxy.layers  # noqa: F401
+from mitmproxy import hooks, http
 
 from addons.context import context_of
 from addons.replies import reply_error
@@ -67,14 +69,19 @@ def guarded_hook(addon: object, hook: str, method):
 
 
 class Guarded:
-    """An addon as mitmproxy sees it, with each flow hook under its own guard; everything else is the addon's."""
+    """An addon as mitmproxy sees it, with each flow hook under its own guard; everything else is the addon's.
+
+    Every hook name mitmproxy dispatches is a plain attribute here (the guarded flow hook, the addon's own
+    method, or None), as is `addons` (no children): mitmproxy looks each one up on every addon for every
+    event, and a lookup that fell through to `__getattr__` would cost a call and an AttributeError each time."""
 
     def __init__(self, addon: object) -> None:
         self.addon = addon
         self.name = getattr(addon, "name", type(addon).__name__.lower())  # mitmproxy's name for the addon
-        for hook in FLOW_HOOKS:
-            if method := getattr(addon, hook, None):
-                setattr(self, hook, guarded_hook(addon, hook, method))
+        self.addons: list = []
+        for hook in hooks.all_hooks:
+            method = getattr(addon, hook, None)
+            setattr(self, hook, guarded_hook(addon, hook, method) if method and hook in FLOW_HOOKS else method)
 
     def __getattr__(self, name: str):
         return getattr(self.addon, name)
