@@ -31,6 +31,8 @@ from translators.errors import GatewayError
 log = logging.getLogger(__name__)
 
 REQUEST_HOOKS = ("requestheaders", "request")
+# mitmproxy warns about any addon that so much as has these (even None).
+DEPRECATED_HOOKS = frozenset({"add_log"})
 FLOW_HOOKS = (*REQUEST_HOOKS, "responseheaders", "response", "error", "client_connected", "client_disconnected")
 
 
@@ -79,7 +81,7 @@ class Guarded:
         self.addon = addon
         self.name = getattr(addon, "name", type(addon).__name__.lower())  # mitmproxy's name for the addon
         self.addons: list = []
-        for hook in hooks.all_hooks:
+        for hook in hooks.all_hooks.keys() - DEPRECATED_HOOKS:
             method = getattr(addon, hook, None)
             setattr(self, hook, guarded_hook(addon, hook, method) if method and hook in FLOW_HOOKS else method)
 

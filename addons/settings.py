@@ -34,6 +34,9 @@ MITMDUMP_ONLY_OPTIONS = frozenset({"flow_detail"})
 logging.getLogger("peewee").setLevel(logging.INFO)
 logging.getLogger("httpcore").setLevel(logging.WARNING)
 logging.getLogger("httpx").setLevel(logging.WARNING)
+# mitmproxy's proxy server writes several lines per connection and flow (connect, stream, disconnect): on
+# the event loop, for every request. Its warnings and errors still show; the audit log has every request.
+logging.getLogger("mitmproxy.proxy.server").setLevel(logging.WARNING)
 
 
 @dataclass(frozen=True)
