@@ -239,6 +239,14 @@ def test_a_missing_key_and_a_wrong_method_answer_in_anthropics_shape(cluster):
     assert unknown.status_code == 404 and unknown.json()["error"]["type"] == "not_found_error"
 
 
+def test_a_body_over_the_limit_is_request_too_large_in_anthropics_shape(cluster):
+    huge = {"model": ON_VLLM, "max_tokens": 8, "messages": [{"role": "user", "content": "x" * (33 * 2**20)}]}
+    response = httpx.post(f"{cluster.gateway_url}/v1/messages", json=huge,
+                          headers={"x-api-key": cluster.keys["staff1"]}, timeout=60)
+    assert response.status_code == 413
+    assert response.json()["type"] == "error" and response.json()["error"]["type"] == "request_too_large"
+
+
 @pytest.mark.parametrize("model", CHAT_MODELS)
 def test_langchain_chat_anthropic_gets_a_reply(cluster, model):
     from langchain_anthropic import ChatAnthropic

@@ -18,6 +18,7 @@ import pytest
 
 from scheduler.quota import period_of
 from sim import generation
+from sim.stack import wait_until
 from store import api_keys, database
 from store.db import open_database
 from store.models import ApiKey, Quota, RequestBody, User, utcnow
@@ -121,7 +122,8 @@ def test_messages_of_two_users_share_one_slot_by_weight(one_slot_stack):
 
     asyncio.run(scenario())
     assert counted["faculty1"] / (counted["faculty1"] + counted["student1"]) == pytest.approx(0.75, abs=0.1)
-    assert all(not row["running"] and not row["waiting"] for row in live_users(stack))
+    wait_until(lambda: all(not row["running"] and not row["waiting"] for row in live_users(stack)), 10,
+               "both users' running and waiting requests in the live queue to return to 0")
 
 
 def test_a_messages_request_leaves_its_audit_row(cluster):
