@@ -11,14 +11,17 @@ event loop is uvloop's (docs/benchmarks.md has the measured gain); `--asyncio-lo
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 
-from mitmproxy import master, options
+from mitmproxy import exceptions, hooks, master, options
 from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig
 from mitmproxy.tools import cmdline
 from mitmproxy.tools.main import run
 
 ASYNCIO_LOOP_FLAG = "--asyncio-loop"
+
+log = logging.getLogger(__name__)
 
 
 class GatewayMaster(master.Master):
@@ -33,6 +36,13 @@ class GatewayMaster(master.Master):
         from addons.mindrouter import addons  # the options of the command line are set by now
 
         self.addons.add(*addons)
+        # As mitmproxy's script loader does for a script's addons: each one sees every option once, the
+        # command line's included (they were applied while it was not yet in the chain).
+        try:
+            for addon in addons:
+                self.addons.invoke_addon_sync(addon, hooks.ConfigureHook(set(self.options.keys())))
+        except exceptions.OptionsError as error:
+            log.error("%s", error)  # ErrorCheck stops the start-up and prints it
         await super().run()
 
 

@@ -46,6 +46,20 @@ def test_gateway_rejects_unknown_options(tmp_path, launcher):
 
 
 @LAUNCHERS
+def test_gateway_refuses_an_invalid_option_value(tmp_path, launcher):
+    """Each addon checks its options in `configure`; a value given on the command line is checked too."""
+    db_url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    migrations.upgrade(init_database(db_url))
+    done = subprocess.run(
+        [*launcher, "-p", str(free_port()), "--set", "scheduler_quantum=-1"],
+        cwd=REPO_ROOT, timeout=60, env={"DATABASE_URL": db_url, "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True,
+    )
+    assert done.returncode != 0
+    assert "quantum" in done.stdout + done.stderr
+
+
+@LAUNCHERS
 def test_gateway_refuses_an_option_set_twice_instead_of_hanging(tmp_path, launcher):
     db_url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     migrations.upgrade(init_database(db_url))
