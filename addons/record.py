@@ -16,6 +16,8 @@ import hashlib
 import json
 import logging
 import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import peewee
@@ -23,7 +25,7 @@ from mitmproxy import http
 
 from addons import metrics
 from addons.context import RequestContext, context_of
-from addons.writer import StoreWriter, Write, writes
+from addons.writer import StoreWriter, Write, writes, writes_together
 from store.artifacts import store_artifact
 from store.db import database
 from store.models import ApiKey, Request, RequestArtifact, RequestBody, UsageHour, UsageMinute
@@ -147,59 +149,93 @@ class Record:
         write_audit(data)
 
 
-def add_usage(row: dict) -> None:
-    """Count one finished request into the rollups the dashboards read (UsageHour, UsageMinute), in the
-    writer's transaction: an upsert that adds to the row of its hour (and minute), made if missing."""
-    at: dt.datetime = row["created_at"]
-    prompt, completion = row["prompt_tokens"] or 0, row["completion_tokens"] or 0
-    failed = 1 if row["status"] is None or row["status"] >= 400 else 0
-    queue_ms, total_ms = row["queue_ms"] or 0.0, row["total_ms"] or 0.0
-    hour = UsageHour.insert(
-        user_id=row["user"] or 0, model=(row["model"] or "")[:255], hour=at.replace(minute=0, second=0, microsecond=0),
-        requests=1, errors=failed, prompt_tokens=prompt, completion_tokens=completion,
-        queue_ms=queue_ms, total_ms=total_ms,
-    )
-    minute = UsageMinute.insert(
-        minute=at.replace(second=0, microsecond=0), requests=1, errors=failed,
-        prompt_tokens=prompt, completion_tokens=completion,
-    )
-    adds = {
-        UsageHour: {UsageHour.requests: 1, UsageHour.errors: failed, UsageHour.prompt_tokens: prompt,
-                    UsageHour.completion_tokens: completion, UsageHour.queue_ms: queue_ms,
-                    UsageHour.total_ms: total_ms},
-        UsageMinute: {UsageMinute.requests: 1, UsageMinute.errors: failed, UsageMinute.prompt_tokens: prompt,
-                      UsageMinute.completion_tokens: completion},
-    }
-    targets = {UsageHour: [UsageHour.user_id, UsageHour.model, UsageHour.hour], UsageMinute: [UsageMinute.minute]}
+def add_usage(rows: list[dict]) -> None:
+    """Count finished requests into the rollups the dashboards read (UsageHour, UsageMinute), in the
+    writer's transaction: one upsert per hour (and minute) row they touch, adding to it, made if missing."""
+    hours: dict[tuple, Counter] = defaultdict(Counter)
+    minutes: dict[dt.datetime, Counter] = defaultdict(Counter)
+    for row in rows:
+        at: dt.datetime = row["created_at"]
+        sums = Counter(requests=1, errors=1 if row["status"] is None or row["status"] >= 400 else 0,
+                       prompt_tokens=row["prompt_tokens"] or 0, completion_tokens=row["completion_tokens"] or 0)
+        minutes[at.replace(second=0, microsecond=0)].update(sums)
+        sums.update(queue_ms=row["queue_ms"] or 0.0, total_ms=row["total_ms"] or 0.0)
+        hours[(row["user"] or 0, (row["model"] or "")[:255], at.replace(minute=0, second=0, microsecond=0))].update(sums)
+    upserts = [(UsageHour, dict(zip(("user_id", "model", "hour"), key)), sums) for key, sums in hours.items()]
+    upserts += [(UsageMinute, {"minute": minute}, sums) for minute, sums in minutes.items()]
     mysql = isinstance(database.obj, peewee.MySQLDatabase)
-    for query, model in ((hour, UsageHour), (minute, UsageMinute)):
-        update = {field: field + amount for field, amount in adds[model].items()}
+    for model, key, sums in upserts:
+        sums = {name: sums[name] for name in USAGE_SUMS[model]}
+        update = {getattr(model, name): getattr(model, name) + amount for name, amount in sums.items()}
+        query = model.insert(**key, **sums)
         # MariaDB's ON DUPLICATE KEY UPDATE takes no conflict target; SQLite's ON CONFLICT needs one.
         (query.on_conflict(update=update) if mysql
-         else query.on_conflict(conflict_target=targets[model], update=update)).execute()
+         else query.on_conflict(conflict_target=[getattr(model, name) for name in key], update=update)).execute()
+
+
+USAGE_SUMS = {
+    UsageHour: ("requests", "errors", "prompt_tokens", "completion_tokens", "queue_ms", "total_ms"),
+    UsageMinute: ("requests", "errors", "prompt_tokens", "completion_tokens"),
+}
 
 
 @writes("audit")
 def write_audit(data: dict) -> None:
-    """One request's audit row, bodies and artifacts, from what Record.record handed over (runs on
-    the writer thread, or when a spill file is replayed)."""
-    root = Path(data["artifact_root"])
-    images = [(base64.b64encode(image).decode("ascii"), image) for image in data["images"]]
-    prompt = prompt_with_image_references(data["body"].decode("utf-8", "replace"), images)
-    texts = [bounded_body(text, root) for text in (prompt, data["delivered"].decode("utf-8", "replace"),
-                                                   data["answer_text"])]
-    row = {**data["row"], "error": fit_text(data["row"]["error"], SHORT_TEXT_LIMIT)}
-    request = Request.create(**row)
-    (prompt, _), (response, _), (answer_text, _) = texts
-    RequestBody.create(request=request, prompt=prompt, response=response, response_text=answer_text,
-                       validation=fit_text(data["validation"], SHORT_TEXT_LIMIT))
-    artifacts = [(image, media_type) for (_, image), media_type in zip(images, data["media_types"])]
-    artifacts += [(whole, TEXT_MEDIA_TYPE) for _, whole in texts if whole is not None]
-    for content, media_type in artifacts:
-        artifact = store_artifact(root, content, media_type)
-        RequestArtifact.get_or_create(request=request, artifact=artifact)
-    add_usage(row)
-    if row["api_key"] is not None:
-        ApiKey.update(request_count=ApiKey.request_count + 1, last_used_at=row["created_at"]).where(
-            ApiKey.id == row["api_key"]
+    """One request's audit (a spill file's replay, or a batch that failed as a whole, write by write)."""
+    write_audits([data])
+
+
+@writes_together("audit")
+def write_audits(batch: list[dict]) -> None:
+    """The audit rows, bodies and artifacts of a run of finished requests, from what Record.record handed
+    over (on the writer thread): one multi-row INSERT per table and one update per API key, not five
+    statements and two model objects per request."""
+    audits = [Audit.of(data) for data in batch]
+    Request.insert_many([audit.row for audit in audits]).execute()
+    ids = dict(Request.select(Request.request_id, Request.id)
+               .where(Request.request_id.in_([audit.row["request_id"] for audit in audits])).tuples())
+    RequestBody.insert_many([
+        {"request": ids[audit.row["request_id"]], "prompt": audit.prompt, "response": audit.response,
+         "response_text": audit.answer_text, "validation": audit.validation}
+        for audit in audits
+    ]).execute()
+    for audit in audits:
+        for content, media_type in audit.artifacts:
+            artifact = store_artifact(audit.root, content, media_type)
+            RequestArtifact.get_or_create(request=ids[audit.row["request_id"]], artifact=artifact)
+    add_usage([audit.row for audit in audits])
+    used: dict[int, list[dt.datetime]] = defaultdict(list)
+    for audit in audits:
+        if audit.row["api_key"] is not None:
+            used[audit.row["api_key"]].append(audit.row["created_at"])
+    for key_id, times in used.items():
+        ApiKey.update(request_count=ApiKey.request_count + len(times), last_used_at=max(times)).where(
+            ApiKey.id == key_id
         ).execute()
+
+
+@dataclass
+class Audit:
+    """One request's audit as the tables take it: texts bounded (the whole kept as an artifact), images
+    referenced from the prompt."""
+
+    root: Path
+    row: dict
+    prompt: str
+    response: str
+    answer_text: str
+    validation: str
+    artifacts: list[tuple[bytes, str]]
+
+    @classmethod
+    def of(cls, data: dict) -> Audit:
+        root = Path(data["artifact_root"])
+        images = [(base64.b64encode(image).decode("ascii"), image) for image in data["images"]]
+        prompt = prompt_with_image_references(data["body"].decode("utf-8", "replace"), images)
+        texts = [bounded_body(text, root) for text in (prompt, data["delivered"].decode("utf-8", "replace"),
+                                                       data["answer_text"])]
+        artifacts = [(image, media_type) for (_, image), media_type in zip(images, data["media_types"])]
+        artifacts += [(whole, TEXT_MEDIA_TYPE) for _, whole in texts if whole is not None]
+        (prompt, _), (response, _), (answer_text, _) = texts
+        return cls(root, {**data["row"], "error": fit_text(data["row"]["error"], SHORT_TEXT_LIMIT)}, prompt, response,
+                   answer_text, fit_text(data["validation"], SHORT_TEXT_LIMIT), artifacts)

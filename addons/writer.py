@@ -30,6 +30,7 @@ import base64
 import datetime as dt
 import fcntl
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -85,6 +86,7 @@ class Write:
 
 
 WRITES: dict[str, Callable[[dict], None]] = {}
+WRITES_TOGETHER: dict[str, Callable[[list[dict]], None]] = {}
 
 
 def writes(kind: str):
@@ -93,6 +95,28 @@ def writes(kind: str):
         WRITES[kind] = function
         return function
     return register
+
+
+def writes_together(kind: str):
+    """Register the function that performs a run of consecutive writes of `kind` at once, given their data
+    in order (the writer's batches: one statement for many rows, where a table allows it)."""
+    def register(function: Callable[[list[dict]], None]) -> Callable[[list[dict]], None]:
+        WRITES_TOGETHER[kind] = function
+        return function
+    return register
+
+
+def perform_all(batch: list) -> None:
+    """Perform `batch` in order; each run of consecutive writes of a kind registered with `writes_together` at once."""
+    def together(write) -> str | None:
+        return write.kind if isinstance(write, Write) and write.kind in WRITES_TOGETHER else None
+
+    for kind, run in itertools.groupby(batch, key=together):
+        if kind is None:
+            for write in run:
+                perform(write)
+        else:
+            WRITES_TOGETHER[kind]([write.data for write in run])
 
 
 def perform(write: Write | Callable[[], None]) -> None:
@@ -588,8 +612,7 @@ class StoreWriter:
         while True:
             try:
                 with database.atomic():
-                    for write in batch:
-                        perform(write)
+                    perform_all(batch)
                 return
             except Exception as exc:
                 failure = exc

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
+
+import pytest
 
 import migrations
-from addons.record import write_audit
+from addons.record import write_audit, write_audits
 from admin_app.db import app_database
-from store.models import Request, UsageHour, UsageMinute
+from store.models import ApiKey, Request, RequestBody, UsageHour, UsageMinute
+
+
+def one_by_one(audits: list[dict]) -> None:
+    for audit in audits:
+        write_audit(audit)
 
 
 def _audit(request_id: str, user_id: int | None, model: str, at: dt.datetime, status: int = 200,
@@ -22,14 +30,15 @@ def _audit(request_id: str, user_id: int | None, model: str, at: dt.datetime, st
             "validation": "", "artifact_root": "unused"}
 
 
-def test_finished_requests_add_up_per_user_model_and_hour(app, make_user):
+@pytest.mark.parametrize("write", [one_by_one, write_audits], ids=["one by one", "together"])
+def test_finished_requests_add_up_per_user_model_and_hour(app, make_user, write):
     ada = make_user("ada")
     at = dt.datetime(2026, 3, 1, 10, 15, 30)
     with app_database(app).atomic():
-        write_audit(_audit("r1", ada.id, "llama3.2", at))
-        write_audit(_audit("r2", ada.id, "llama3.2", at + dt.timedelta(minutes=20), status=503, prompt=1, completion=0))
-        write_audit(_audit("r3", ada.id, "qwen2.5", at))
-        write_audit(_audit("r4", None, "llama3.2", at + dt.timedelta(hours=1)))
+        write([_audit("r1", ada.id, "llama3.2", at),
+               _audit("r2", ada.id, "llama3.2", at + dt.timedelta(minutes=20), status=503, prompt=1, completion=0),
+               _audit("r3", ada.id, "qwen2.5", at),
+               _audit("r4", None, "llama3.2", at + dt.timedelta(hours=1))])
 
     assert Request.select().count() == 4
     rows = {(r.user_id, r.model, r.hour): r for r in UsageHour.select()}
@@ -41,6 +50,22 @@ def test_finished_requests_add_up_per_user_model_and_hour(app, make_user):
     minutes = {r.minute: r.requests for r in UsageMinute.select()}
     assert minutes == {dt.datetime(2026, 3, 1, 10, 15): 2, dt.datetime(2026, 3, 1, 10, 35): 1,
                        dt.datetime(2026, 3, 1, 11, 15): 1}
+
+
+def test_a_run_of_audits_takes_a_few_statements_whatever_its_length(app, make_user, caplog):
+    """The writer's batches: one INSERT per table, one upsert per rollup row and one update per key."""
+    ada = make_user("ada")
+    key = ApiKey.create(user=ada, prefix="batchkey", key_hash="x", label="batch")
+    at = dt.datetime(2026, 3, 1, 10, 15, 30)
+    audits = [_audit(f"b{n}", ada.id, "llama3.2", at + dt.timedelta(milliseconds=n)) for n in range(50)]
+    for audit in audits:
+        audit["row"]["api_key"] = key.id
+    with caplog.at_level(logging.DEBUG, logger="peewee"), app_database(app).atomic():
+        write_audits(audits)
+    statements = [r for r in caplog.records if r.name == "peewee" and isinstance(r.msg, tuple)]
+    assert len(statements) <= 6  # request, its ids, bodies, the hour, the minute, the key
+    assert RequestBody.select().join(Request).where(Request.request_id.startswith("b")).count() == 50
+    assert ApiKey.get_by_id(key.id).request_count == 50 and ApiKey.get_by_id(key.id).last_used_at == audits[-1]["row"]["created_at"]
 
 
 def test_the_dashboards_migration_runs_twice_without_change(app):
