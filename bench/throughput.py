@@ -12,7 +12,10 @@ switched off (one user makes all the requests); `--with-limits` keeps the shippe
 (b) non-streamed at concurrency 1, 16 and 64 (closed loop, the node answers at once): requests/s, p50
     and p99 latency, the p50 added to direct, and the proxy's CPU per request.
 
-    PYTHONPATH=. .venv/bin/python bench/throughput.py [--seconds 10] [--json throughput.json]
+    PYTHONPATH=. .venv/bin/python bench/throughput.py [--seconds 10] [--json throughput.json] [--profile DIR]
+
+`--profile DIR` also samples the shipped gateway with py-spy while it carries (a) and (b) at 16 clients:
+where its CPU goes (`*-cpu.txt`) and who holds the GIL (`*-gil.txt`), as collapsed stacks.
 
 The proxies, the node, the admin app and this load generator share the machine's CPUs: figures from a
 busy machine are not comparable with figures from a quiet one (the load average is printed).
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from pathlib import Path
 
 import harness
 from harness import NO_LIMITS, Service, Stack, auth, chat_body, free_port, table
@@ -31,6 +35,8 @@ from overhead import PACED_MODEL, closed_loop
 from sim.stack import GATEWAY
 
 SLOTS = 256
+SHIPPED = "gateway (uvloop)"
+PY_SPY = str(Path(sys.executable).parent / "py-spy")
 CONCURRENCIES = (1, 16, 64)
 
 
@@ -52,22 +58,33 @@ def targets(stack: Stack, node_url: str, node_pid: int, stock_url: str, asyncio_
     return [
         ("direct", node_url, {}, None),
         ("stock mitmdump", stock_url, {}, stack.service("mitmdump-stock").process.pid),
-        ("gateway (uvloop)", stack.gateway_url, key, harness.gateway_pid(stack)),
+        (SHIPPED, stack.gateway_url, key, harness.gateway_pid(stack)),
         ("gateway (asyncio)", asyncio_url, key, stack.service("gateway-asyncio").process.pid),
     ]
 
 
-async def measure(ways: list[tuple], node_pid: int, body: dict, clients: int, seconds: float) -> dict:
+async def measure(ways: list[tuple], node_pid: int, body: dict, clients: int, seconds: float,
+                  profile: Path | None = None) -> dict:
     results = {}
     for label, url, headers, proxy_pid in ways:
         pids = {"node": node_pid} | ({"proxy": proxy_pid} if proxy_pid else {})
         print(f"[throughput] {label}: {clients} clients, stream={body['stream']} ...", file=sys.stderr, flush=True)
+        sampling = []
+        if profile and label == SHIPPED:
+            name = f"{'streams' if body['stream'] else 'requests'}-{clients}"
+            sampling = [await asyncio.create_subprocess_exec(
+                PY_SPY, "record", "--pid", str(proxy_pid), "--duration", str(int(seconds)), "--format", "raw",
+                "--nonblocking", *flags, "--output", str(profile / f"{name}-{kind}.txt"),
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+                for kind, flags in (("cpu", ()), ("gil", ("--gil",)))]
         results[label] = await closed_loop(None, f"{url}/v1/chat/completions", body, headers, clients, seconds, pids)
+        for sampler in sampling:
+            await sampler.wait()
     return results
 
 
 async def run_all(args) -> dict:
-    results: dict = {"machine": harness.machine(), "parameters": vars(args).copy()}
+    results: dict = {"machine": harness.machine(), "parameters": vars(args) | {"profile": str(args.profile or "")}}
     options = () if args.with_limits else NO_LIMITS
     with harness.cluster("throughput", gateway_options=options, max_concurrent=SLOTS,
                          sim_args=("--tokens-per-s", "0", "--slots", str(SLOTS))) as stack:
@@ -79,14 +96,15 @@ async def run_all(args) -> dict:
         streams = await measure(targets(stack, paced_url, paced_pid, harness.start_stock_mitmdump(stack, paced_url),
                                         asyncio_url),
                                 paced_pid, chat_body(args.stream_tokens, stream=True, model=PACED_MODEL),
-                                args.streams, args.seconds)
+                                args.streams, args.seconds, args.profile)
         results["streams"] = {label: run | {"tokens_per_s": run["requests_per_s"] * run["chunks_per_request"]}
                               for label, run in streams.items()}
         node_pid = stack.service("vllm").process.pid
         stock_url = harness.start_stock_mitmdump(stack, stack.vllm_url)
         ways = targets(stack, stack.vllm_url, node_pid, stock_url, asyncio_url)
         results["non_streamed"] = {
-            str(clients): await measure(ways, node_pid, chat_body(args.max_tokens, stream=False), clients, args.seconds)
+            str(clients): await measure(ways, node_pid, chat_body(args.max_tokens, stream=False), clients, args.seconds,
+                                        args.profile if clients == 16 else None)
             for clients in CONCURRENCIES
         }
     return results
@@ -127,7 +145,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each closed-loop run")
     parser.add_argument("--with-limits", action="store_true", help="keep the shipped per-user limits on")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--profile", metavar="DIR", type=Path, help="also sample the shipped gateway with py-spy")
     args = parser.parse_args()
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
     harness.run_and_report(run_all, report, args)
 
 
