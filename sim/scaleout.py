@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from sim.stack import MITMDUMP, REPO_ROOT, Service, Stack, free_port, run_command, start_stack, wait_until
+from sim.stack import GATEWAY, REPO_ROOT, Service, Stack, free_port, run_command, start_stack, wait_until
 
 HAPROXY = "/usr/sbin/haproxy"
 # HAProxy asks every gateway's /readyz this often; two failures in a row take it out of the rotation
@@ -86,7 +86,7 @@ class ScaledStack(Stack):
 
 
 def start_gateway(stack: Stack, name: str, port: int, options: tuple[str, ...], log_dir: Path) -> Service:
-    gateway = Service(name, [MITMDUMP, "-s", "addons/mindrouter.py", "-p", str(port),
+    gateway = Service(name, [*GATEWAY, "-p", str(port),
                              *(arg for option in options for arg in ("--set", option))], stack.env, log_dir)
     stack.services.append(gateway)
     gateway.wait_http(f"http://127.0.0.1:{port}/healthz", accept=lambda r: r.status_code == 200)
