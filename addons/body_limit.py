@@ -185,6 +185,7 @@ class BodyLimit:
             gateway_writer.write(body.resent(self.token))
 
             async def pipe() -> None:
+                writer.write(closing(await gateway_reader.readuntil(b"\r\n\r\n")))
                 while piece := await gateway_reader.read(2**16):
                     writer.write(piece)
                     await writer.drain()
@@ -194,6 +195,13 @@ class BodyLimit:
             piping.cancel()
         finally:
             gateway_writer.close()
+
+
+def closing(head: bytes) -> bytes:
+    """A response head that says `Connection: close`: the sink answers one request per connection, and
+    mitmproxy would otherwise send the caller's next request on this one, to nobody."""
+    lines = [line for line in head[:-4].split(b"\r\n") if not line.lower().startswith(b"connection:")]
+    return b"\r\n".join([*lines, b"Connection: close"]) + b"\r\n\r\n"
 
 
 def held_key(head: bytes) -> str:

@@ -114,6 +114,16 @@ def test_a_chunked_body_under_the_limit_is_served_and_audited_with_the_callers_a
     assert (row.endpoint, row.status, row.client_address, row.user.username) == ("/api/chat", 200, "127.0.0.2", "staff1")
 
 
+def test_chunked_requests_one_after_another_on_one_connection_are_all_answered(cluster):
+    """The sink answers one request per connection: mitmproxy must not send the next one on it."""
+    headers = {"Authorization": f"Bearer {cluster.keys['staff1']}"}
+    with httpx.Client(timeout=10) as client:
+        statuses = [client.request(method, f"{cluster.gateway_url}{path}", headers=headers,
+                                   content=chunked(b'{"model": "llama3.2"}')).status_code
+                    for method, path in [("GET", "/v1/models"), ("PATCH", "/api/embeddings"), ("GET", "/api/tags")] * 2]
+    assert statuses == [200, 405, 200] * 2
+
+
 def test_a_callers_own_peer_header_is_ignored(cluster):
     prompt = "a question that claims another address"
     answer = httpx.post(f"{cluster.gateway_url}/api/chat", content=chat_body(prompt, stream=False), timeout=30,
