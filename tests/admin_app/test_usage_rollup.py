@@ -56,8 +56,8 @@ def test_a_run_of_audits_takes_a_few_statements_whatever_its_length(app, make_us
     """The writer's batches: one INSERT per table, one upsert per rollup row and one update per key."""
     ada = make_user("ada")
     key = ApiKey.create(user=ada, prefix="batchkey", key_hash="x", label="batch")
-    at = dt.datetime(2026, 3, 1, 10, 15, 30)
-    audits = [_audit(f"b{n}", ada.id, "llama3.2", at + dt.timedelta(milliseconds=n)) for n in range(50)]
+    at = dt.datetime(2026, 3, 1, 10, 15)  # 50 requests a second apart, all in one minute
+    audits = [_audit(f"b{n}", ada.id, "llama3.2", at + dt.timedelta(seconds=n)) for n in range(50)]
     for audit in audits:
         audit["row"]["api_key"] = key.id
     with caplog.at_level(logging.DEBUG, logger="peewee"), app_database(app).atomic():
