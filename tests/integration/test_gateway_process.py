@@ -16,31 +16,32 @@ from sim.stack import GATEWAY, MITMDUMP, PYTHON, REPO_ROOT, Service, free_port, 
 from store import init_database
 from store.models import ApiKey, User
 
-
 LAUNCHERS = pytest.mark.parametrize("launcher", [GATEWAY, [MITMDUMP, "-s", "addons/mindrouter.py"]],
                                     ids=["python -m addons", "mitmdump -s"])
 
 
+def start_refused(launcher: list[str], database_url: str, *arguments: str) -> subprocess.CompletedProcess:
+    """Start a gateway that must refuse to start: its exit, with what it printed."""
+    return subprocess.run([*launcher, "-p", str(free_port()), *arguments], cwd=REPO_ROOT, timeout=60,
+                          env={"DATABASE_URL": database_url, "PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
+
+
+def migrated(tmp_path) -> str:
+    db_url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    migrations.upgrade(init_database(db_url))
+    return db_url
+
+
 @LAUNCHERS
 def test_gateway_refuses_an_out_of_date_schema(tmp_path, launcher):
-    done = subprocess.run(
-        [*launcher, "-p", str(free_port())], cwd=REPO_ROOT, timeout=60,
-        env={"DATABASE_URL": f"sqlite:///{tmp_path / 'empty.db'}", "PATH": "/usr/bin:/bin"},
-        capture_output=True, text=True,
-    )
+    done = start_refused(launcher, f"sqlite:///{tmp_path / 'empty.db'}")
     assert done.returncode != 0
     assert "flask --app admin_app db upgrade" in done.stderr
 
 
 @LAUNCHERS
 def test_gateway_rejects_unknown_options(tmp_path, launcher):
-    db_url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    migrations.upgrade(init_database(db_url))
-    done = subprocess.run(
-        [*launcher, "-p", str(free_port()), "--set", "gate_max_wiat_s=3"],
-        cwd=REPO_ROOT, timeout=60, env={"DATABASE_URL": db_url, "PATH": "/usr/bin:/bin"},
-        capture_output=True, text=True,
-    )
+    done = start_refused(launcher, migrated(tmp_path), "--set", "gate_max_wiat_s=3")
     assert done.returncode != 0
     assert "gate_max_wiat_s" in done.stdout + done.stderr
 
@@ -48,35 +49,21 @@ def test_gateway_rejects_unknown_options(tmp_path, launcher):
 @LAUNCHERS
 def test_gateway_refuses_an_invalid_option_value(tmp_path, launcher):
     """Each addon checks its options in `configure`; a value given on the command line is checked too."""
-    db_url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    migrations.upgrade(init_database(db_url))
-    done = subprocess.run(
-        [*launcher, "-p", str(free_port()), "--set", "scheduler_quantum=-1"],
-        cwd=REPO_ROOT, timeout=60, env={"DATABASE_URL": db_url, "PATH": "/usr/bin:/bin"},
-        capture_output=True, text=True,
-    )
+    done = start_refused(launcher, migrated(tmp_path), "--set", "scheduler_quantum=-1")
     assert done.returncode != 0
     assert "quantum" in done.stdout + done.stderr
 
 
 @LAUNCHERS
 def test_gateway_refuses_an_option_set_twice_instead_of_hanging(tmp_path, launcher):
-    db_url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    migrations.upgrade(init_database(db_url))
-    done = subprocess.run(
-        [*launcher, "-p", str(free_port()),
-         "--set", "scheduler_max_wait_s=3", "--set", "scheduler_max_wait_s=4"],
-        cwd=REPO_ROOT, timeout=60, env={"DATABASE_URL": db_url, "PATH": "/usr/bin:/bin"},
-        capture_output=True, text=True,
-    )
+    done = start_refused(launcher, migrated(tmp_path), "--set", "scheduler_max_wait_s=3", "--set", "scheduler_max_wait_s=4")
     assert done.returncode == 2
     assert "options set more than once: scheduler_max_wait_s" in done.stderr
 
 
 @LAUNCHERS
 def test_gateway_applies_mitmproxy_conf_and_the_command_line_wins(tmp_path, launcher):
-    db_url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    migrations.upgrade(init_database(db_url))
+    db_url = migrated(tmp_path)
     conf = tmp_path / "gateway.conf"
     port_in_file, port_on_command_line = free_port(), free_port()
     conf.write_text((REPO_ROOT / "mitmproxy.conf").read_text().replace("listen_port: 8000", f"listen_port: {port_in_file}"))
