@@ -13,14 +13,22 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
-import signal
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
-from sim.stack import GATEWAY, REPO_ROOT, Service, Stack, free_port, run_command, start_stack, wait_until
+from sim.stack import (
+    GATEWAY,
+    REPO_ROOT,
+    Service,
+    Stack,
+    free_port,
+    run_command,
+    serve_until_stopped,
+    start_stack,
+    wait_until,
+)
 
 HAPROXY = "/usr/sbin/haproxy"
 # HAProxy asks every gateway's /readyz this often; two failures in a row take it out of the rotation
@@ -151,18 +159,7 @@ Redis {env["REDIS_URL"]} (logs in data/logs/).
   export ADMIN_KEY={stack.keys["admin"]}   # admin
 
 Ctrl-C stops everything.""", flush=True)
-    stopping = []
-    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
-    try:
-        while not stopping:
-            for service in stack.services:
-                service.check_alive()
-            time.sleep(1)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        print("stopping ...", flush=True)
-        stack.stop()
+    serve_until_stopped(stack)
 
 
 if __name__ == "__main__":

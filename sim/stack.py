@@ -201,6 +201,11 @@ Models: {", ".join(OLLAMA_MODELS)} (Ollama node), {", ".join(VLLM_MODELS)} (vLLM
     -d '{{"model": "{VLLM_MODELS[0]}", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
 
 Ctrl-C stops everything.""", flush=True)
+    serve_until_stopped(stack)
+
+
+def serve_until_stopped(stack: Stack) -> None:
+    """Keep the stack up until Ctrl-C or SIGTERM (a service that dies ends it too), then stop it."""
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     try:
