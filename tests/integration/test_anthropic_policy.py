@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 import time
 
 import anthropic
@@ -19,12 +18,11 @@ import pytest
 from scheduler.quota import period_of
 from sim import generation
 from sim.stack import wait_until
-from store import api_keys, database
-from store.db import open_database
-from store.models import ApiKey, Quota, RequestBody, User, utcnow
+from store import database
+from store.models import Quota, RequestBody, utcnow
 from tests.integration.test_audit import audit_rows
 from tests.integration.test_fair_limits import live_users
-from tests.support.cluster import start_cluster
+from tests.support.cluster import new_student, start_one_slot_cluster
 
 MODEL = "Qwen/Qwen2.5-0.5B-Instruct"  # the vLLM node's
 PROMPT = "describe carefully everything regarding mountains rivers forests oceans"
@@ -32,22 +30,9 @@ PROMPT = "describe carefully everything regarding mountains rivers forests ocean
 
 @pytest.fixture(scope="module")
 def one_slot_stack(tmp_path_factory):
-    work_dir = tmp_path_factory.mktemp("anthropic-policy")
-    stack = start_cluster(work_dir, f"sqlite:///{work_dir / 'db.sqlite'}",
-                          ("scheduler_quantum=100", "scheduler_burst_cap=0"), sim_args=("--tokens-per-s", "1000"),
-                          max_concurrent=1)
-    stack.db = open_database(stack.env["DATABASE_URL"])
+    stack = start_one_slot_cluster(tmp_path_factory.mktemp("anthropic-policy"))
     yield stack
     stack.stop()
-
-
-def new_user(stack, **overrides) -> tuple[int, str]:
-    """A student of its own with these User overrides, and a key (straight into the database)."""
-    database.initialize(stack.db)
-    user = User.create(username=f"anthropic-{secrets.token_hex(4)}", role="student", **overrides)
-    key, prefix = api_keys.generate_key()
-    ApiKey.create(user=user.id, prefix=prefix, key_hash=api_keys.hash_key(key), label="anthropic policy test")
-    return user.id, key
 
 
 def message(max_tokens: int = 20) -> dict:
@@ -61,7 +46,7 @@ def post(stack, key: str, body: dict) -> httpx.Response:
 def test_a_token_budget_is_reserved_then_settled_at_the_exact_usage_and_refuses_past_it(one_slot_stack):
     first = post(one_slot_stack, one_slot_stack.keys["admin"], message())
     per_request = first.json()["usage"]["input_tokens"] + first.json()["usage"]["output_tokens"]
-    user_id, key = new_user(one_slot_stack, token_budget_override=4 * per_request)
+    user_id, key = new_student(one_slot_stack, "anthropic", token_budget_override=4 * per_request)
     answers = [post(one_slot_stack, key, message()) for _ in range(8)]
     served = [a for a in answers if a.status_code == 200]
     refused = [a for a in answers if a.status_code != 200]
@@ -85,7 +70,7 @@ def test_a_token_budget_is_reserved_then_settled_at_the_exact_usage_and_refuses_
 
 
 def test_the_rate_limit_of_a_key_answers_in_anthropics_shape(one_slot_stack):
-    _, key = new_user(one_slot_stack, rpm_override=2)
+    _, key = new_student(one_slot_stack, "anthropic", rpm_override=2)
     client = anthropic.Anthropic(base_url=one_slot_stack.gateway_url, api_key=key, max_retries=0)
     for _ in range(2):
         client.messages.create(**message())

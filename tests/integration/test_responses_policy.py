@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 import time
 
 import httpx
@@ -18,12 +17,12 @@ import pytest
 
 from scheduler.quota import period_of
 from sim import generation
-from store import api_keys, database
-from store.db import open_database
-from store.models import ApiKey, Quota, RequestBody, StoredResponse, User, utcnow
+from sim.stack import wait_until
+from store import database
+from store.models import Quota, RequestBody, StoredResponse, utcnow
 from tests.integration.test_audit import audit_rows
 from tests.integration.test_fair_limits import live_users
-from tests.support.cluster import start_cluster
+from tests.support.cluster import new_student, start_one_slot_cluster
 
 MODEL = "Qwen/Qwen2.5-0.5B-Instruct"  # the vLLM node's
 PROMPT = "tell me everything about wheat barley lentils and the rolling hills"
@@ -31,21 +30,9 @@ PROMPT = "tell me everything about wheat barley lentils and the rolling hills"
 
 @pytest.fixture(scope="module")
 def one_slot_stack(tmp_path_factory):
-    work_dir = tmp_path_factory.mktemp("responses-policy")
-    stack = start_cluster(work_dir, f"sqlite:///{work_dir / 'db.sqlite'}",
-                          ("scheduler_quantum=100", "scheduler_burst_cap=0"), sim_args=("--tokens-per-s", "1000"),
-                          max_concurrent=1)
-    stack.db = open_database(stack.env["DATABASE_URL"])
+    stack = start_one_slot_cluster(tmp_path_factory.mktemp("responses-policy"))
     yield stack
     stack.stop()
-
-
-def new_student(stack, **overrides) -> tuple[int, str]:
-    database.initialize(stack.db)
-    user = User.create(username=f"responses-{secrets.token_hex(4)}", role="student", **overrides)
-    key, prefix = api_keys.generate_key()
-    ApiKey.create(user=user.id, prefix=prefix, key_hash=api_keys.hash_key(key), label="responses policy test")
-    return user.id, key
 
 
 def ask(stack, key: str, max_output_tokens: int = 20) -> httpx.Response:
@@ -56,7 +43,7 @@ def ask(stack, key: str, max_output_tokens: int = 20) -> httpx.Response:
 def test_a_token_budget_is_settled_at_the_exact_usage_and_refuses_past_it(one_slot_stack):
     first = ask(one_slot_stack, one_slot_stack.keys["admin"]).json()
     per_request = first["usage"]["total_tokens"]
-    user_id, key = new_student(one_slot_stack, token_budget_override=3 * per_request)
+    user_id, key = new_student(one_slot_stack, "responses", token_budget_override=3 * per_request)
     answers = [ask(one_slot_stack, key) for _ in range(6)]
     served = [a for a in answers if a.status_code == 200]
     refused = [a for a in answers if a.status_code != 200]
@@ -103,7 +90,8 @@ def test_responses_of_two_users_share_one_slot_by_weight(one_slot_stack):
 
     asyncio.run(scenario())
     assert counted["faculty1"] / (counted["faculty1"] + counted["student1"]) == pytest.approx(0.75, abs=0.1)
-    assert all(not row["running"] and not row["waiting"] for row in live_users(stack))
+    wait_until(lambda: all(not row["running"] and not row["waiting"] for row in live_users(stack)), 10,
+               "both users' running and waiting requests in the live queue to return to 0")
 
 
 def test_a_response_leaves_its_audit_row_and_its_stored_copy(cluster):

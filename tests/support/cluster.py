@@ -9,6 +9,9 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from sim.stack import Stack, free_port, start_stack
+from store import api_keys, database
+from store.db import open_database
+from store.models import ApiKey, User
 
 USERS = ("admin", "faculty1", "staff1", "student1")
 # Suites that are not about limits run without them: no rate or concurrency limit, a budget nobody reaches.
@@ -47,3 +50,21 @@ def slot_gauges(stack: Stack) -> dict[str, float]:
             if sample.name in totals:
                 totals[sample.name] += sample.value
     return totals
+
+
+def start_one_slot_cluster(work_dir: Path) -> Stack:
+    """Both nodes registered with one slot each and fast pacing; a small quantum and no burst credit, so
+    that a few requests show the shares by weight. `stack.db` is the test's own connection."""
+    stack = start_cluster(work_dir, f"sqlite:///{work_dir / 'db.sqlite'}", ("scheduler_quantum=100", "scheduler_burst_cap=0"),
+                          sim_args=("--tokens-per-s", "1000"), max_concurrent=1)
+    stack.db = open_database(stack.env["DATABASE_URL"])
+    return stack
+
+
+def new_student(stack: Stack, label: str, **overrides) -> tuple[int, str]:
+    """A student of its own with these User overrides, and a key (straight into the database): its id and key."""
+    database.initialize(stack.db)
+    user = User.create(username=f"{label}-{secrets.token_hex(4)}", role="student", **overrides)
+    key, prefix = api_keys.generate_key()
+    ApiKey.create(user=user.id, prefix=prefix, key_hash=api_keys.hash_key(key), label=f"{label} test")
+    return user.id, key
