@@ -46,8 +46,13 @@ run-cluster: install .env services  ## HAProxy on :8000 in front of GATEWAYS gat
 services:  ## start MariaDB and Redis (and install the tools) the tests use
 	.ci/prepare
 
-test: install services  ## the whole suite (tests/engines aside: make test-engines), on two workers
-	$(BIN)/pytest -n 2 --dist loadfile $(PYTEST_ARGS)
+# The hostile-input fuzz (10 000 requests through one gateway, judged by how long each answer takes) runs
+# alone after the rest: beside the scale-out suites on two cores its timings would be the machine's.
+FUZZ := tests/integration/test_hostile_input.py
+
+test: install services  ## the whole suite (tests/engines aside: make test-engines), on two workers, then the fuzz
+	$(BIN)/pytest -n 2 --dist loadfile --ignore $(FUZZ) $(PYTEST_ARGS)
+	$(BIN)/pytest $(FUZZ)
 
 test-unit: install  ## the pure core only
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
