@@ -1,4 +1,8 @@
-"""Connections: a bound on how many client connections one gateway process holds open.
+"""Connections: how many client connections one gateway process takes at once, and holds open.
+
+A burst of connections (a script's 300 requests at once) must wait in the kernel's accept queue
+while the event loop is busy, not be reset: asyncio listens with a backlog of 100, and Linux
+drops the overflow. `ListenBacklog` deepens that queue once the listeners are up.
 
 Every open connection costs memory (and, while a body arrives, up to `max_request_body_mb` of it),
 so a flood of connections from anyone, before any key is checked, must meet a ceiling. A
@@ -10,6 +14,7 @@ bound is per process, not per client address.
 from __future__ import annotations
 
 import logging
+import socket
 
 from mitmproxy import connection, ctx, exceptions
 
@@ -46,3 +51,32 @@ class ConnectionLimit:
     def client_disconnected(self, client: connection.Client) -> None:
         self.open.discard(client.id)
         CLIENT_CONNECTIONS.set(len(self.open))
+
+
+class ListenBacklog:
+    def load(self, loader):
+        loader.add_option(
+            "listen_backlog", int, 4096,
+            "Connections the kernel holds for the gateway before it accepts them (capped by the system's "
+            "net.core.somaxconn); a burst beyond it is reset by the kernel.",
+        )
+        # The listeners open after this (and open again when mitmproxy.conf sets the reverse mode).
+        ctx.master.addons.get("proxyserver").servers.changed.connect(self.deepen)
+
+    def configure(self, updated):
+        if "listen_backlog" in updated and ctx.options.listen_backlog < 1:
+            raise exceptions.OptionsError(f"listen_backlog: {ctx.options.listen_backlog!r} is not a whole number ≥ 1")
+
+    def deepen(self) -> None:
+        """mitmproxy offers no backlog option: listen() again on each listening socket, which sets the
+        queue's depth of a socket already listening."""
+        for instance in ctx.master.addons.get("proxyserver").servers:
+            for server in getattr(instance, "_servers", ()):  # asyncio's or uvloop's servers; UDP ones have no sockets
+                for listening in getattr(server, "sockets", ()):
+                    if listening.type == socket.SOCK_STREAM:
+                        relisten(listening.fileno(), ctx.options.listen_backlog)
+
+
+def relisten(fileno: int, backlog: int) -> None:
+    with socket.socket(fileno=socket.dup(fileno)) as listening:  # closing the duplicate leaves the listener open
+        listening.listen(backlog)

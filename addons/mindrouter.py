@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from addons.aliases import Aliases
 from addons.auth import Auth
 from addons.body_limit import BodyLimit
-from addons.connections import ConnectionLimit
+from addons.connections import ConnectionLimit, ListenBacklog
 from addons.drain import Drain
 from addons.gate import Gate
 from addons.guard import guarded
@@ -40,6 +40,7 @@ addons = guarded(
     Drain(gate),  # on shutdown, first to stop: refuse new and queued requests, let running ones finish
     writer,  # background database writes
     registry,  # backends from the database, polled for health and models
+    ListenBacklog(),  # a burst of connections waits to be accepted, not reset
     ConnectionLimit(),  # a ceiling on open client connections
     Routing(settings.environment.admin_app_url),  # what the path is; dashboards go to the admin app
     BodyLimit(),  # bodies over the limit refused unread; chunked ones read to a bound first

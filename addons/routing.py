@@ -54,7 +54,7 @@ GATEWAY_PATHS = {path for _, path in ROUTES}
 # fields of up to 8190 bytes and would otherwise drop the connection (mitmproxy's bare 502).
 MAX_HEADER_FIELD_BYTES = 8190
 MAX_HEADER_BYTES = 32 * 2**10
-UPGRADE_HEADERS = ("Connection", "Upgrade", "HTTP2-Settings")
+UPGRADE_HEADERS = ("Upgrade", "HTTP2-Settings")
 
 
 def route_for(method: str, path: str) -> Route:
@@ -96,9 +96,14 @@ class Routing:
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         # No path here upgrades its connection (no WebSocket, no h2c): an upgrade asked for would only
-        # keep mitmproxy from closing the connection after an error it answers itself.
+        # keep mitmproxy from closing the connection after an error it answers itself. A caller's
+        # `Connection: close` stays: mitmproxy closes the connection after the answer.
         for header in UPGRADE_HEADERS:
             flow.request.headers.pop(header, None)
+        asks_close = "close" in flow.request.headers.get("Connection", "").lower()
+        flow.request.headers.pop("Connection", None)
+        if asks_close:
+            flow.request.headers["Connection"] = "close"
         if error := oversized_headers(flow.request.headers):
             route = route_for(flow.request.method, flow.request.path.split("?", 1)[0])
             reply_error(flow, route.dialect, error)

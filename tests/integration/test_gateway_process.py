@@ -4,6 +4,7 @@ The start-up checks hold for both ways to run it: the lean launcher and mitmdump
 from __future__ import annotations
 
 import asyncio
+import signal
 import sqlite3
 import subprocess
 import time
@@ -76,6 +77,34 @@ def test_gateway_applies_mitmproxy_conf_and_the_command_line_wins(tmp_path, laun
             assert httpx.get(f"http://127.0.0.1:{port}/api/nope").json() == {"error": "unknown endpoint /api/nope"}
         finally:
             gateway.stop()
+
+
+@LAUNCHERS
+def test_a_burst_of_connections_while_the_gateway_is_busy_waits_to_be_accepted(tmp_path, launcher):
+    """300 connections arrive while the gateway's event loop is stopped (as when it is busy): the kernel
+    holds them all for it (`listen_backlog`), where asyncio's own backlog of 100 would drop the rest,
+    and each is answered once the gateway runs again."""
+    port = free_port()
+    gateway = Service("gateway", [*launcher, "-p", str(port)], {"DATABASE_URL": migrated(tmp_path)}, tmp_path)
+    try:
+        gateway.wait_http(f"http://127.0.0.1:{port}/healthz", accept=lambda r: r.status_code == 200)
+
+        async def burst() -> list[bytes]:
+            connections = await asyncio.gather(
+                *(asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5) for _ in range(300)))
+            gateway.process.send_signal(signal.SIGCONT)
+            for _, writer in connections:
+                writer.write(b"GET /healthz HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\r\n")
+            return await asyncio.wait_for(asyncio.gather(*(reader.read() for reader, _ in connections)), 60)
+
+        gateway.process.send_signal(signal.SIGSTOP)
+        try:
+            answers = asyncio.run(burst())
+        finally:
+            gateway.process.send_signal(signal.SIGCONT)
+        assert [answer.split(b"\r\n", 1)[0] for answer in answers] == [b"HTTP/1.1 200 OK"] * 300
+    finally:
+        gateway.stop()
 
 
 def test_keys_are_not_stored_in_plaintext(cluster):

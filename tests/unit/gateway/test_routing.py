@@ -122,3 +122,11 @@ def test_a_connection_upgrade_asked_for_is_dropped_at_the_edge():
     flow.request.headers.update({"Connection": "Upgrade, HTTP2-Settings", "Upgrade": "h2c", "HTTP2-Settings": "AAM"})
     Routing("http://127.0.0.1:8001").requestheaders(flow)
     assert not {"connection", "upgrade", "http2-settings"} & {name.lower() for name in flow.request.headers}
+
+
+def test_a_caller_asking_to_close_the_connection_keeps_that_wish_without_the_upgrade():
+    """mitmproxy closes the connection after the answer only if the request still says `Connection: close`."""
+    flow = tflow.tflow()
+    flow.request.headers.update({"Connection": "Upgrade, close", "Upgrade": "websocket"})
+    Routing("http://127.0.0.1:8001").requestheaders(flow)
+    assert flow.request.headers.get_all("Connection") == ["close"] and "Upgrade" not in flow.request.headers
