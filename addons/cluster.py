@@ -21,7 +21,7 @@ Key layout (`{prefix}` is `redis_key_prefix`), none expiring on its own except t
 
     {prefix}:gateways               sorted set  gateway id → heartbeat expiry (ms)
     {prefix}:epochs                 hash        gateway id → its current epoch (stale entries carry another)
-    {prefix}:backend:{id}:leases    sorted set  request id → lease expiry (ms): the slots in use
+    {prefix}:backend:{id}:leases    sorted set  "request|gateway" → lease expiry (ms): the slots in use
     {prefix}:running:{user}         sorted set  request id → lease expiry (ms): the user's running requests
     {prefix}:waiting:{model}        sorted set  user id → start tag of the flow's head
     {prefix}:flow:{model}:{user}    list        entries "request|gateway|epoch|cost|weight|cap", oldest first
@@ -51,6 +51,8 @@ local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+
+local function lease(request, gateway) return request .. '|' .. gateway end
 
 local function split(text, sep)
   local parts = {}
@@ -106,7 +108,8 @@ local function best(models, now)
   return pick
 end
 
--- Fill the free slots of one backend; grants of this gateway are returned, others' published.
+-- Fill the free slots of one backend; grants of this gateway are returned, others' published and counted
+-- in grants.given.
 local function fill(backend, max, models, now, ttl, me, grants)
   local leases = P .. ':backend:' .. backend .. ':leases'
   redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
@@ -116,7 +119,7 @@ local function fill(backend, max, models, now, ttl, me, grants)
     local request, gateway = pick.head[1], pick.head[2]
     local cost, weight = tonumber(pick.head[4]), tonumber(pick.head[5])
     redis.call('LPOP', pick.flow)
-    redis.call('ZADD', leases, now + ttl, request)
+    redis.call('ZADD', leases, now + ttl, lease(request, gateway))
     redis.call('ZADD', P .. ':running:' .. pick.user, now + ttl, request)
     local ledger = P .. ':ledger:' .. pick.model
     local pending = tonumber(redis.call('HGET', ledger, 'd:' .. pick.user) or '0')
@@ -133,6 +136,7 @@ local function fill(backend, max, models, now, ttl, me, grants)
     else  -- published for speed, kept until that gateway's next heartbeat in case the message is lost
       redis.call('HSET', P .. ':granted:' .. gateway, request, backend)
       redis.call('PUBLISH', P .. ':grants:' .. gateway, request .. ' ' .. backend)
+      grants.given = (grants.given or 0) + 1
     end
   end
 end
@@ -170,20 +174,22 @@ return removed
 """
 
 # ARGV: prefix, me, ttl ms, request, user, model, correction (tokens per unit of weight), then the
-# released backend (one triple). → own grants.
+# released backend (one triple). → {slots given to other gateways' requests, own grants}.
 RELEASE_LUA = _COMMON_LUA + """
 local now, me, ttl, request, user, model = now_ms(), ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5], ARGV[6]
-redis.call('ZREM', P .. ':backend:' .. ARGV[8] .. ':leases', request)
+redis.call('ZREM', P .. ':backend:' .. ARGV[8] .. ':leases', lease(request, me))
 redis.call('ZREM', P .. ':running:' .. user, request)
 if tonumber(ARGV[7]) ~= 0 then redis.call('HINCRBYFLOAT', P .. ':ledger:' .. model, 'd:' .. user, ARGV[7]) end
 local grants = {}
 fill_all(8, now, ttl, me, grants)
-return grants
+return {grants.given or 0, grants}
 """
 
 # ARGV: prefix, me, epoch, ttl ms, then every backend this gateway sees accepting work.
 # → {1 if Redis knew this gateway's epoch already, live gateways, own grants (other gateways' since the
-# last heartbeat too: a grant whose message was lost is found here; taking one twice is harmless)}
+# last heartbeat too: a grant whose message was lost is found here; taking one twice is harmless),
+# the slots held on those backends as {backend, gateway, count, ...} (what a gateway that must decide
+# alone later leaves to the others)}
 TICK_LUA = _COMMON_LUA + """
 local now, me, epoch, ttl = now_ms(), ARGV[2], ARGV[3], tonumber(ARGV[4])
 local gateways = P .. ':gateways'
@@ -198,28 +204,41 @@ local granted = P .. ':granted:' .. me
 local grants = redis.call('HGETALL', granted)
 redis.call('DEL', granted)
 fill_all(5, now, ttl, me, grants)
-return {known, redis.call('ZRANGE', gateways, 0, -1), grants}
+local held = {}
+for i = 5, #ARGV, 3 do
+  local by_gateway = {}
+  for _, member in ipairs(redis.call('ZRANGE', P .. ':backend:' .. ARGV[i] .. ':leases', 0, -1)) do
+    local gateway = string.match(member, '|(.*)$')
+    by_gateway[gateway] = (by_gateway[gateway] or 0) + 1
+  end
+  for gateway, count in pairs(by_gateway) do
+    held[#held + 1] = ARGV[i]
+    held[#held + 1] = gateway
+    held[#held + 1] = count
+  end
+end
+return {known, redis.call('ZRANGE', gateways, 0, -1), grants, held}
 """
 
-# ARGV: prefix, ttl ms, then (request, backend, user) triples. → how many leases were missing.
+# ARGV: prefix, me, ttl ms, then (request, backend, user) triples. → how many leases were missing.
 RENEW_LUA = _COMMON_LUA + """
-local now, ttl, missing = now_ms(), tonumber(ARGV[2]), 0
-for i = 3, #ARGV, 3 do
-  missing = missing + redis.call('ZADD', P .. ':backend:' .. ARGV[i + 1] .. ':leases', now + ttl, ARGV[i])
+local now, me, ttl, missing = now_ms(), ARGV[2], tonumber(ARGV[3]), 0
+for i = 4, #ARGV, 3 do
+  missing = missing + redis.call('ZADD', P .. ':backend:' .. ARGV[i + 1] .. ':leases', now + ttl, lease(ARGV[i], me))
   redis.call('ZADD', P .. ':running:' .. ARGV[i + 2], now + ttl, ARGV[i])
 end
 return missing
 """
 
-# ARGV: prefix, ttl ms, request, from backend, then (backend, max_concurrent) pairs in preference order.
-# → the backend it moved to, or -1.
+# ARGV: prefix, me, ttl ms, request, from backend, then (backend, max_concurrent) pairs in preference
+# order. → the backend it moved to, or -1.
 MOVE_LUA = _COMMON_LUA + """
-local now, ttl, request = now_ms(), tonumber(ARGV[2]), ARGV[3]
-for i = 5, #ARGV, 2 do
+local now, me, ttl, request = now_ms(), ARGV[2], tonumber(ARGV[3]), lease(ARGV[4], ARGV[2])
+for i = 6, #ARGV, 2 do
   local leases = P .. ':backend:' .. ARGV[i] .. ':leases'
   redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
   if redis.call('ZCARD', leases) < tonumber(ARGV[i + 1]) then
-    redis.call('ZREM', P .. ':backend:' .. ARGV[4] .. ':leases', request)
+    redis.call('ZREM', P .. ':backend:' .. ARGV[5] .. ':leases', request)
     redis.call('ZADD', leases, now + ttl, request)
     return tonumber(ARGV[i])
   end
@@ -255,6 +274,12 @@ class Grant(NamedTuple):
 class Heartbeat(NamedTuple):
     known: bool  # False: Redis had forgotten this gateway (restarted, or it came back): rebuild
     gateways: list[str]  # live gateways, this one included
+    grants: list[Grant]
+    held: dict[int, dict[str, int]]  # backend → gateway → slots it holds there
+
+
+class Release(NamedTuple):
+    given: int  # the freed slot went to another gateway's request (0 or 1): slots it now holds unseen
     grants: list[Grant]
 
 
@@ -303,30 +328,57 @@ class SharedQueue:
         return await self.cancel_script(args=[self.prefix, entry, user_id, model]) == 1
 
     async def release(self, request_id: str, user_id: int, model: str, correction: float,
-                      backend: Backend) -> list[Grant]:
+                      backend: Backend) -> Release:
         """Free the slot; `correction` is (real - expected tokens) / weight, charged to the flow's next turn."""
-        return _grants(await self.release_script(args=[
+        given, grants = await self.release_script(args=[
             self.prefix, self.gateway_id, self.ttl_ms, request_id, user_id, model, f"{correction:.6g}",
-            *backend.args()]))
+            *backend.args()])
+        return Release(int(given), _grants(grants))
 
     async def tick(self, backends: Iterable[Backend]) -> Heartbeat:
-        known, gateways, grants = await self.tick_script(args=[
+        known, gateways, grants, flat_held = await self.tick_script(args=[
             self.prefix, self.gateway_id, self.epoch, self.ttl_ms, *_backend_args(backends)])
-        return Heartbeat(known == 1, [_text(g) for g in gateways], _grants(grants))
+        held: dict[int, dict[str, int]] = {}
+        for i in range(0, len(flat_held), 3):
+            held.setdefault(int(flat_held[i]), {})[_text(flat_held[i + 1])] = int(flat_held[i + 2])
+        return Heartbeat(known == 1, [_text(g) for g in gateways], _grants(grants), held)
 
     async def renew(self, leases: Iterable[tuple[str, int, int]]) -> int:
         """Re-assert (request, backend, user) leases of running requests; how many Redis had lost."""
         args = [arg for lease in leases for arg in lease]
         if not args:
             return 0
-        return int(await self.renew_script(args=[self.prefix, self.ttl_ms, *args]))
+        return int(await self.renew_script(args=[self.prefix, self.gateway_id, self.ttl_ms, *args]))
 
     async def move(self, request_id: str, from_backend: int, to: Iterable[Backend]) -> int | None:
         args = [arg for backend in to for arg in (backend.backend_id, backend.max_concurrent)]
         if not args:
             return None
-        moved = int(await self.move_script(args=[self.prefix, self.ttl_ms, request_id, from_backend, *args]))
+        moved = int(await self.move_script(args=[self.prefix, self.gateway_id, self.ttl_ms, request_id, from_backend,
+                                                 *args]))
         return None if moved < 0 else moved
 
     async def leave(self) -> None:
         await self.leave_script(args=[self.prefix, self.gateway_id])
+
+
+def fallback_share(max_concurrent: int, backend_id: int, me: str, gateways: Iterable[str],
+                   held: dict[str, int], given_unseen: int) -> int:
+    """A gateway's slots of a backend while it decides alone, Redis being away.
+
+    `max_concurrent` is split among the gateways alive at the last heartbeat (the remainder going to
+    different gateways for different backends). Requests the others ran beyond their own split then run on,
+    so every gateway leaves that excess free: together they never exceed `max_concurrent`, whoever holds
+    it. `held` is the last heartbeat's count per gateway; `given_unseen` the slots this gateway's releases
+    gave to others' requests since then. (With three or more gateways, a slot that passed between two others
+    within that last heartbeat's interval is not seen.)"""
+    alive = sorted({*gateways, me})
+
+    def split(gateway: str) -> int:
+        if gateway not in alive:
+            return 0  # gone: whatever it still held runs on until its lease expires
+        count, rank = len(alive), alive.index(gateway)
+        return max_concurrent // count + ((rank + backend_id) % count < max_concurrent % count)
+
+    excess = sum(max(0, slots - split(gateway)) for gateway, slots in held.items() if gateway != me)
+    return max(0, split(me) - excess - given_unseen)

@@ -28,6 +28,7 @@ import logging
 import os
 import socket
 import time
+from collections import Counter
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from itertools import count
@@ -36,7 +37,7 @@ from typing import NamedTuple
 import redis.asyncio as aioredis
 from mitmproxy import ctx, exceptions, http
 
-from addons.cluster import Backend, Grant, SharedQueue
+from addons.cluster import Backend, Grant, SharedQueue, fallback_share
 from addons.context import RequestContext, client_left, context_of
 from addons.limits import connect
 from addons.metrics import IN_FLIGHT, QUEUE_WAIT, QUEUED, REFUSALS
@@ -63,8 +64,9 @@ DEFAULT_MAX_RUNNING = "admin=32,faculty=16,staff=8,student=4"
 DEFAULT_MAX_WAITING = "admin=1024,faculty=512,staff=384,student=256"
 TICK_S = 0.25  # how often queued requests are checked against the wait limit
 SNAPSHOT_EVERY_TICKS = 4  # the live queue the admin app shows is at most this many ticks old
-# Once Redis answers again, every gateway re-asserts its running requests' slots there at its next
-# heartbeat (a tick); this one waits a few more before it grants from the shared table again.
+# Once Redis answers again, every gateway re-asserts its running requests' slots there at each heartbeat
+# (a tick); this one waits until the others are back, and a few ticks more, before it grants from the
+# shared table again (`Gate.may_rejoin`).
 RECONNECT_SETTLE_S = 1.0
 # What a Redis failure looks like from redis-py: its own errors, socket errors, our deadline.
 SHARED_FAILURES = (aioredis.RedisError, OSError, TimeoutError)
@@ -165,9 +167,13 @@ class Gate:
         self.redis_url = redis_url
         self.queue: SharedQueue | None = None
         self.shared = False  # grants come from the shared queue now; otherwise this process decides alone
-        self.reconnected_at: float | None = None  # Redis answered again: share from RECONNECT_SETTLE_S on
+        self.reconnected_at: float | None = None  # Redis answered again: share once `may_rejoin`
         self.registered = False  # Redis has known this gateway's epoch: not knowing it any more means data lost
         self.gateways: list[str] = []  # alive at the last heartbeat, this one included
+        self.awaited: set[str] = set()  # alive before Redis failed: rejoin once they are back (or expired)
+        self.held: dict[int, dict[str, int]] = {}  # at the last heartbeat: backend → gateway → slots held
+        self.given = Counter()  # backend → slots this gateway's releases gave to other gateways' requests
+        self.given_at_beat = Counter()  # ... as they were when the last successful heartbeat started
         self.entries: dict[str, Entry] = {}
         self.renewed_at = 0.0
         self.beating: asyncio.Task | None = None
@@ -255,11 +261,10 @@ class Gate:
         self.wake(time.monotonic())
 
     def share_of(self, state: BackendState) -> int:
-        """This gateway's slots of a backend while it decides alone: `max_concurrent` split among the gateways
-        alive at the last heartbeat, the remainder going to different gateways for different backends."""
-        gateways = sorted({*self.gateways, self.queue.gateway_id})
-        count, rank = len(gateways), gateways.index(self.queue.gateway_id)
-        return state.max_concurrent // count + ((rank + state.backend_id) % count < state.max_concurrent % count)
+        """This gateway's slots of a backend while it decides alone (`addons.cluster.fallback_share`)."""
+        backend_id = state.backend_id
+        return fallback_share(state.max_concurrent, backend_id, self.queue.gateway_id, self.gateways,
+                              self.held.get(backend_id, {}), self.given[backend_id] - self.given_at_beat[backend_id])
 
     def tick(self) -> None:
         now = time.monotonic()
@@ -491,19 +496,21 @@ class Gate:
 
     async def heartbeat(self) -> None:
         """Every tick: say this gateway lives, pick up grants, renew leases; after an outage, rejoin."""
-        now = time.monotonic()
+        now, given = time.monotonic(), self.given.copy()
         try:
             async with self.redis_deadline():
                 beat = await self.queue.tick(self.shared_backends())
-                self.gateways = beat.gateways
+                before, self.gateways = self.gateways, beat.gateways
+                self.held, self.given_at_beat = beat.held, given
                 if self.shared and not beat.known and self.registered:
                     log.warning("Redis no longer knows this gateway (restarted?): registering its running and "
                                 "waiting requests again")
                     await self.rejoin()
-                elif not self.shared and self.reconnected_at is None:
-                    self.reconnected_at = now
-                    await self.renew()  # the slots it holds count for the others' grants at once
-                if not self.shared and (now - self.reconnected_at >= RECONNECT_SETTLE_S or not self.scheduler.slots()):
+                elif not self.shared:
+                    if self.reconnected_at is None:
+                        self.reconnected_at, self.awaited = now, set(before) - {self.queue.gateway_id}
+                    await self.renew()  # the slots it holds, granted alone, count for the others' grants
+                if not self.shared and self.may_rejoin(now):
                     await self.rejoin()
                 elif self.shared and now - self.renewed_at >= ctx.options.policy_lease_ttl_s / 3:
                     await self.renew()
@@ -512,6 +519,13 @@ class Gate:
             return
         self.registered = True
         self.take(beat.grants)
+
+    def may_rejoin(self, now: float) -> bool:
+        """Grant from the shared table again once the gateways alive before the outage have registered their
+        slots anew (or their heartbeats expired), and every slot granted alone had a heartbeat to renew it."""
+        waited = now - self.reconnected_at
+        everyone_back = self.awaited <= set(self.gateways) or waited >= ctx.options.policy_lease_ttl_s
+        return everyone_back and (waited >= RECONNECT_SETTLE_S or not self.awaited)
 
     async def renew(self) -> None:
         missing = await self.queue.renew([(s.request_id, s.backend_id, s.user_id) for s in self.scheduler.slots()])
@@ -571,12 +585,13 @@ class Gate:
                              backend_id: int) -> None:
         try:
             async with self.redis_deadline():
-                grants = await self.queue.release(request_id, user_id, model, correction,
-                                                  self.shared_backend(backend_id))
+                released = await self.queue.release(request_id, user_id, model, correction,
+                                                    self.shared_backend(backend_id))
         except SHARED_FAILURES as exc:
             self.shared_failed("release", exc)  # the lease expires on its own
             return
-        self.take(grants)
+        self.given[backend_id] += released.given
+        self.take(released.grants)
 
     def take(self, grants: list[Grant]) -> None:
         """Resume this gateway's requests the shared queue granted; a grant may come twice (message and

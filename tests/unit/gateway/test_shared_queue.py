@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import Counter
 
 import pytest
 import redis.asyncio as aioredis
 
-from addons.cluster import Backend, SharedQueue
+from addons.cluster import Backend, SharedQueue, fallback_share
 from tests.unit.policy.support import REDIS_URL, delete_prefix, requires_redis, unique_prefix
 
 pytestmark = requires_redis
@@ -43,8 +44,9 @@ async def queue(gateway: SharedQueue, request: str, user: int, weight: float = 1
 
 
 async def leases(gateway: SharedQueue, backend: int = 1) -> set[str]:
+    """The requests holding the backend's slots (a lease is "request|gateway")."""
     members = await gateway.client.zrange(f"{gateway.prefix}:backend:{backend}:leases", 0, -1)
-    return {member.decode() for member in members}
+    return {member.decode().rsplit("|", 1)[0] for member in members}
 
 
 def test_two_gateways_never_hold_more_than_max_concurrent_and_a_release_grants_the_next_of_either():
@@ -53,9 +55,11 @@ def test_two_gateways_never_hold_more_than_max_concurrent_and_a_release_grants_t
         granted += [g.request_id for n in range(3) for g in await queue(b, f"b{n}", user=2)]
         assert granted == ["a0", "a1"] and await leases(a) == {"a0", "a1"}
         # a0 ends: the slot goes to user 2's flow (its start tag is now the smallest), waiting on gateway b
-        assert await a.release("a0", 1, "qwen", 0.0, NODE) == []
+        assert await a.release("a0", 1, "qwen", 0.0, NODE) == (1, [])  # one slot given to another gateway
         assert await leases(a) == {"a1", "b0"}
-        assert (await b.tick([])).grants == [("b0", 1)]  # b hears of it at its heartbeat, if the message was lost
+        beat = await b.tick([NODE])
+        assert beat.grants == [("b0", 1)]  # b hears of it at its heartbeat, if the message was lost
+        assert beat.held == {1: {"a": 1, "b": 1}}  # what each would leave to the other if Redis failed now
 
     run(scenario)
 
@@ -71,7 +75,7 @@ def test_grants_follow_the_weights_over_every_gateway():
             ending = sorted(await leases(a))[0]
             user = int(ending[1])
             served[user] += 100
-            await a.release(ending, user, "qwen", 0.0, NODE)
+            await (a if user != 2 else b).release(ending, user, "qwen", 0.0, NODE)  # by the gateway it ran on
         total = sum(served.values())
         shares = [served[user] / total for user in weights]
         assert shares == pytest.approx([3 / 6, 2 / 6, 1 / 6], abs=0.02)
@@ -159,3 +163,28 @@ def test_a_failed_over_request_moves_ahead_of_the_queue_only_to_a_free_slot(free
         assert await leases(a, 2) == ({"a0"} if free else set())
 
     run(scenario)
+
+
+@pytest.mark.parametrize(("held", "given_unseen", "shares"), [
+    ({}, 0, {"a": 1, "b": 1}),  # nothing ran: max_concurrent split evenly
+    ({"a": 1, "b": 1}, 0, {"a": 1, "b": 1}),
+    ({"a": 2}, 0, {"a": 1, "b": 0}),  # a's second request runs on: b leaves its slot free
+    ({"a": 1, "b": 1}, 1, {"a": 0, "b": 0}),  # each gave a slot to the other since: both wait for theirs to end
+    ({"a": 1, "gone": 1}, 0, {"a": 0, "b": 0}),  # a dead gateway's request holds its slot until its lease expires
+])
+def test_a_gateway_deciding_alone_leaves_free_what_the_others_ran_beyond_their_share(held, given_unseen, shares):
+    assert {me: fallback_share(2, 1, me, ["a", "b"], held, given_unseen) for me in ("a", "b")} == shares
+
+
+def test_gateways_deciding_alone_never_run_more_than_max_concurrent_together():
+    """Every way 5 gateways could hold up to 7 slots when Redis fails: each runs its held requests on and grants
+    up to its fallback share; together at most 7, and when nobody was over its share, all 7 are used."""
+    gateways = [f"g{n}" for n in range(5)]
+    for counts in itertools.product(range(4), repeat=5):
+        if sum(counts) > 7:
+            continue
+        held = {gateway: count for gateway, count in zip(gateways, counts) if count}
+        caps = {me: fallback_share(7, 3, me, gateways, held, 0) for me in gateways}
+        assert sum(max(held.get(me, 0), caps[me]) for me in gateways) <= 7, held
+        if all(count <= fallback_share(7, 3, gateway, gateways, {}, 0) for gateway, count in zip(gateways, counts)):
+            assert sum(caps.values()) == 7
