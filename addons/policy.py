@@ -76,7 +76,7 @@ from addons.metrics import REFUSALS
 from addons.registry import BackendRegistry
 from addons.replies import reply_error
 from addons.settings import Environment
-from addons.writer import StoreWriter, Write, writes
+from addons.writer import StoreWriter, Write, writes, writes_together
 from scheduler.cost import expected_cost
 from scheduler.limits import UNLIMITED, limit_for, parse_role_limits, retry_after_header
 from scheduler.quota import budget_for, next_period_start, period_of
@@ -184,8 +184,17 @@ def budgets_of(period: str, user_ids: list[int]) -> dict[int, int]:
 
 @writes("quota.add_used")
 def write_add_used(data: dict) -> None:
-    Quota.update(used=Quota.used + data["tokens"]).where(
-        (Quota.user == data["user_id"]) & (Quota.period == data["period"])).execute()
+    write_all_add_used([data])
+
+
+@writes_together("quota.add_used")
+def write_all_add_used(batch: list[dict]) -> None:
+    """One update per user and period, however many requests of theirs the batch settles."""
+    totals: dict[tuple[int, str], int] = {}
+    for data in batch:
+        totals[data["user_id"], data["period"]] = totals.get((data["user_id"], data["period"]), 0) + data["tokens"]
+    for (user_id, period), tokens in totals.items():
+        Quota.update(used=Quota.used + tokens).where((Quota.user == user_id) & (Quota.period == period)).execute()
 
 
 @writes("quota.set_reserved")

@@ -98,8 +98,9 @@ def writes(kind: str):
 
 
 def writes_together(kind: str):
-    """Register the function that performs a run of consecutive writes of `kind` at once, given their data
-    in order (the writer's batches: one statement for many rows, where a table allows it)."""
+    """Register the function that performs many writes of `kind` at once, given their data in order (the
+    writer's batches: one statement for many rows, where a table allows it). Writes of kinds registered here
+    must commute with one another (other tables, or additions), for `perform_all` gathers them."""
     def register(function: Callable[[list[dict]], None]) -> Callable[[list[dict]], None]:
         WRITES_TOGETHER[kind] = function
         return function
@@ -107,16 +108,22 @@ def writes_together(kind: str):
 
 
 def perform_all(batch: list) -> None:
-    """Perform `batch` in order; each run of consecutive writes of a kind registered with `writes_together` at once."""
-    def together(write) -> str | None:
-        return write.kind if isinstance(write, Write) and write.kind in WRITES_TOGETHER else None
+    """Perform `batch` in order, except that between two other writes the writes of kinds registered with
+    `writes_together` are performed kind by kind, each kind at once: a request's audit and its quota usage
+    come in turns, and one of each at a time would cost the backlog after an outage a statement per write."""
+    def together(write) -> bool:
+        return isinstance(write, Write) and write.kind in WRITES_TOGETHER
 
-    for kind, run in itertools.groupby(batch, key=together):
-        if kind is None:
+    for gathered, run in itertools.groupby(batch, key=together):
+        if not gathered:
             for write in run:
                 perform(write)
-        else:
-            WRITES_TOGETHER[kind]([write.data for write in run])
+            continue
+        by_kind: dict[str, list[dict]] = {}
+        for write in run:
+            by_kind.setdefault(write.kind, []).append(write.data)
+        for kind, data in by_kind.items():
+            WRITES_TOGETHER[kind](data)
 
 
 def perform(write: Write | Callable[[], None]) -> None:

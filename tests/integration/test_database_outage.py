@@ -102,7 +102,11 @@ def test_mariadb_restarted_under_load_loses_no_row_and_service_resumes(tmp_path)
             back_wall = dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
             with db.bind_ctx([Request, RequestBody, ApiKey, User]):
-                wait_until(lambda: rows_with(marker, since=back_wall) > 0, 10, "audit rows written after the restart")
+                try:
+                    wait_until(lambda: rows_with(marker, since=back_wall) > 0, 10, "audit rows written after the restart")
+                except TimeoutError as timeout:  # what the clients got and what the gateway logged, to see why
+                    logged = [line for line in stack.service("gateway").output().splitlines() if line.startswith("[")]
+                    raise AssertionError(f"statuses {load.statuses}; gateway log:\n" + "\n".join(logged[-40:])) from timeout
                 assert time.monotonic() - back_at < 10
                 wait_until(lambda: httpx.get(f"{stack.gateway_url}/readyz").status_code == 200, 10 - (
                     time.monotonic() - back_at), "/readyz ready again")

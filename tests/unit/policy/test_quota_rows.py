@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import threading
 
+from addons import writer as writer_module
 from addons.policy import add_used, budgets_of, load_quota, set_reserved
-from addons.writer import decode_write, encode_write, perform
+from addons.writer import Write, decode_write, encode_write, perform, perform_all
 from store.models import Quota, User
 
 PERIOD = "2025-06"
@@ -57,6 +58,25 @@ def test_usage_adds_up_and_the_reserved_snapshot_replaces(migrated_db):
     row = Quota.get((Quota.user == user.id) & (Quota.period == PERIOD))
     assert (row.used, row.reserved) == (60, 5)
     assert Quota.get(Quota.user == other.id).used == 0
+
+
+def test_a_batch_adds_each_users_usage_between_the_audits_it_alternates_with(migrated_db, monkeypatch):
+    """The writer's batch after an outage: a request's audit and its usage in turns. The usage of each user
+    and period is added in one update, the audits in one call, and a write of another kind between them
+    still comes in its place."""
+    user, other = make_user(), make_user()
+    for who in (user, other):
+        load_quota(who.id, "staff", None, PERIOD, 1000)
+    audited: list[list[int]] = []
+    monkeypatch.setitem(writer_module.WRITES_TOGETHER, "audit", lambda batch: audited.append([d["n"] for d in batch]))
+    monkeypatch.setitem(writer_module.WRITES, "marker", lambda data: audited.append(
+        ["used so far", Quota.get(Quota.user == user.id).used]))
+    batch = [Write("audit", {"n": 1}), add_used(user.id, PERIOD, 10), Write("audit", {"n": 2}),
+             add_used(other.id, PERIOD, 5), add_used(user.id, PERIOD, 20), Write("marker", {}),
+             Write("audit", {"n": 3}), add_used(user.id, PERIOD, 30)]
+    perform_all(batch)
+    assert audited == [[1, 2], ["used so far", 30], [3]]
+    assert [Quota.get(Quota.user == who.id).used for who in (user, other)] == [60, 5]
 
 
 def test_budgets_are_read_for_many_users_at_once(migrated_db):
