@@ -380,5 +380,8 @@ def fallback_share(max_concurrent: int, backend_id: int, me: str, gateways: Iter
         count, rank = len(alive), alive.index(gateway)
         return max_concurrent // count + ((rank + backend_id) % count < max_concurrent % count)
 
-    excess = sum(max(0, slots - split(gateway)) for gateway, slots in held.items() if gateway != me)
-    return max(0, split(me) - excess - given_unseen)
+    others = {gateway: held.get(gateway, 0) for gateway in {*alive, *held} - {me}}
+    excess = sum(max(0, slots - split(gateway)) for gateway, slots in others.items())
+    # The slots given since went to gateways unknown: at worst to the one with the least room below its split.
+    room = min((max(0, split(gateway) - slots) for gateway, slots in others.items()), default=0)
+    return max(0, split(me) - excess - max(0, given_unseen - room))

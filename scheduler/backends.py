@@ -41,7 +41,9 @@ class BackendState:
 
     @property
     def accepts_work(self) -> bool:
-        return self.healthy and self.enabled and not self.draining and self.max_concurrent > 0
+        """Healthy, enabled and not draining. With no slot (`max_concurrent` 0: a gateway's share of it while
+        Redis is away) it still serves its models, and their requests wait for a slot rather than fail."""
+        return self.healthy and self.enabled and not self.draining
 
 
 class Slot(NamedTuple):

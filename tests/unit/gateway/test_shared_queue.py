@@ -171,6 +171,7 @@ def test_a_failed_over_request_moves_ahead_of_the_queue_only_to_a_free_slot(free
     ({"a": 2}, 0, {"a": 1, "b": 0}),  # a's second request runs on: b leaves its slot free
     ({"a": 1, "b": 1}, 1, {"a": 0, "b": 0}),  # each gave a slot to the other since: both wait for theirs to end
     ({"a": 1, "gone": 1}, 0, {"a": 0, "b": 0}),  # a dead gateway's request holds its slot until its lease expires
+    ({}, 1, {"a": 1, "b": 1}),  # a slot given to the other, which had room for it
 ])
 def test_a_gateway_deciding_alone_leaves_free_what_the_others_ran_beyond_their_share(held, given_unseen, shares):
     assert {me: fallback_share(2, 1, me, ["a", "b"], held, given_unseen) for me in ("a", "b")} == shares
@@ -186,5 +187,10 @@ def test_gateways_deciding_alone_never_run_more_than_max_concurrent_together():
         held = {gateway: count for gateway, count in zip(gateways, counts) if count}
         caps = {me: fallback_share(7, 3, me, gateways, held, 0) for me in gateways}
         assert sum(max(held.get(me, 0), caps[me]) for me in gateways) <= 7, held
+        for giver, taker in itertools.permutations(gateways, 2):  # one slot passed on since that heartbeat
+            if held.get(giver):
+                now = {**held, giver: held[giver] - 1, taker: held.get(taker, 0) + 1}
+                cap = fallback_share(7, 3, giver, gateways, held, 1)
+                assert sum(max(now.get(g, 0), cap if g == giver else caps[g]) for g in gateways) <= 7, (held, giver, taker)
         if all(count <= fallback_share(7, 3, gateway, gateways, {}, 0) for gateway, count in zip(gateways, counts)):
             assert sum(caps.values()) == 7

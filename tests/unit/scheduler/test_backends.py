@@ -181,3 +181,14 @@ def test_request_on_a_removed_backend_releases_cleanly():
 def test_backend_given_twice_is_refused():
     with pytest.raises(ValueError, match="backend 1 given twice"):
         Scheduler().update_backends([BackendState(1, MODEL, max_concurrent=1)] * 2)
+
+
+def test_a_backend_with_no_slot_here_still_serves_its_model_and_its_requests_wait():
+    """A gateway's share of a backend while Redis is away can be 0: its requests wait for a slot (then get
+    one once the share grows), never 'no healthy backend'."""
+    scheduler = Scheduler()
+    scheduler.update_backends([BackendState(1, MODEL, max_concurrent=0)])
+    scheduler.submit("r0", "user0", 1.0, "llama3.2", 100, now=0.0)
+    assert scheduler.dispatch(0.0) == []
+    scheduler.update_backends([BackendState(1, MODEL, max_concurrent=1)])
+    assert [grant.request_id for grant in scheduler.dispatch(1.0)] == ["r0"]
