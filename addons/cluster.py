@@ -363,15 +363,16 @@ class SharedQueue:
 
 
 def fallback_share(max_concurrent: int, backend_id: int, me: str, gateways: Iterable[str],
-                   held: dict[str, int], given_unseen: int) -> int:
+                   held: dict[str, int], mine: int, given_unseen: int) -> int:
     """A gateway's slots of a backend while it decides alone, Redis being away.
 
     `max_concurrent` is split among the gateways alive at the last heartbeat (the remainder going to
     different gateways for different backends). Requests the others ran beyond their own split then run on,
     so every gateway leaves that excess free: together they never exceed `max_concurrent`, whoever holds
-    it. `held` is the last heartbeat's count per gateway; `given_unseen` the slots this gateway's releases
-    gave to others' requests since then. (With three or more gateways, a slot that passed between two others
-    within that last heartbeat's interval is not seen.)"""
+    it. `held` is the last heartbeat's count per gateway; `mine` this gateway's running requests when Redis
+    failed; `given_unseen` the slots its releases gave to others' requests since that heartbeat, of which the
+    others can hold no more than Redis left free beside `mine`. (Slots that passed between other gateways,
+    or that they took from free ones, within that last heartbeat's interval are not seen.)"""
     alive = sorted({*gateways, me})
 
     def split(gateway: str) -> int:
@@ -382,6 +383,7 @@ def fallback_share(max_concurrent: int, backend_id: int, me: str, gateways: Iter
 
     others = {gateway: held.get(gateway, 0) for gateway in {*alive, *held} - {me}}
     excess = sum(max(0, slots - split(gateway)) for gateway, slots in others.items())
-    # The slots given since went to gateways unknown: at worst to the one with the least room below its split.
+    gained = min(given_unseen, max(0, max_concurrent - mine - sum(others.values())))
+    # ... at worst all by the gateway with the least room below its split.
     room = min((max(0, split(gateway) - slots) for gateway, slots in others.items()), default=0)
-    return max(0, split(me) - excess - max(0, given_unseen - room))
+    return max(0, split(me) - excess - max(0, gained - room))

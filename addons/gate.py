@@ -174,6 +174,8 @@ class Gate:
         self.held: dict[int, dict[str, int]] = {}  # at the last heartbeat: backend → gateway → slots held
         self.given = Counter()  # backend → slots this gateway's releases gave to other gateways' requests
         self.given_at_beat = Counter()  # ... as they were when the last successful heartbeat started
+        self.running_when_failed = Counter()  # backend → this gateway's requests running when Redis failed
+        self.answered_since_failure = True  # a heartbeat succeeded since `running_when_failed` was taken
         self.entries: dict[str, Entry] = {}
         self.renewed_at = 0.0
         self.beating: asyncio.Task | None = None
@@ -264,7 +266,8 @@ class Gate:
         """This gateway's slots of a backend while it decides alone (`addons.cluster.fallback_share`)."""
         backend_id = state.backend_id
         return fallback_share(state.max_concurrent, backend_id, self.queue.gateway_id, self.gateways,
-                              self.held.get(backend_id, {}), self.given[backend_id] - self.given_at_beat[backend_id])
+                              self.held.get(backend_id, {}), self.running_when_failed[backend_id],
+                              self.given[backend_id] - self.given_at_beat[backend_id])
 
     def tick(self) -> None:
         now = time.monotonic()
@@ -489,6 +492,9 @@ class Gate:
             log.warning("Redis failed during %s (%s: %s): this gateway grants alone, on its share of each backend "
                         "(max_concurrent / %d gateways), until Redis answers", what, type(exc).__name__, exc,
                         len(set(self.gateways) | {self.queue.gateway_id}))
+        if self.answered_since_failure:  # what ran when Redis went, not what this gateway grants alone since
+            self.running_when_failed = Counter(slot.backend_id for slot in self.scheduler.slots())
+            self.answered_since_failure = False
         self.shared, self.reconnected_at = False, None
         self.queue.epoch += 1  # what it registered until now is stale: a grant of it must not count
         self.entries.clear()
@@ -501,7 +507,7 @@ class Gate:
             async with self.redis_deadline():
                 beat = await self.queue.tick(self.shared_backends())
                 before, self.gateways = self.gateways, beat.gateways
-                self.held, self.given_at_beat = beat.held, given
+                self.held, self.given_at_beat, self.answered_since_failure = beat.held, given, True
                 if self.shared and not beat.known and self.registered:
                     log.warning("Redis no longer knows this gateway (restarted?): registering its running and "
                                 "waiting requests again")

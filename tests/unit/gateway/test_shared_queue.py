@@ -165,32 +165,37 @@ def test_a_failed_over_request_moves_ahead_of_the_queue_only_to_a_free_slot(free
     run(scenario)
 
 
-@pytest.mark.parametrize(("held", "given_unseen", "shares"), [
-    ({}, 0, {"a": 1, "b": 1}),  # nothing ran: max_concurrent split evenly
-    ({"a": 1, "b": 1}, 0, {"a": 1, "b": 1}),
-    ({"a": 2}, 0, {"a": 1, "b": 0}),  # a's second request runs on: b leaves its slot free
-    ({"a": 1, "b": 1}, 1, {"a": 0, "b": 0}),  # each gave a slot to the other since: both wait for theirs to end
-    ({"a": 1, "gone": 1}, 0, {"a": 0, "b": 0}),  # a dead gateway's request holds its slot until its lease expires
-    ({}, 1, {"a": 1, "b": 1}),  # a slot given to the other, which had room for it
+@pytest.mark.parametrize(("held", "running", "given_unseen", "shares"), [
+    ({}, {}, 0, {"a": 1, "b": 1}),  # nothing ran: max_concurrent split evenly
+    ({"a": 1, "b": 1}, {"a": 1, "b": 1}, 0, {"a": 1, "b": 1}),
+    ({"a": 2}, {"a": 2}, 0, {"a": 1, "b": 0}),  # a's second request runs on: b leaves its slot free
+    ({"a": 1, "b": 1}, {"a": 0, "b": 2}, 0, {"a": 0, "b": 1}),  # a's slot went to b since: a waits for b's to end
+    ({"a": 1, "b": 1}, {"a": 1, "b": 1}, 1, {"a": 1, "b": 1}),  # each gave its slot to the other: nothing changed
+    ({"a": 1, "gone": 1}, {"a": 1}, 0, {"a": 0, "b": 0}),  # a dead gateway's request holds its slot until its lease expires
 ])
-def test_a_gateway_deciding_alone_leaves_free_what_the_others_ran_beyond_their_share(held, given_unseen, shares):
-    assert {me: fallback_share(2, 1, me, ["a", "b"], held, given_unseen) for me in ("a", "b")} == shares
+def test_a_gateway_deciding_alone_leaves_free_what_the_others_ran_beyond_their_share(held, running, given_unseen,
+                                                                                      shares):
+    given = {me: given_unseen or max(0, held.get(me, 0) - running.get(me, 0)) for me in ("a", "b")}
+    assert {me: fallback_share(2, 1, me, ["a", "b"], held, running.get(me, 0), given[me])
+            for me in ("a", "b")} == shares
 
 
 def test_gateways_deciding_alone_never_run_more_than_max_concurrent_together():
-    """Every way 5 gateways could hold up to 7 slots when Redis fails: each runs its held requests on and grants
-    up to its fallback share; together at most 7, and when nobody was over its share, all 7 are used."""
+    """Every way 5 gateways could hold up to 7 slots when Redis fails, and every slot one of them then gave
+    to another before the failure: each runs its requests on and grants up to its fallback share; together
+    at most 7, and when nobody was over its share and nothing moved, all 7 are used."""
     gateways = [f"g{n}" for n in range(5)]
     for counts in itertools.product(range(4), repeat=5):
         if sum(counts) > 7:
             continue
         held = {gateway: count for gateway, count in zip(gateways, counts) if count}
-        caps = {me: fallback_share(7, 3, me, gateways, held, 0) for me in gateways}
+        caps = {me: fallback_share(7, 3, me, gateways, held, held.get(me, 0), 0) for me in gateways}
         assert sum(max(held.get(me, 0), caps[me]) for me in gateways) <= 7, held
-        for giver, taker in itertools.permutations(gateways, 2):  # one slot passed on since that heartbeat
+        if all(count <= fallback_share(7, 3, gateway, gateways, {}, 0, 0) for gateway, count in zip(gateways, counts)):
+            assert sum(caps.values()) == 7
+        for giver, taker in itertools.permutations(gateways, 2):
             if held.get(giver):
                 now = {**held, giver: held[giver] - 1, taker: held.get(taker, 0) + 1}
-                cap = fallback_share(7, 3, giver, gateways, held, 1)
-                assert sum(max(now.get(g, 0), cap if g == giver else caps[g]) for g in gateways) <= 7, (held, giver, taker)
-        if all(count <= fallback_share(7, 3, gateway, gateways, {}, 0) for gateway, count in zip(gateways, counts)):
-            assert sum(caps.values()) == 7
+                shares = {me: fallback_share(7, 3, me, gateways, held, now.get(me, 0), int(me == giver))
+                          for me in gateways}
+                assert sum(max(now.get(g, 0), shares[g]) for g in gateways) <= 7, (held, giver, taker)
