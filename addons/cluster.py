@@ -141,6 +141,21 @@ local function fill(backend, max, models, now, ttl, me, grants)
   end
 end
 
+-- The slots held on one backend, as {gateway, count, ...}: what a gateway that must decide alone later
+-- leaves to the others.
+local function held_on(backend)
+  local by_gateway, flat = {}, {}
+  for _, member in ipairs(redis.call('ZRANGE', P .. ':backend:' .. backend .. ':leases', 0, -1)) do
+    local gateway = string.match(member, '|(.*)$')
+    by_gateway[gateway] = (by_gateway[gateway] or 0) + 1
+  end
+  for gateway, count in pairs(by_gateway) do
+    flat[#flat + 1] = gateway
+    flat[#flat + 1] = count
+  end
+  return flat
+end
+
 -- Backends given as ARGV triples from `first`: id, max_concurrent, models joined by newlines.
 local function fill_all(first, now, ttl, me, grants)
   for i = first, #ARGV, 3 do
@@ -174,7 +189,8 @@ return removed
 """
 
 # ARGV: prefix, me, ttl ms, request, user, model, correction (tokens per unit of weight), then the
-# released backend (one triple). → {slots given to other gateways' requests, own grants}.
+# released backend (one triple). → {slots given to other gateways' requests, own grants, the slots held on
+# that backend now (as `held_on`)}.
 RELEASE_LUA = _COMMON_LUA + """
 local now, me, ttl, request, user, model = now_ms(), ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5], ARGV[6]
 redis.call('ZREM', P .. ':backend:' .. ARGV[8] .. ':leases', lease(request, me))
@@ -182,14 +198,13 @@ redis.call('ZREM', P .. ':running:' .. user, request)
 if tonumber(ARGV[7]) ~= 0 then redis.call('HINCRBYFLOAT', P .. ':ledger:' .. model, 'd:' .. user, ARGV[7]) end
 local grants = {}
 fill_all(8, now, ttl, me, grants)
-return {grants.given or 0, grants}
+return {grants.given or 0, grants, held_on(ARGV[8])}
 """
 
 # ARGV: prefix, me, epoch, ttl ms, then every backend this gateway sees accepting work.
 # → {1 if Redis knew this gateway's epoch already, live gateways, own grants (other gateways' since the
 # last heartbeat too: a grant whose message was lost is found here; taking one twice is harmless),
-# the slots held on those backends as {backend, gateway, count, ...} (what a gateway that must decide
-# alone later leaves to the others)}
+# the slots held on each of those backends as {backend, {gateway, count, ...}, ...}}
 TICK_LUA = _COMMON_LUA + """
 local now, me, epoch, ttl = now_ms(), ARGV[2], ARGV[3], tonumber(ARGV[4])
 local gateways = P .. ':gateways'
@@ -206,16 +221,8 @@ redis.call('DEL', granted)
 fill_all(5, now, ttl, me, grants)
 local held = {}
 for i = 5, #ARGV, 3 do
-  local by_gateway = {}
-  for _, member in ipairs(redis.call('ZRANGE', P .. ':backend:' .. ARGV[i] .. ':leases', 0, -1)) do
-    local gateway = string.match(member, '|(.*)$')
-    by_gateway[gateway] = (by_gateway[gateway] or 0) + 1
-  end
-  for gateway, count in pairs(by_gateway) do
-    held[#held + 1] = ARGV[i]
-    held[#held + 1] = gateway
-    held[#held + 1] = count
-  end
+  held[#held + 1] = ARGV[i]
+  held[#held + 1] = held_on(ARGV[i])
 end
 return {known, redis.call('ZRANGE', gateways, 0, -1), grants, held}
 """
@@ -279,12 +286,17 @@ class Heartbeat(NamedTuple):
 
 
 class Release(NamedTuple):
-    given: int  # the freed slot went to another gateway's request (0 or 1): slots it now holds unseen
+    given: int  # the freed slot went to another gateway's request (0 or 1)
     grants: list[Grant]
+    held: dict[str, int]  # gateway → slots it holds on the released backend, after this release
 
 
 def _grants(flat: Sequence) -> list[Grant]:
     return [Grant(_text(flat[i]), int(flat[i + 1])) for i in range(0, len(flat), 2)]
+
+
+def _held(flat: Sequence) -> dict[str, int]:
+    return {_text(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
 
 
 def _text(value: bytes | str) -> str:
@@ -330,17 +342,15 @@ class SharedQueue:
     async def release(self, request_id: str, user_id: int, model: str, correction: float,
                       backend: Backend) -> Release:
         """Free the slot; `correction` is (real - expected tokens) / weight, charged to the flow's next turn."""
-        given, grants = await self.release_script(args=[
+        given, grants, held = await self.release_script(args=[
             self.prefix, self.gateway_id, self.ttl_ms, request_id, user_id, model, f"{correction:.6g}",
             *backend.args()])
-        return Release(int(given), _grants(grants))
+        return Release(int(given), _grants(grants), _held(held))
 
     async def tick(self, backends: Iterable[Backend]) -> Heartbeat:
         known, gateways, grants, flat_held = await self.tick_script(args=[
             self.prefix, self.gateway_id, self.epoch, self.ttl_ms, *_backend_args(backends)])
-        held: dict[int, dict[str, int]] = {}
-        for i in range(0, len(flat_held), 3):
-            held.setdefault(int(flat_held[i]), {})[_text(flat_held[i + 1])] = int(flat_held[i + 2])
+        held = {int(flat_held[i]): _held(flat_held[i + 1]) for i in range(0, len(flat_held), 2)}
         return Heartbeat(known == 1, [_text(g) for g in gateways], _grants(grants), held)
 
     async def renew(self, leases: Iterable[tuple[str, int, int]]) -> int:
@@ -369,10 +379,11 @@ def fallback_share(max_concurrent: int, backend_id: int, me: str, gateways: Iter
     `max_concurrent` is split among the gateways alive at the last heartbeat (the remainder going to
     different gateways for different backends). Requests the others ran beyond their own split then run on,
     so every gateway leaves that excess free: together they never exceed `max_concurrent`, whoever holds
-    it. `held` is the last heartbeat's count per gateway; `mine` this gateway's running requests when Redis
-    failed; `given_unseen` the slots its releases gave to others' requests since that heartbeat, of which the
-    others can hold no more than Redis left free beside `mine`. (Slots that passed between other gateways,
-    or that they took from free ones, within that last heartbeat's interval are not seen.)"""
+    it. `held` is the count per gateway Redis last told this one (at a heartbeat, or a release of its own on
+    that backend); `mine` this gateway's running requests when Redis failed; `given_unseen` the slots its
+    releases gave to others' requests since, of which the others can hold no more than Redis left free
+    beside `mine`. (Slots that passed between other gateways, or that they took from free ones, since that
+    last word are not seen.)"""
     alive = sorted({*gateways, me})
 
     def split(gateway: str) -> int:

@@ -171,9 +171,9 @@ class Gate:
         self.registered = False  # Redis has known this gateway's epoch: not knowing it any more means data lost
         self.gateways: list[str] = []  # alive at the last heartbeat, this one included
         self.awaited: set[str] = set()  # alive before Redis failed: rejoin once they are back (or expired)
-        self.held: dict[int, dict[str, int]] = {}  # at the last heartbeat: backend → gateway → slots held
+        self.held: dict[int, dict[str, int]] = {}  # as Redis last told: backend → gateway → slots held
         self.given = Counter()  # backend → slots this gateway's releases gave to other gateways' requests
-        self.given_at_beat = Counter()  # ... as they were when the last successful heartbeat started
+        self.given_at_beat = Counter()  # ... as they were when Redis last told `held`
         self.running_when_failed = Counter()  # backend → this gateway's requests running when Redis failed
         self.answered_since_failure = True  # a heartbeat succeeded since `running_when_failed` was taken
         self.entries: dict[str, Entry] = {}
@@ -488,17 +488,21 @@ class Gate:
 
     def shared_failed(self, what: str, exc: BaseException) -> None:
         """Redis failed: decide alone, on this gateway's share of each backend, until it answers again."""
-        if self.shared:
-            log.warning("Redis failed during %s (%s: %s): this gateway grants alone, on its share of each backend "
-                        "(max_concurrent / %d gateways), until Redis answers", what, type(exc).__name__, exc,
-                        len(set(self.gateways) | {self.queue.gateway_id}))
         if self.answered_since_failure:  # what ran when Redis went, not what this gateway grants alone since
             self.running_when_failed = Counter(slot.backend_id for slot in self.scheduler.slots())
             self.answered_since_failure = False
-        self.shared, self.reconnected_at = False, None
+        was_shared, self.shared, self.reconnected_at = self.shared, False, None
         self.queue.epoch += 1  # what it registered until now is stale: a grant of it must not count
         self.entries.clear()
         self.backends_changed()
+        if was_shared:
+            shares = ", ".join(f"{view.name} {self.share_of(backend_state(view))} of {view.max_concurrent}"
+                               for view in self.registry.views.values())
+            log.warning("Redis failed during %s (%s: %s): this gateway grants alone until Redis answers, on its "
+                        "share of each backend (%s; running when Redis failed: %d, %d gateways alive, slots held "
+                        "as Redis last said: %s)", what, type(exc).__name__, exc, shares,
+                        sum(self.running_when_failed.values()), len(set(self.gateways) | {self.queue.gateway_id}),
+                        self.held)
 
     async def heartbeat(self) -> None:
         """Every tick: say this gateway lives, pick up grants, renew leases; after an outage, rejoin."""
@@ -597,6 +601,7 @@ class Gate:
             self.shared_failed("release", exc)  # the lease expires on its own
             return
         self.given[backend_id] += released.given
+        self.held[backend_id], self.given_at_beat[backend_id] = released.held, self.given[backend_id]
         self.take(released.grants)
 
     def take(self, grants: list[Grant]) -> None:

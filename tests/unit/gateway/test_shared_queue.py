@@ -55,7 +55,8 @@ def test_two_gateways_never_hold_more_than_max_concurrent_and_a_release_grants_t
         granted += [g.request_id for n in range(3) for g in await queue(b, f"b{n}", user=2)]
         assert granted == ["a0", "a1"] and await leases(a) == {"a0", "a1"}
         # a0 ends: the slot goes to user 2's flow (its start tag is now the smallest), waiting on gateway b
-        assert await a.release("a0", 1, "qwen", 0.0, NODE) == (1, [])  # one slot given to another gateway
+        # one slot given to another gateway, and who holds the node's slots now
+        assert await a.release("a0", 1, "qwen", 0.0, NODE) == (1, [], {"a": 1, "b": 1})
         assert await leases(a) == {"a1", "b0"}
         beat = await b.tick([NODE])
         assert beat.grants == [("b0", 1)]  # b hears of it at its heartbeat, if the message was lost
