@@ -173,7 +173,7 @@ class Gate:
         self.awaited: set[str] = set()  # alive before Redis failed: rejoin once they are back (or expired)
         self.held: dict[int, dict[str, int]] = {}  # as Redis last told: backend → gateway → slots held
         self.given = Counter()  # backend → slots this gateway's releases gave to other gateways' requests
-        self.given_at_beat = Counter()  # ... as they were when Redis last told `held`
+        self.given_when_told = Counter()  # ... as they were when Redis last told `held`
         self.running_when_failed = Counter()  # backend → this gateway's requests running when Redis failed
         self.answered_since_failure = True  # a heartbeat succeeded since `running_when_failed` was taken
         self.entries: dict[str, Entry] = {}
@@ -267,7 +267,7 @@ class Gate:
         backend_id = state.backend_id
         return fallback_share(state.max_concurrent, backend_id, self.queue.gateway_id, self.gateways,
                               self.held.get(backend_id, {}), self.running_when_failed[backend_id],
-                              self.given[backend_id] - self.given_at_beat[backend_id])
+                              self.given[backend_id] - self.given_when_told[backend_id])
 
     def tick(self) -> None:
         now = time.monotonic()
@@ -511,7 +511,7 @@ class Gate:
             async with self.redis_deadline():
                 beat = await self.queue.tick(self.shared_backends())
                 before, self.gateways = self.gateways, beat.gateways
-                self.held, self.given_at_beat, self.answered_since_failure = beat.held, given, True
+                self.held, self.given_when_told, self.answered_since_failure = beat.held, given, True
                 if self.shared and not beat.known and self.registered:
                     log.warning("Redis no longer knows this gateway (restarted?): registering its running and "
                                 "waiting requests again")
@@ -601,7 +601,7 @@ class Gate:
             self.shared_failed("release", exc)  # the lease expires on its own
             return
         self.given[backend_id] += released.given
-        self.held[backend_id], self.given_at_beat[backend_id] = released.held, self.given[backend_id]
+        self.held[backend_id], self.given_when_told[backend_id] = released.held, self.given[backend_id]
         self.take(released.grants)
 
     def take(self, grants: list[Grant]) -> None:
