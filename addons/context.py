@@ -76,3 +76,10 @@ def client_left(flow: http.HTTPFlow) -> bool:
     """The caller closed its connection (mitmproxy marks that before its client_disconnected hook)."""
     client: connection.Client = flow.client_conn
     return client.timestamp_end is not None
+
+
+def drop(flow: http.HTTPFlow) -> None:
+    """Never send this flow on (its caller left): kill it, unless mitmproxy already did when the caller's
+    connection closed (then the flow is no longer killable). Either way its error hooks give its slot back."""
+    if flow.killable:
+        flow.kill()

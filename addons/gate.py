@@ -38,7 +38,7 @@ import redis.asyncio as aioredis
 from mitmproxy import ctx, exceptions, http
 
 from addons.cluster import Backend, Grant, SharedQueue, fallback_share
-from addons.context import RequestContext, client_left, context_of
+from addons.context import RequestContext, client_left, context_of, drop
 from addons.limits import connect
 from addons.metrics import IN_FLIGHT, QUEUE_WAIT, QUEUED, REFUSALS
 from addons.registry import BackendRegistry, BackendView, model_aliases
@@ -309,7 +309,7 @@ class Gate:
             reply_error(flow, context.dialect, GatewayError(400, refusal, code="model_capability"))
             return
         if client_left(flow):  # it left while an earlier step awaited (key check, image fetch, policy)
-            flow.kill()
+            drop(flow)
             return
         cost = expected_cost(canonical.estimated_prompt_tokens, canonical.max_tokens, generates=canonical.generates)
         now = context.queued_at = time.monotonic()
@@ -341,7 +341,7 @@ class Gate:
         try:
             outcome = await waiter.granted
         except asyncio.CancelledError:  # the client left while queued: never send it upstream
-            flow.kill()
+            drop(flow)
             return
         if isinstance(outcome, GatewayError):
             reply_error(flow, context.dialect, outcome)
@@ -349,7 +349,7 @@ class Gate:
         context.backend, context.granted_at = outcome, time.monotonic()
         QUEUE_WAIT.observe(context.granted_at - context.received_at)
         if client_left(flow):  # it left between its grant and now: the error hooks give the slot back
-            flow.kill()
+            drop(flow)
 
     def refuse_waiting(self, error: GatewayError) -> int:
         """Answer every queued request with `error` (the gateway is shutting down); how many there were."""

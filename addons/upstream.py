@@ -30,7 +30,7 @@ import httpx
 from aiohttp import web
 from mitmproxy import ctx, http
 
-from addons.context import RequestContext, client_left, context_of
+from addons.context import RequestContext, client_left, context_of, drop
 from addons.gate import Gate
 from addons.metrics import FAILOVERS, REQUESTS
 from addons.registry import BackendRegistry, BackendView
@@ -114,7 +114,7 @@ class Upstream:
         if flow.response or context is None or context.backend is None:
             return
         if client_left(flow):  # nobody to answer: the error hooks give the slot back
-            flow.kill()
+            drop(flow)
             return
         try:  # the caller's request may ask what no engine can do (GatewayError 422): say so before trying
             self.backend_request(context, context.backend)
@@ -140,7 +140,7 @@ class Upstream:
             if asyncio.current_task().cancelling():
                 raise  # the gateway is stopping
             log.info("request %s: the client left before its answer; backend request cancelled", context.request_id)
-            flow.kill()  # the error hooks give the slot back and record the request
+            drop(flow)  # the error hooks give the slot back and record the request
             return
         finally:
             fetches.discard(fetch)

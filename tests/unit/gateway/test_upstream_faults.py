@@ -177,12 +177,17 @@ def test_a_stream_whose_backend_goes_silent_is_ended_and_counts_against_the_back
     assert registry.failed_backends == ["node-1"] and "broke off" in context.error
 
 
-def test_a_caller_who_left_before_its_turn_upstream_is_never_sent_to_a_backend():
+@pytest.mark.parametrize("killed_already", [False, True], ids=["alive", "killed by mitmproxy"])
+def test_a_caller_who_left_before_its_turn_upstream_is_never_sent_to_a_backend(killed_already):
+    """Whether or not mitmproxy already killed the flow when the caller's connection closed (then the
+    flow is no longer killable, and killing it again would raise)."""
     calls: list[str] = []
     upstream = Upstream(Registry(), Gate())
     flow = tflow.tflow()
     flow.metadata[CONTEXT_KEY] = context_for(backend(1))
     flow.client_conn.timestamp_end = time.time()
+    if killed_already:
+        flow.kill()
 
     async def scenario():
         with taddons.context(upstream):
