@@ -240,7 +240,7 @@ return missing
 # ARGV: prefix, me, ttl ms, request, from backend, then (backend, max_concurrent) pairs in preference
 # order. → the backend it moved to, or -1.
 MOVE_LUA = _COMMON_LUA + """
-local now, me, ttl, request = now_ms(), ARGV[2], tonumber(ARGV[3]), lease(ARGV[4], ARGV[2])
+local now, ttl, request = now_ms(), tonumber(ARGV[3]), lease(ARGV[4], ARGV[2])
 for i = 6, #ARGV, 2 do
   local leases = P .. ':backend:' .. ARGV[i] .. ':leases'
   redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)

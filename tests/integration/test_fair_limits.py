@@ -246,10 +246,8 @@ def test_a_student_batch_of_200_is_all_answered_in_order_while_the_others_keep_t
 
 async def both_slots_held(stack) -> None:
     """Until the node's slots are all running (a new key's first requests wait for its Argon2 check)."""
-    deadline = time.monotonic() + 30
-    while (await asyncio.to_thread(slot_gauges, stack))["mindrouter_in_flight_requests"] < SLOTS:
-        assert time.monotonic() < deadline, "the long requests never took the slots"
-        await asyncio.sleep(0.05)
+    await asyncio.to_thread(wait_until, lambda: slot_gauges(stack)["mindrouter_in_flight_requests"] >= SLOTS, 30,
+                            "the long requests holding both slots")
 
 
 async def spent_burst_credit(stack, users: tuple[str, ...]) -> None:
