@@ -202,9 +202,10 @@ return {grants.given or 0, grants, held_on(ARGV[8])}
 """
 
 # ARGV: prefix, me, epoch, ttl ms, then every backend this gateway sees accepting work.
-# → {1 if Redis knew this gateway's epoch already, live gateways, own grants (other gateways' since the
-# last heartbeat too: a grant whose message was lost is found here; taking one twice is harmless),
-# the slots held on each of those backends as {backend, {gateway, count, ...}, ...}}
+# → {1 if Redis knew this gateway's epoch already, live gateways with their heartbeat expiry (ms), own
+# grants (other gateways' since the last heartbeat too: a grant whose message was lost is found here;
+# taking one twice is harmless), the slots held on each of those backends as {backend, {gateway, count,
+# ...}, ...}, Redis's clock (ms)}
 TICK_LUA = _COMMON_LUA + """
 local now, me, epoch, ttl = now_ms(), ARGV[2], ARGV[3], tonumber(ARGV[4])
 local gateways = P .. ':gateways'
@@ -224,17 +225,18 @@ for i = 5, #ARGV, 3 do
   held[#held + 1] = ARGV[i]
   held[#held + 1] = held_on(ARGV[i])
 end
-return {known, redis.call('ZRANGE', gateways, 0, -1), grants, held}
+return {known, redis.call('ZRANGE', gateways, 0, -1, 'WITHSCORES'), grants, held, now}
 """
 
-# ARGV: prefix, me, ttl ms, then (request, backend, user) triples. → how many leases were missing.
+# ARGV: prefix, me, ttl ms, then (request, backend, user) triples. → {how many leases were missing, Redis's
+# clock (ms)}.
 RENEW_LUA = _COMMON_LUA + """
 local now, me, ttl, missing = now_ms(), ARGV[2], tonumber(ARGV[3]), 0
 for i = 4, #ARGV, 3 do
   missing = missing + redis.call('ZADD', P .. ':backend:' .. ARGV[i + 1] .. ':leases', now + ttl, lease(ARGV[i], me))
   redis.call('ZADD', P .. ':running:' .. ARGV[i + 2], now + ttl, ARGV[i])
 end
-return missing
+return {missing, now}
 """
 
 # ARGV: prefix, me, ttl ms, request, from backend, then (backend, max_concurrent) pairs in preference
@@ -280,9 +282,10 @@ class Grant(NamedTuple):
 
 class Heartbeat(NamedTuple):
     known: bool  # False: Redis had forgotten this gateway (restarted, or it came back): rebuild
-    gateways: list[str]  # live gateways, this one included
+    gateways: dict[str, int]  # live gateways, this one included → when each last beat (ms, Redis's clock)
     grants: list[Grant]
     held: dict[int, dict[str, int]]  # backend → gateway → slots it holds there
+    now_ms: int  # Redis's clock
 
 
 class Release(NamedTuple):
@@ -348,17 +351,19 @@ class SharedQueue:
         return Release(int(given), _grants(grants), _held(held))
 
     async def tick(self, backends: Iterable[Backend]) -> Heartbeat:
-        known, gateways, grants, flat_held = await self.tick_script(args=[
+        """Every gateway beats with the same `policy_lease_ttl_s`: a beat's time is its expiry less the TTL."""
+        known, gateways, grants, flat_held, now_ms = await self.tick_script(args=[
             self.prefix, self.gateway_id, self.epoch, self.ttl_ms, *_backend_args(backends)])
         held = {int(flat_held[i]): _held(flat_held[i + 1]) for i in range(0, len(flat_held), 2)}
-        return Heartbeat(known == 1, [_text(g) for g in gateways], _grants(grants), held)
+        beats = {_text(gateways[i]): int(float(gateways[i + 1])) - self.ttl_ms for i in range(0, len(gateways), 2)}
+        return Heartbeat(known == 1, beats, _grants(grants), held, int(now_ms))
 
-    async def renew(self, leases: Iterable[tuple[str, int, int]]) -> int:
-        """Re-assert (request, backend, user) leases of running requests; how many Redis had lost."""
+    async def renew(self, leases: Iterable[tuple[str, int, int]]) -> tuple[int, int]:
+        """Re-assert (request, backend, user) leases of running requests: how many Redis had lost, and Redis's
+        clock (ms), when it did."""
         args = [arg for lease in leases for arg in lease]
-        if not args:
-            return 0
-        return int(await self.renew_script(args=[self.prefix, self.gateway_id, self.ttl_ms, *args]))
+        missing, now_ms = await self.renew_script(args=[self.prefix, self.gateway_id, self.ttl_ms, *args])
+        return int(missing), int(now_ms)
 
     async def move(self, request_id: str, from_backend: int, to: Iterable[Backend]) -> int | None:
         args = [arg for backend in to for arg in (backend.backend_id, backend.max_concurrent)]

@@ -37,7 +37,7 @@ from typing import NamedTuple
 import redis.asyncio as aioredis
 from mitmproxy import ctx, exceptions, http
 
-from addons.cluster import Backend, Grant, SharedQueue, fallback_share
+from addons.cluster import Backend, Grant, Heartbeat, SharedQueue, fallback_share
 from addons.context import RequestContext, client_left, context_of, drop
 from addons.limits import connect
 from addons.metrics import IN_FLIGHT, QUEUE_WAIT, QUEUED, REFUSALS
@@ -64,10 +64,9 @@ DEFAULT_MAX_RUNNING = "admin=32,faculty=16,staff=8,student=4"
 DEFAULT_MAX_WAITING = "admin=1024,faculty=512,staff=384,student=256"
 TICK_S = 0.25  # how often queued requests are checked against the wait limit
 SNAPSHOT_EVERY_TICKS = 4  # the live queue the admin app shows is at most this many ticks old
-# Once Redis answers again, every gateway re-asserts its running requests' slots there at each heartbeat
-# (a tick); this one waits until the others are back, and a few ticks more, before it grants from the
-# shared table again (`Gate.may_rejoin`).
-RECONNECT_SETTLE_S = 1.0
+# Reconnected to Redis, a gateway grants from the shared table again once every gateway alive before the
+# outage has beaten since; one still missing from Redis this long after is taken for dead (`Gate.may_rejoin`).
+RECONNECT_GRACE_S = 2.0
 # What a Redis failure looks like from redis-py: its own errors, socket errors, our deadline.
 SHARED_FAILURES = (aioredis.RedisError, OSError, TimeoutError)
 
@@ -167,9 +166,9 @@ class Gate:
         self.redis_url = redis_url
         self.queue: SharedQueue | None = None
         self.shared = False  # grants come from the shared queue now; otherwise this process decides alone
-        self.reconnected_at: float | None = None  # Redis answered again: share once `may_rejoin`
+        self.reconnected_at: int | None = None  # Redis answered again then (ms, its clock): share once `may_rejoin`
         self.registered = False  # Redis has known this gateway's epoch: not knowing it any more means data lost
-        self.gateways: list[str] = []  # alive at the last heartbeat, this one included
+        self.gateways: dict[str, int] = {}  # alive at the last heartbeat, this one included → when each last beat
         self.awaited: set[str] = set()  # alive before Redis failed: rejoin once they are back (or expired)
         self.held: dict[int, dict[str, int]] = {}  # as Redis last told: backend → gateway → slots held
         self.given = Counter()  # backend → slots this gateway's releases gave to other gateways' requests
@@ -263,7 +262,10 @@ class Gate:
         self.wake(time.monotonic())
 
     def share_of(self, state: BackendState) -> int:
-        """This gateway's slots of a backend while it decides alone (`addons.cluster.fallback_share`)."""
+        """This gateway's slots of a backend while it decides alone (`addons.cluster.fallback_share`); none
+        once Redis answers again: from then on the slots it grants are those of the shared table."""
+        if self.reconnected_at is not None:
+            return 0
         backend_id = state.backend_id
         return fallback_share(state.max_concurrent, backend_id, self.queue.gateway_id, self.gateways,
                               self.held.get(backend_id, {}), self.running_when_failed[backend_id],
@@ -435,7 +437,9 @@ class Gate:
         slot = self.scheduler.slot_of(context.request_id)
         self.scheduler.release(context.request_id, usage.total_tokens if usage else None, now)
         self.vacate(context.backend)
-        if self.shared and slot is not None:
+        # Reconnecting, this gateway renews its running requests' leases in Redis: one that ends must give its
+        # lease back there too, or the slot stays taken for the others until the lease expires.
+        if slot is not None and (self.shared or self.reconnected_at is not None):
             correction = (usage.total_tokens - slot.cost) / context.principal.weight if usage else 0.0
             self.spawn(self.shared_release(slot.request_id, slot.user_id, slot.model, correction, slot.backend_id))
         self.wake(now)
@@ -509,18 +513,16 @@ class Gate:
         now, given = time.monotonic(), self.given.copy()
         try:
             async with self.redis_deadline():
+                if not self.shared:  # before its beat, so that no grant a script makes misses these slots
+                    await self.reconnect()
                 beat = await self.queue.tick(self.shared_backends())
-                before, self.gateways = self.gateways, beat.gateways
-                self.held, self.given_when_told, self.answered_since_failure = beat.held, given, True
+                self.gateways, self.held, self.given_when_told = beat.gateways, beat.held, given
+                self.answered_since_failure = True
                 if self.shared and not beat.known and self.registered:
                     log.warning("Redis no longer knows this gateway (restarted?): registering its running and "
                                 "waiting requests again")
                     await self.rejoin()
-                elif not self.shared:
-                    if self.reconnected_at is None:
-                        self.reconnected_at, self.awaited = now, set(before) - {self.queue.gateway_id}
-                    await self.renew()  # the slots it holds, granted alone, count for the others' grants
-                if not self.shared and self.may_rejoin(now):
+                elif not self.shared and self.may_rejoin(beat):
                     await self.rejoin()
                 elif self.shared and now - self.renewed_at >= ctx.options.policy_lease_ttl_s / 3:
                     await self.renew()
@@ -530,26 +532,41 @@ class Gate:
         self.registered = True
         self.take(beat.grants)
 
-    def may_rejoin(self, now: float) -> bool:
-        """Grant from the shared table again once the gateways alive before the outage have registered their
-        slots anew (or their heartbeats expired), and every slot granted alone had a heartbeat to renew it."""
-        waited = now - self.reconnected_at
-        everyone_back = self.awaited <= set(self.gateways) or waited >= ctx.options.policy_lease_ttl_s
-        return everyone_back and (waited >= RECONNECT_SETTLE_S or not self.awaited)
+    async def reconnect(self) -> None:
+        """Deciding alone: re-assert the running requests' slots in Redis. The first time Redis answers, grant
+        alone no more from then on, and re-assert the slots granted while that first answer was on its way."""
+        reconnected_at = await self.renew()
+        if self.reconnected_at is None:
+            self.reconnected_at, self.awaited = reconnected_at, set(self.gateways) - {self.queue.gateway_id}
+            self.backends_changed()
+            await self.renew()
 
-    async def renew(self) -> None:
-        missing = await self.queue.renew([(s.request_id, s.backend_id, s.user_id) for s in self.scheduler.slots()])
+    def may_rejoin(self, beat: Heartbeat) -> bool:
+        """Grant from the shared table again once every gateway alive before the outage has beaten since this
+        one reconnected (it renewed its running requests' slots before that beat and grants nothing alone
+        after it, so the table holds every slot in use), or is missing from Redis after RECONNECT_GRACE_S
+        (dead: a Redis that restarted empty forgot it), or its heartbeat has surely expired."""
+        waited_ms = beat.now_ms - self.reconnected_at
+        return waited_ms >= self.queue.ttl_ms or all(
+            beat.gateways[gateway] >= self.reconnected_at if gateway in beat.gateways
+            else waited_ms >= RECONNECT_GRACE_S * 1000 for gateway in self.awaited)
+
+    async def renew(self) -> int:
+        """Re-assert the slots of this gateway's running requests; Redis's clock (ms) when it did."""
+        missing, now_ms = await self.queue.renew([(s.request_id, s.backend_id, s.user_id)
+                                                  for s in self.scheduler.slots()])
         self.renewed_at = time.monotonic()
         if missing and self.shared:
             log.warning("%d slot leases of running requests had expired in Redis (a stall longer than "
                         "policy_lease_ttl_s, or Redis lost them); asserted again", missing)
+        return now_ms
 
     async def rejoin(self) -> None:
         """Register this gateway afresh: a new epoch, its running requests' slots, then its waiting requests
         in the order they came; from then on grants come from the shared queue."""
         self.queue.epoch += 1
+        await self.renew()  # first, as in `heartbeat`
         beat = await self.queue.tick(self.shared_backends())
-        await self.renew()
         self.shared, self.reconnected_at = True, None
         self.backends_changed()
         log.info("shared queue: %d gateways alive; %d running and %d waiting requests of this one registered",
@@ -614,8 +631,11 @@ class Gate:
                     self.spawn(self.shared_release(request_id, slot.user_id, slot.model, 0.0, backend_id))
                 continue
             entry = self.entries.pop(request_id, None)
-            if entry is None:
-                continue  # a late copy of a grant it took and has finished with
+            if entry is None:  # a late copy of a grant it took and has finished with, or ...
+                if waiter := self.waiters.get(request_id):  # ... registered before Redis failed: the slot goes back
+                    self.spawn(self.shared_release(request_id, waiter.context.principal.user_id, waiter.context.model,
+                                                   0.0, backend_id))
+                continue
             backend = self.registry.views.get(backend_id)
             if request_id in self.waiters and backend is not None and \
                     self.scheduler.grant_chosen(request_id, backend_id, now):

@@ -8,7 +8,7 @@ Both stores answer the same questions with the same rules (`scheduler.limits`, `
     await store.start_ledger(user_id, period, budget, used, expires_at) # after UNKNOWN: load it, retry
     await store.settle(user_id, period, lease, actual)                  # reservation → real usage
     await store.sync_used(user_id, period, used)                        # after a switch of store: the database's
-    await store.renew(reservations, ttl_s)                              # the heartbeat of live requests
+    lost = await store.renew(reservations, ttl_s)                       # the heartbeat of live requests
 
 `lease` is the request id: one request holds at most one entry of each kind, and giving it back
 twice is harmless. Everything a lease holds in Redis expires `ttl_s` after its gateway last renewed
@@ -33,6 +33,9 @@ from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from scheduler.limits import SlidingWindow
 from scheduler.quota import Ledger, next_period_start
@@ -101,8 +104,8 @@ class LocalCounters:
         if ledger := self.ledgers.get((user_id, period)):
             ledger.used = max(ledger.used, used)
 
-    async def renew(self, reservations: list[tuple[int, str, str]], ttl_s: float) -> int:
-        return len(reservations)  # nothing here expires: the process holding it is the one counting
+    async def renew(self, reservations: list[tuple[int, str, str]], ttl_s: float) -> list[str]:
+        return []  # nothing here expires: the process holding it is the one counting
 
     async def set_budgets(self, budgets: dict[tuple[int, str], int]) -> None:
         for key, budget in budgets.items():
@@ -148,18 +151,19 @@ return tonumber(blocking[2]) + window - now
 """
 
 # KEYS: a reservation lease set. ARGV: now, ttl ms, request ids.
-# → how many were renewed (a lease already expired stays gone: its tokens were given back).
+# → those no longer there (a lease already expired stays gone: its tokens were given back).
 RENEW_LUA = _CLOCK_LUA + """
 local now, ttl = now_ms(ARGV[1]), tonumber(ARGV[2])
-local renewed = 0
+local lost = {}
 for i = 3, #ARGV do
   local expiry = redis.call('ZSCORE', KEYS[1], ARGV[i])
   if expiry and tonumber(expiry) > now then
     redis.call('ZADD', KEYS[1], now + ttl, ARGV[i])
-    renewed = renewed + 1
+  else
+    lost[#lost + 1] = ARGV[i]
   end
 end
-return renewed
+return lost
 """
 
 # Reservations whose gateway stopped renewing them give their tokens back.
@@ -242,10 +246,14 @@ return redis.call('HMGET', KEYS[1], 'budget', 'used', 'reserved')
 
 
 def connect(url: str, timeout_s: float) -> aioredis.Redis:
-    """A pooled client that gives up quickly: a Redis outage must cost a request milliseconds, not minutes."""
+    """A pooled client that gives up quickly: a Redis outage must cost a request milliseconds, not minutes.
+
+    A connection error is retried once, at once, on a new connection: after Redis restarts, each pooled
+    connection to the old server fails its next command ("Connection closed by server"), which never
+    reached the new one, and must not count as an outage."""
     return aioredis.Redis.from_url(
-        url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry_on_timeout=False,
-        health_check_interval=30, max_connections=256,
+        url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, health_check_interval=30,
+        max_connections=256, retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     )
 
 
@@ -304,18 +312,19 @@ class RedisCounters:
     async def settle(self, user_id: int, period: str, lease: str, actual: int) -> None:
         await self.settle_script(keys=self.quota_keys(user_id, period), args=[lease, actual])
 
-    async def renew(self, reservations: list[tuple[int, str, str]], ttl_s: float) -> int:
-        """Renew the reservations of this gateway's live requests in one round trip; how many were still live."""
+    async def renew(self, reservations: list[tuple[int, str, str]], ttl_s: float) -> list[str]:
+        """Renew the reservations of this gateway's live requests in one round trip; the leases Redis no
+        longer held (expired, or lost in a restart)."""
         by_key: dict[str, list[str]] = {}
         for user_id, period, lease in reservations:
             by_key.setdefault(self.quota_keys(user_id, period)[1], []).append(lease)
         if not by_key:
-            return 0
+            return []
         now, ttl = self.now_arg(), _ms(ttl_s)
         async with self.client.pipeline(transaction=False) as pipe:
             for key, leases in by_key.items():
                 await self.renew_script(keys=[key], args=[now, ttl, *leases], client=pipe)
-            return sum(int(renewed) for renewed in await pipe.execute())
+            return [lease.decode() for lost in await pipe.execute() for lease in lost]
 
     async def set_budgets(self, budgets: dict[tuple[int, str], int]) -> None:
         if not budgets:

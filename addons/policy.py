@@ -540,13 +540,15 @@ class Policy:
                 continue
             try:
                 async with asyncio.timeout(2 * self.redis_timeout_s):
-                    renewed = await self.shared.renew(reservations, ctx.options.policy_lease_ttl_s)
+                    lost = await self.shared.renew(reservations, ctx.options.policy_lease_ttl_s)
             except SHARED_FAILURES as exc:
                 self.shared_missed("lease renewal", exc)
                 continue
-            if renewed < len(reservations):
+            if lost:  # their tokens were given back there already: renewing them again would warn again
                 log.warning("%d of %d Redis leases had expired before their renewal (a stall longer than "
-                            "policy_lease_ttl_s?)", len(reservations) - renewed, len(reservations))
+                            "policy_lease_ttl_s, or Redis restarted); no longer renewed", len(lost), len(reservations))
+                for lease in lost:
+                    self.held.pop(lease, None)
 
     def forget_ancient_admissions(self) -> None:
         oldest = time.monotonic() - LEASE_RENEWAL_LIMIT_S

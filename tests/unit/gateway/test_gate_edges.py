@@ -7,13 +7,16 @@ import dataclasses
 import json
 import time
 
+import redis.asyncio as aioredis
 from mitmproxy.test import taddons, tflow
 
 from addons.auth import Principal
+from addons.cluster import SharedQueue
 from addons.context import CONTEXT_KEY, RequestContext, Route
 from addons.gate import Gate, backend_state
 from addons.polling import ModelView
 from addons.registry import BackendView
+from tests.unit.policy.support import REDIS_URL, delete_prefix, requires_redis, unique_prefix
 from translators.errors import GatewayError
 from translators.pipeline import parse_client_request
 
@@ -138,3 +141,88 @@ def test_a_users_waiting_bound_override_wins_over_the_roles():
 
     asyncio.run(scenario())
     assert outcomes == [None, None, 429]
+
+
+def shared_gate(node: BackendView, prefix: str) -> Gate:
+    gate = Gate(Registry(node), Writer(), 300, redis_url=REDIS_URL)
+    gate.queue = SharedQueue(aioredis.Redis.from_url(REDIS_URL), prefix, "gateway-a", ttl_s=30)
+    return gate
+
+
+def with_redis_options(tctx) -> None:
+    for name, default in (("redis_timeout_ms", 500), ("policy_lease_ttl_s", 30)):
+        tctx.options.add_option(name, int, default, "")
+
+
+async def leases_of(gate: Gate) -> list[bytes]:
+    return await gate.queue.client.zrange(f"{gate.queue.prefix}:backend:1:leases", 0, -1)
+
+
+def run_with_redis(scenario) -> None:
+    prefix = unique_prefix()
+    try:
+        asyncio.run(scenario(prefix))
+    finally:
+        delete_prefix(prefix)
+
+
+@requires_redis
+def test_a_request_that_ends_while_the_gate_reconnects_to_redis_gives_its_lease_back_there():
+    """Reconnecting, the gate asserts its running requests' slots in Redis again (the others' grants count
+    them), Redis having lost them; one that ends before the gate shares again frees its slot there at once."""
+    node = backend(1)
+    flow, context = chat_flow()
+
+    async def scenario(prefix: str):
+        gate = shared_gate(node, prefix)
+        with taddons.context(gate) as tctx:
+            with_redis_options(tctx)
+            tctx.configure(gate)
+            other = SharedQueue(gate.queue.client, prefix, "gateway-b", ttl_s=30)
+            await other.tick([])
+            await gate.heartbeat()
+            assert gate.shared
+            await gate.request(flow)
+            assert context.backend is node and len(await leases_of(gate)) == 1
+            gate.shared_failed("a test", ConnectionError("Redis went away"))
+            await gate.queue.client.delete(f"{prefix}:backend:1:leases")  # ... and came back without them
+            await gate.heartbeat()  # it waits for gateway-b to beat before it shares again
+            assert not gate.shared and gate.reconnected_at is not None and len(await leases_of(gate)) == 1
+            gate.response(flow)
+            await asyncio.gather(*gate.tasks)
+            assert await leases_of(gate) == []
+        await gate.queue.client.aclose()
+
+    run_with_redis(scenario)
+
+
+@requires_redis
+def test_once_redis_answers_again_the_gate_grants_nothing_alone_and_shares_once_the_others_have_beaten():
+    """Its share of the node would admit the request, but another gateway may still be granting alone on its
+    own share: the request waits until that one has beaten, its slots registered, then the shared queue grants."""
+    node = dataclasses.replace(backend(1), max_concurrent=2)
+    flow, context = chat_flow()
+
+    async def scenario(prefix: str):
+        gate = shared_gate(node, prefix)
+        with taddons.context(gate) as tctx:
+            with_redis_options(tctx)
+            tctx.configure(gate)
+            other = SharedQueue(gate.queue.client, prefix, "gateway-b", ttl_s=30)
+            await other.tick([])
+            await gate.heartbeat()
+            gate.shared_failed("a test", ConnectionError("Redis went away"))
+            assert gate.share_of(backend_state(node)) == 1  # alone: half the node
+            await gate.heartbeat()
+            assert gate.share_of(backend_state(node)) == 0 and not gate.shared
+            waiting = asyncio.ensure_future(gate.request(flow))
+            await asyncio.sleep(0.1)
+            assert not waiting.done() and context.request_id in gate.waiters
+            await other.tick([])  # gateway-b beats after this one reconnected
+            await gate.heartbeat()
+            assert gate.shared
+            await asyncio.wait_for(waiting, 2)
+            assert context.backend is node and len(await leases_of(gate)) == 1
+        await gate.queue.client.aclose()
+
+    run_with_redis(scenario)

@@ -71,14 +71,14 @@ def test_a_budget_raised_under_a_ledger_admits_more(run_with_store):
     assert run_with_store(scenario) == (REFUSED, (RESERVED, 960), (UNKNOWN, 0))
 
 
-def test_renewal_reports_live_leases(run_with_store):
+def test_renewal_reports_the_leases_it_no_longer_holds(run_with_store):
     async def scenario(store):
         await store.start_ledger(1, PERIOD, 100, 0, EXPIRES)
         await store.reserve(1, PERIOD, 10, "a", 30)
         return store.shared, await store.renew([(1, PERIOD, "a"), (1, PERIOD, "never reserved")], 30)
 
-    shared, renewed = run_with_store(scenario)
-    assert renewed == (1 if shared else 2)  # Redis counts the live one; in process nothing expires
+    shared, lost = run_with_store(scenario)
+    assert lost == (["never reserved"] if shared else [])  # in process nothing expires
 
 
 def test_stores_answer_quickly(run_with_store):

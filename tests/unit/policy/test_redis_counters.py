@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+import subprocess
 import time
 
 import redis
@@ -12,6 +14,7 @@ from hypothesis import strategies as st
 from addons.limits import RESERVED, RedisCounters, connect, quota_keys_expire_at
 from scheduler.limits import SlidingWindow
 from scheduler.quota import period_of
+from sim.stack import free_port, wait_until
 from store.models import utcnow
 from tests.unit.policy.support import REDIS_URL, VirtualClock, delete_prefix, requires_redis, unique_prefix
 
@@ -52,7 +55,7 @@ def test_renewed_reservations_outlive_their_ttl(redis_prefix):
             assert (await store.reserve(1, PERIOD, 80, "held", 1.0)).state == RESERVED
             for _ in range(6):  # 1.5 s in all, renewed every 0.25 s
                 await asyncio.sleep(0.25)
-                assert await store.renew([(1, PERIOD, "held")], 1.0) == 1
+                assert await store.renew([(1, PERIOD, "held")], 1.0) == []
                 assert (await store.reserve(1, PERIOD, 80, "other", 1.0)).state != RESERVED
             await asyncio.sleep(1.05)
             return (await store.renew([(1, PERIOD, "held")], 1.0),
@@ -60,7 +63,7 @@ def test_renewed_reservations_outlive_their_ttl(redis_prefix):
         finally:
             await store.client.aclose()
 
-    assert asyncio.run(scenario()) == (0, RESERVED)
+    assert asyncio.run(scenario()) == (["held"], RESERVED)
 
 
 def test_a_dead_gateways_reservations_give_their_tokens_back(redis_prefix):
@@ -141,3 +144,34 @@ def test_redis_sliding_window_is_the_pure_one_exactly(steps, limit):
         asyncio.run(scenario())
     finally:
         delete_prefix(prefix)
+
+
+def test_a_restarted_redis_costs_no_command_on_the_connections_pooled_before(tmp_path):
+    """Each pooled connection to the old server fails its next command; the client retries it on a new one,
+    so a Redis that restarted is not taken for an outage (the shared queue would decide alone meanwhile)."""
+    port = free_port()
+
+    def start() -> subprocess.Popen:
+        server = subprocess.Popen([shutil.which("redis-server") or "/usr/bin/redis-server", "--port", str(port),
+                                   "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                                  cwd=tmp_path, stdout=subprocess.DEVNULL)
+        wait_until(lambda: redis.Redis(port=port, socket_connect_timeout=0.5).ping(), 10, "the private Redis")
+        return server
+
+    async def scenario(server: subprocess.Popen) -> list:
+        client = connect(f"redis://127.0.0.1:{port}/0", 2.0)
+        try:
+            await asyncio.gather(*(client.time() for _ in range(8)))  # eight connections in the pool
+            server.terminate()
+            server.wait()
+            restarted = await asyncio.to_thread(start)
+            try:
+                return await asyncio.gather(*(client.time() for _ in range(8)), return_exceptions=True)
+            finally:
+                restarted.terminate()
+                restarted.wait()
+        finally:
+            await client.aclose()
+
+    answers = asyncio.run(scenario(start()))
+    assert [answer for answer in answers if isinstance(answer, Exception)] == []
