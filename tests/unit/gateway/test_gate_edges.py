@@ -143,27 +143,34 @@ def test_a_users_waiting_bound_override_wins_over_the_roles():
     assert outcomes == [None, None, 429]
 
 
-def shared_gate(node: BackendView, prefix: str) -> Gate:
-    gate = Gate(Registry(node), Writer(), 300, redis_url=REDIS_URL)
-    gate.queue = SharedQueue(aioredis.Redis.from_url(REDIS_URL), prefix, "gateway-a", ttl_s=30)
-    return gate
+def run_shared(node: BackendView, scenario) -> None:
+    """`scenario(gate, other)`: the gate shares a fresh prefix with another gateway, 'gateway-b'; both alive."""
+    prefix = unique_prefix()
 
+    async def main():
+        gate = Gate(Registry(node), Writer(), 300, redis_url=REDIS_URL)
+        gate.queue = SharedQueue(aioredis.Redis.from_url(REDIS_URL), prefix, "gateway-a", ttl_s=30)
+        try:
+            with taddons.context(gate) as tctx:
+                for name, default in (("redis_timeout_ms", 500), ("policy_lease_ttl_s", 30)):
+                    tctx.options.add_option(name, int, default, "")
+                tctx.configure(gate)
+                other = SharedQueue(gate.queue.client, prefix, "gateway-b", ttl_s=30)
+                await other.tick([])
+                await gate.heartbeat()
+                assert gate.shared
+                await scenario(gate, other)
+        finally:
+            await gate.queue.client.aclose()
 
-def with_redis_options(tctx) -> None:
-    for name, default in (("redis_timeout_ms", 500), ("policy_lease_ttl_s", 30)):
-        tctx.options.add_option(name, int, default, "")
+    try:
+        asyncio.run(main())
+    finally:
+        delete_prefix(prefix)
 
 
 async def leases_of(gate: Gate) -> list[bytes]:
     return await gate.queue.client.zrange(f"{gate.queue.prefix}:backend:1:leases", 0, -1)
-
-
-def run_with_redis(scenario) -> None:
-    prefix = unique_prefix()
-    try:
-        asyncio.run(scenario(prefix))
-    finally:
-        delete_prefix(prefix)
 
 
 @requires_redis
@@ -173,27 +180,18 @@ def test_a_request_that_ends_while_the_gate_reconnects_to_redis_gives_its_lease_
     node = backend(1)
     flow, context = chat_flow()
 
-    async def scenario(prefix: str):
-        gate = shared_gate(node, prefix)
-        with taddons.context(gate) as tctx:
-            with_redis_options(tctx)
-            tctx.configure(gate)
-            other = SharedQueue(gate.queue.client, prefix, "gateway-b", ttl_s=30)
-            await other.tick([])
-            await gate.heartbeat()
-            assert gate.shared
-            await gate.request(flow)
-            assert context.backend is node and len(await leases_of(gate)) == 1
-            gate.shared_failed("a test", ConnectionError("Redis went away"))
-            await gate.queue.client.delete(f"{prefix}:backend:1:leases")  # ... and came back without them
-            await gate.heartbeat()  # it waits for gateway-b to beat before it shares again
-            assert not gate.shared and gate.reconnected_at is not None and len(await leases_of(gate)) == 1
-            gate.response(flow)
-            await asyncio.gather(*gate.tasks)
-            assert await leases_of(gate) == []
-        await gate.queue.client.aclose()
+    async def scenario(gate: Gate, other: SharedQueue):
+        await gate.request(flow)
+        assert context.backend is node and len(await leases_of(gate)) == 1
+        gate.shared_failed("a test", ConnectionError("Redis went away"))
+        await gate.queue.client.delete(f"{gate.queue.prefix}:backend:1:leases")  # ... and came back without them
+        await gate.heartbeat()  # it waits for gateway-b to beat before it shares again
+        assert not gate.shared and gate.reconnected_at is not None and len(await leases_of(gate)) == 1
+        gate.response(flow)
+        await asyncio.gather(*gate.tasks)
+        assert await leases_of(gate) == []
 
-    run_with_redis(scenario)
+    run_shared(node, scenario)
 
 
 @requires_redis
@@ -203,26 +201,18 @@ def test_once_redis_answers_again_the_gate_grants_nothing_alone_and_shares_once_
     node = dataclasses.replace(backend(1), max_concurrent=2)
     flow, context = chat_flow()
 
-    async def scenario(prefix: str):
-        gate = shared_gate(node, prefix)
-        with taddons.context(gate) as tctx:
-            with_redis_options(tctx)
-            tctx.configure(gate)
-            other = SharedQueue(gate.queue.client, prefix, "gateway-b", ttl_s=30)
-            await other.tick([])
-            await gate.heartbeat()
-            gate.shared_failed("a test", ConnectionError("Redis went away"))
-            assert gate.share_of(backend_state(node)) == 1  # alone: half the node
-            await gate.heartbeat()
-            assert gate.share_of(backend_state(node)) == 0 and not gate.shared
-            waiting = asyncio.ensure_future(gate.request(flow))
-            await asyncio.sleep(0.1)
-            assert not waiting.done() and context.request_id in gate.waiters
-            await other.tick([])  # gateway-b beats after this one reconnected
-            await gate.heartbeat()
-            assert gate.shared
-            await asyncio.wait_for(waiting, 2)
-            assert context.backend is node and len(await leases_of(gate)) == 1
-        await gate.queue.client.aclose()
+    async def scenario(gate: Gate, other: SharedQueue):
+        gate.shared_failed("a test", ConnectionError("Redis went away"))
+        assert gate.share_of(backend_state(node)) == 1  # alone: half the node
+        await gate.heartbeat()
+        assert gate.share_of(backend_state(node)) == 0 and not gate.shared
+        waiting = asyncio.ensure_future(gate.request(flow))
+        await asyncio.sleep(0.1)
+        assert not waiting.done() and context.request_id in gate.waiters
+        await other.tick([])  # gateway-b beats after this one reconnected
+        await gate.heartbeat()
+        assert gate.shared
+        await asyncio.wait_for(waiting, 2)
+        assert context.backend is node and len(await leases_of(gate)) == 1
 
-    run_with_redis(scenario)
+    run_shared(node, scenario)
