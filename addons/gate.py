@@ -535,9 +535,9 @@ class Gate:
     async def reconnect(self) -> None:
         """Deciding alone: re-assert the running requests' slots in Redis. The first time Redis answers, grant
         alone no more from then on, and re-assert the slots granted while that first answer was on its way."""
-        reconnected_at = await self.renew()
+        answered_at = await self.renew()
         if self.reconnected_at is None:
-            self.reconnected_at, self.awaited = reconnected_at, set(self.gateways) - {self.queue.gateway_id}
+            self.reconnected_at, self.awaited = answered_at, set(self.gateways) - {self.queue.gateway_id}
             self.backends_changed()
             await self.renew()
 

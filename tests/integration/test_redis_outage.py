@@ -8,28 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
-import shutil
 import time
 
 import httpx
 import redis
 
 from sim.scaleout import start_gateway
-from sim.stack import Service, free_port, wait_until
+from sim.stack import free_port, wait_until
 from tests.support.cluster import NO_LIMITS, start_cluster
+from tests.support.private_redis import start_redis
 
 MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
 SLOTS = 2
 PREFIX = "mindrouter"
-
-
-def start_redis(port: int, work_dir) -> Service:
-    server = Service(f"redis-{secrets.token_hex(2)}", [shutil.which("redis-server") or "/usr/bin/redis-server",
-                                                      "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                                      "--appendonly", "no"], {}, work_dir)
-    wait_until(lambda: redis.Redis(port=port, socket_connect_timeout=0.5).ping(), 10, "the private Redis")
-    return server
 
 
 def slot_leases(port: int) -> int:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
 import time
 
 import redis
@@ -14,8 +12,9 @@ from hypothesis import strategies as st
 from addons.limits import RESERVED, RedisCounters, connect, quota_keys_expire_at
 from scheduler.limits import SlidingWindow
 from scheduler.quota import period_of
-from sim.stack import free_port, wait_until
+from sim.stack import Service, free_port
 from store.models import utcnow
+from tests.support.private_redis import start_redis
 from tests.unit.policy.support import REDIS_URL, VirtualClock, delete_prefix, requires_redis, unique_prefix
 
 pytestmark = requires_redis
@@ -151,27 +150,18 @@ def test_a_restarted_redis_costs_no_command_on_the_connections_pooled_before(tmp
     so a Redis that restarted is not taken for an outage (the shared queue would decide alone meanwhile)."""
     port = free_port()
 
-    def start() -> subprocess.Popen:
-        server = subprocess.Popen([shutil.which("redis-server") or "/usr/bin/redis-server", "--port", str(port),
-                                   "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                                  cwd=tmp_path, stdout=subprocess.DEVNULL)
-        wait_until(lambda: redis.Redis(port=port, socket_connect_timeout=0.5).ping(), 10, "the private Redis")
-        return server
-
-    async def scenario(server: subprocess.Popen) -> list:
+    async def scenario(server: Service) -> list:
         client = connect(f"redis://127.0.0.1:{port}/0", 2.0)
         try:
             await asyncio.gather(*(client.time() for _ in range(8)))  # eight connections in the pool
-            server.terminate()
-            server.wait()
-            restarted = await asyncio.to_thread(start)
+            server.stop()
+            restarted = await asyncio.to_thread(start_redis, port, tmp_path)
             try:
                 return await asyncio.gather(*(client.time() for _ in range(8)), return_exceptions=True)
             finally:
-                restarted.terminate()
-                restarted.wait()
+                restarted.stop()
         finally:
             await client.aclose()
 
-    answers = asyncio.run(scenario(start()))
+    answers = asyncio.run(scenario(start_redis(port, tmp_path)))
     assert [answer for answer in answers if isinstance(answer, Exception)] == []
