@@ -40,7 +40,8 @@ class RequestContext:
     principal: Principal | None = None
     canonical: CanonicalRequest | None = None
     translator: ResponseTranslator | None = None
-    prepared: tuple[int, tuple[str, bytes]] | None = None  # (backend id, its path and body): built once per backend
+    # (backend id, whether it serves the caller's API itself, its path and body): built once per backend
+    prepared: tuple[int, bool, tuple[str, bytes]] | None = None
     model: str | None = None  # as the caller named it
     model_label: str = "unknown"  # for metrics: the model once a backend is known to serve it, never the caller's string
     stream: bool = False

@@ -4,8 +4,9 @@ Ollama: `/api/tags` (models), `/api/ps` (resident, VRAM), `/api/version`, and `/
 per model (capabilities, context length). vLLM: `/health`, `/v1/models` (max_model_len),
 `/metrics` (running, waiting, KV-cache use, prefix-cache hits) and, once per set of served models,
 `/openapi.json`: vLLM routes only the APIs its runner serves (a pooling runner embeds and scores, a
-generating one completes), so its routes are its capabilities. A node running the telemetry
-agent adds its GPUs. The parsing is plain functions; the pollers only fetch, on a `PollLoop`.
+generating one completes), so its routes are its capabilities, and say which client APIs it serves
+itself (the Messages API). Ollama serves the Messages API from 0.14: its version says. A node running
+the telemetry agent adds its GPUs. The parsing is plain functions; the pollers only fetch, on a `PollLoop`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from telemetry_agent.client import GpuReading, parse_report, select_gpus
+from translators.mapping import NATIVE_ENDPOINTS, OLLAMA_NATIVE_SINCE
 
 T = TypeVar("T")
 
@@ -51,6 +53,21 @@ class Poll:
     models: dict[str, ModelView]
     version: str | None = None
     load: EngineLoad = field(default_factory=EngineLoad)
+    native_endpoints: tuple[str, ...] = ()  # client APIs the engine serves itself (translators.pipeline)
+
+
+def release(version: str | None) -> tuple[int, ...]:
+    """"0.14.2" → (0, 14, 2); a pre-release counts as its release; unreadable → (), older than any."""
+    numbers = []
+    for part in (version or "").split("-", 1)[0].split("."):
+        if not part.isdigit():
+            break
+        numbers.append(int(part))
+    return tuple(numbers)
+
+
+def ollama_native_endpoints(version: str | None) -> tuple[str, ...]:
+    return tuple(endpoint for endpoint, since in OLLAMA_NATIVE_SINCE.items() if release(version) >= since)
 
 
 def parse_vllm_metrics(text: str) -> EngineLoad:
@@ -96,7 +113,8 @@ async def poll_ollama(client: httpx.AsyncClient, url: str, shown: dict[str, tupl
             shown[name, models[name].details.get("digest")] = capabilities_from_show(answer.json())
     for name, model in models.items():
         model.capabilities, model.context_length = shown.get((name, model.details.get("digest")), ((), None))
-    return Poll(models, version=version.json().get("version") if version.status_code == 200 else None)
+    release_name = version.json().get("version") if version.status_code == 200 else None
+    return Poll(models, version=release_name, native_endpoints=ollama_native_endpoints(release_name))
 
 
 def mark_resident(models: dict[str, ModelView], ps: dict) -> None:
@@ -133,8 +151,20 @@ def capabilities_from_openapi(document: dict) -> tuple[str, ...]:
     return tuple(capability for route, capability in VLLM_ROUTE_CAPABILITIES.items() if route in paths)
 
 
-async def poll_vllm(client: httpx.AsyncClient, url: str, shown: dict[str, tuple]) -> Poll:
-    """`shown` caches the capabilities read from /openapi.json by the set of served models."""
+def native_endpoints_from_openapi(document: dict) -> tuple[str, ...]:
+    """The client APIs a vLLM server serves itself (it routes the Messages API only where it generates)."""
+    paths = document.get("paths") or {}
+    return tuple(endpoint for endpoint in NATIVE_ENDPOINTS if endpoint in paths)
+
+
+def routes_served(document: object) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    if not isinstance(document, dict):
+        return (), ()
+    return capabilities_from_openapi(document), native_endpoints_from_openapi(document)
+
+
+async def poll_vllm(client: httpx.AsyncClient, url: str, shown: dict[tuple, tuple]) -> Poll:
+    """`shown` caches what /openapi.json says (capabilities, native endpoints) by the set of served models."""
     health, listing, metrics = await asyncio.gather(
         client.get(f"{url}/health"), client.get(f"{url}/v1/models"), client.get(f"{url}/metrics"),
     )
@@ -149,13 +179,14 @@ async def poll_vllm(client: httpx.AsyncClient, url: str, shown: dict[str, tuple]
         document = await client.get(f"{url}/openapi.json")
         shown.clear()
         try:
-            shown[served] = capabilities_from_openapi(document.json()) if document.status_code == 200 else ()
+            shown[served] = routes_served(document.json() if document.status_code == 200 else None)
         except ValueError:  # no OpenAPI document (served with --disable-fastapi-docs): the node does not say
-            shown[served] = ()
+            shown[served] = (), ()
+    capabilities, native_endpoints = shown[served]
     for model in models.values():
-        model.capabilities = shown[served]
+        model.capabilities = capabilities
     load = parse_vllm_metrics(metrics.text) if metrics.status_code == 200 else EngineLoad()
-    return Poll(models, load=load)
+    return Poll(models, load=load, native_endpoints=native_endpoints)
 
 
 POLLERS = {"ollama": poll_ollama, "vllm": poll_vllm}

@@ -66,6 +66,7 @@ class BackendView:
     healthy: bool = False
     last_error: str = ""
     version: str | None = None
+    native_endpoints: tuple[str, ...] = ()  # client APIs the engine serves itself, passed through untranslated
     models: dict[str, ModelView] = field(default_factory=dict)
     load: EngineLoad = field(default_factory=EngineLoad)
     gpus: list[GpuReading] = field(default_factory=list)
@@ -257,7 +258,7 @@ class BackendRegistry:
             view.healthy, view.last_error, view.models = True, "", found.models
             view.latency_ema_ms = 1000 * took_s if view.latency_ema_ms is None else \
                 view.latency_ema_ms + LATENCY_EMA_ALPHA * (1000 * took_s - view.latency_ema_ms)
-            view.version, view.load = found.version, found.load
+            view.version, view.load, view.native_endpoints = found.version, found.load, found.native_endpoints
         if view.telemetry_url:
             await self.poll_gpus(view)
         self.publish(view)

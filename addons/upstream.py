@@ -9,6 +9,8 @@ caused counts against no backend and is not replayed: a caller who can make one 
 would otherwise make every engine fail in turn, and open every breaker. A 500 can be either, so
 it gets one more try elsewhere and is blamed on its backend only if another one then answers.
 
+- Each attempt is built for its backend's engine: an Anthropic Messages request goes as it came to an
+  engine that serves the Messages API itself (`native_messages_api`), translated to any other.
 - A whole (non-streamed) answer is fetched in the request hook and becomes the flow's response. A
   caller that leaves meanwhile cancels the fetch: the engine aborts the generation and the slot is free.
 - A streamed answer must reach mitmproxy as a stream, which only its own upstream connection gives;
@@ -36,7 +38,7 @@ from addons.metrics import FAILOVERS, REQUESTS
 from addons.registry import BackendRegistry, BackendView
 from addons.replies import point_at_backend, reply_error
 from translators.errors import GatewayError
-from translators.pipeline import build_backend_request, response_translator
+from translators.pipeline import build_backend_request, response_translator, serves_natively
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,11 @@ class Upstream:
         loader.add_option(
             "failover_attempts", int, 2,
             "Other backends a request may move to when its backend fails before answering (0: none).",
+        )
+        loader.add_option(
+            "native_messages_api", bool, True,
+            "Send Anthropic Messages requests as they came to engines that serve the Messages API themselves "
+            "(vLLM; Ollama from 0.14); off: translate them to every engine's chat, as for engines that do not.",
         )
         loader.add_option(
             "upstream_connect_timeout_s", int, 5, "Longest the gateway waits to connect to a backend.",
@@ -203,14 +210,17 @@ class Upstream:
         context.error = failure[1].decode("utf-8", "replace")[:500]
         return failure
 
-    @staticmethod
-    def backend_request(context: RequestContext, backend: BackendView) -> tuple[str, bytes]:
-        """The path and body `backend` is sent, built once per backend (the request hook's check is the first attempt's)."""
+    def backend_request(self, context: RequestContext, backend: BackendView) -> tuple[str, bytes]:
+        """The path and body `backend` is sent, built once per backend (the request hook's check is the first
+        attempt's): the caller's own API where the engine serves it, else translated (one failover may go
+        from one to the other)."""
         if context.prepared is None or context.prepared[0] != backend.id:
             if backend.engine == "vllm":  # vLLM knows one spelling; Ollama answers the name as the caller typed it
                 context.canonical.model = backend.served_name(context.model) or context.canonical.model
-            context.prepared = (backend.id, build_backend_request(context.canonical, backend.engine, context.request_id))
-        return context.prepared[1]
+            native = ctx.options.native_messages_api and serves_natively(context.canonical, backend.native_endpoints)
+            built = build_backend_request(context.canonical, backend.engine, context.request_id, native)
+            context.prepared = (backend.id, native, built)
+        return context.prepared[2]
 
     async def attempt(self, context: RequestContext, backend: BackendView) -> httpx.Response | Failure:
         """One try at `backend`: its response with the headers in, or why not and whose fault that is."""
@@ -218,7 +228,8 @@ class Upstream:
             path, payload = self.backend_request(context, backend)
         except GatewayError as error:  # this engine cannot take what the caller asked; another may
             return Failure(error.message, (error.status, engine_error(error.message), None), REQUEST)
-        context.translator = response_translator(context.canonical, backend.engine, context.request_id, int(time.time()))
+        context.translator = response_translator(context.canonical, backend.engine, context.request_id,
+                                                 int(time.time()), native=context.prepared[1])
         request = self.client.build_request(
             "POST", backend.url + path, content=payload,
             # The gateway reads and rewrites every answer: compressed bodies would only cost CPU twice.

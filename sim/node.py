@@ -159,6 +159,14 @@ class Stats:
     recent: deque = field(default_factory=lambda: deque(maxlen=RECENT_REQUESTS))
 
 
+class BadRequest(Exception):
+    """A request the engine would refuse: status, message and the offending parameter."""
+
+    def __init__(self, status: int, message: str, param: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param = status, message, param
+
+
 class ConnectionDropped(Exception):
     """The drop_midstream fault cut the connection; the handler stops writing."""
 

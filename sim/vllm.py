@@ -20,13 +20,14 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 from aiohttp import web
 
-from sim import generation
-from sim.node import ChunkStream, Node, NodeConfig, Run, json_body, send_json
+from sim import anthropic, generation
+from sim.node import BadRequest, ChunkStream, Node, NodeConfig, Run, json_body, send_json
 
-VERSION = "0.11.0"
+VERSION = "0.32.0"
 SCORE_PATHS = ("/score", "/v1/score")
 RERANK_PATHS = ("/rerank", "/v1/rerank", "/v2/rerank")
 ERROR_TYPES = {400: "BadRequestError", 404: "NotFoundError", 500: "InternalServerError"}
@@ -43,14 +44,6 @@ def error_body(status: int, message: str, param: str | None = None) -> dict:
     }
 
 
-class BadRequest(Exception):
-    """A request vLLM would refuse: status, message and the offending parameter."""
-
-    def __init__(self, status: int, message: str, param: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.param = status, message, param
-
-
 @web.middleware
 async def fastapi_errors(request: web.Request, handler) -> web.StreamResponse:
     """What FastAPI answers for a path it does not route or a method it does not take."""
@@ -58,6 +51,16 @@ async def fastapi_errors(request: web.Request, handler) -> web.StreamResponse:
         return await handler(request)
     except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as error:
         return web.json_response({"detail": error.reason}, status=error.status)
+
+
+@dataclass(frozen=True)
+class ChatPlan:
+    model: str
+    prompt_tokens: int
+    completion: generation.Completion
+    finish_reason: str
+    think: bool
+    tool_call_id: str
 
 
 class VllmNode:
@@ -80,6 +83,9 @@ class VllmNode:
         if set(self.node.config.served_models) - self._embedding:
             app.router.add_post("/v1/chat/completions", inference(self._refusing(self.chat)))
             app.router.add_post("/v1/completions", inference(self._refusing(self.completions)))
+            messages = anthropic.MessagesApi(self)
+            app.router.add_post("/v1/messages", inference(messages.create))
+            app.router.add_post("/v1/messages/count_tokens", inference(messages.count_tokens))
         if self._embedding:
             app.router.add_post("/v1/embeddings", inference(self._refusing(self.embeddings)))
             for path in SCORE_PATHS:
@@ -211,8 +217,8 @@ class VllmNode:
 
         return refusing
 
-    async def chat(self, request: web.Request) -> web.StreamResponse:
-        body = await self._body(request)
+    def plan_chat(self, body: dict) -> ChatPlan:
+        """What a chat request will generate, or BadRequest: the Chat Completions and the Messages API share it."""
         model = self._model(body, "Chat Completions")
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
@@ -231,11 +237,23 @@ class VllmNode:
         finish_reason = completion.finish_reason
         if completion.tool_call and not named:
             finish_reason = "tool_calls"
-        tool_call_id = f"chatcmpl-tool-{uuid.uuid4().hex}"
+        return ChatPlan(model, prompt_tokens, completion, finish_reason, think, f"chatcmpl-tool-{uuid.uuid4().hex}")
+
+    def count_chat_tokens(self, body: dict) -> int:
+        """The prompt's size as the chat template would make it (the Messages API's count_tokens)."""
+        self._model(body, "Chat Completions")
+        tools = [t for t in body.get("tools") or [] if t.get("type", "function") == "function"]
+        return generation.count_chat_prompt_tokens(generation.turns_from_openai(body.get("messages") or []), len(tools))
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        body = await self._body(request)
+        plan = self.plan_chat(body)
+        model, prompt_tokens, completion, finish_reason = plan.model, plan.prompt_tokens, plan.completion, plan.finish_reason
+        think, tool_call_id = plan.think, plan.tool_call_id
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": body["model"]}
 
         if not body.get("stream"):
-            async with self._running(model, prompt_tokens) as run:
+            async with self.generating(model, prompt_tokens) as run:
                 await run.tokens(completion.completion_tokens)
                 run.finish_reason = finish_reason
             message = {
@@ -313,7 +331,7 @@ class VllmNode:
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": body["model"]}
 
         if not body.get("stream"):
-            async with self._running(model, prompt_tokens) as run:
+            async with self.generating(model, prompt_tokens) as run:
                 await run.tokens(completion.completion_tokens)
                 run.finish_reason = completion.finish_reason
             choice = {
@@ -358,7 +376,7 @@ class VllmNode:
                 400, f"encoding_format must be 'float' or 'base64', got {encoding!r}", "encoding_format"
             )
         prompt_tokens = sum(generation.count_text_tokens(t) for t in texts)
-        async with self._running(model, prompt_tokens) as run:
+        async with self.generating(model, prompt_tokens) as run:
             await run.prefill()
             vectors = [generation.embedding_for(model, t, body.get("dimensions")) for t in texts]
             run.finish_reason = "stop"
@@ -403,7 +421,7 @@ class VllmNode:
             raise BadRequest(400, "text_1 and text_2 must have the same length, or text_1 one item", "text_1")
         prompt_tokens = sum(generation.count_text_tokens(a) + generation.count_text_tokens(b)
                             for a, b in zip(firsts, seconds))
-        async with self._running(model, prompt_tokens) as run:
+        async with self.generating(model, prompt_tokens) as run:
             await run.prefill()
             run.finish_reason = "stop"
         data = [{"index": i, "object": "score", "score": generation.similarity(model, a, b)}
@@ -422,7 +440,7 @@ class VllmNode:
         documents = _texts(body.get("documents"), "documents")
         top_n = body.get("top_n") or len(documents)
         prompt_tokens = sum(generation.count_text_tokens(query) + generation.count_text_tokens(d) for d in documents)
-        async with self._running(model, prompt_tokens) as run:
+        async with self.generating(model, prompt_tokens) as run:
             await run.prefill()
             run.finish_reason = "stop"
         results = sorted(
@@ -447,7 +465,7 @@ class VllmNode:
         async def send(obj: dict, finishing: bool = False) -> None:
             await out.send(b"data: " + json.dumps(obj).encode() + b"\n\n", finishing)
 
-        async with self._running(model, prompt_tokens) as run:
+        async with self.generating(model, prompt_tokens) as run:
             if not deltas:
                 deltas = [({"content": ""}, 0)]
             for index, (delta, tokens) in enumerate(deltas):
@@ -464,7 +482,7 @@ class VllmNode:
         return await out.close()
 
     @asynccontextmanager
-    async def _running(self, model: str, prompt_tokens: int) -> AsyncIterator[Run]:
+    async def generating(self, model: str, prompt_tokens: int) -> AsyncIterator[Run]:
         """A slot, then a running generation (vLLM keeps its model loaded: nothing to wait for)."""
         async with self.node.slot(model), self.node.running(model, prompt_tokens) as run:
             yield run

@@ -1,9 +1,11 @@
 """Anthropic Messages dialect requests (`/v1/messages`, `/v1/messages/count_tokens`): client body → canonical.
 
-No engine is reached in this dialect: a Messages request becomes a canonical chat, which the OpenAI
-codec writes for vLLM and the Ollama codec for Ollama, like any chat that crosses dialects. A
-count_tokens request is that same chat generating a single token, so its count is exactly the
-`input_tokens` the same messages would report (the chat template and the tools included).
+An engine that serves the Messages API itself (vLLM's `/v1/messages` and `/v1/messages/count_tokens`,
+Ollama's `/v1/messages` from 0.14) gets the caller's body (`native_body`): its own translation to its
+chat template is the one its other clients get. Every other engine gets a canonical chat, which the
+OpenAI codec writes for vLLM and the Ollama codec for Ollama, like any chat that crosses dialects. A
+translated count_tokens request is that same chat generating a single token, so its count is exactly
+the `input_tokens` the same messages would report (the chat template and the tools included).
 
 Anthropic answers every malformed body with 400 `invalid_request_error`, so the 422s the shared
 field readers raise become 400 here.
@@ -15,7 +17,15 @@ import dataclasses
 import re
 
 from translators import ollama_request, openai_request
-from translators.canonical import OLLAMA_ENGINE, CanonicalRequest, Image, Message, ResponseFormat, ToolCall
+from translators.canonical import (
+    OLLAMA_ENGINE,
+    VLLM_ENGINE,
+    CanonicalRequest,
+    Image,
+    Message,
+    ResponseFormat,
+    ToolCall,
+)
 from translators.errors import ANTHROPIC, GatewayError
 from translators.framing import dumps
 from translators.mapping import DROPPED, MAPPED, REJECTED, SAMPLING_PARAMETERS, FieldRule, dropped_field_notes
@@ -335,3 +345,38 @@ def build_request(req: CanonicalRequest, engine: str, path: str, request_id: str
     if isinstance(output_config, dict) and output_config.get("effort") is not None:
         notes.append(f"output_config.effort: dropped for {engine} (no engine reads an effort level)")
     return body, notes + chat_notes
+
+
+def native_body(req: CanonicalRequest, engine: str) -> tuple[dict, list[str]]:
+    """The body for an engine that serves `req.client_endpoint` itself: the caller's fields the gateway
+    maps (what it drops is dropped, with the same notes, as on the translated path), image URLs replaced
+    by the bytes the gateway fetched and audited, and vLLM's chat template told about `thinking`, which
+    vLLM's Messages API does not read."""
+    notes = dropped_field_notes(req.body, ANTHROPIC_FIELDS, req.client_endpoint, engine)
+    mapped = {rule.field for rule in ANTHROPIC_FIELDS if req.client_endpoint in rule.endpoints and rule.treatment == MAPPED}
+    body = {field: value for field, value in req.body.items() if field in mapped and value is not None}
+    body["model"] = req.model
+    fetched = {image.url: image for image in req.images if image.url and image.data is not None}
+    if fetched:
+        body["messages"] = [with_images_inlined(message, fetched) for message in body["messages"]]
+    if engine == VLLM_ENGINE and req.think is not None:
+        body["chat_template_kwargs"] = {"enable_thinking": req.think}
+    return body, notes
+
+
+def with_images_inlined(message: dict, fetched: dict[str, Image]) -> dict:
+    """`message` with each URL image source the gateway fetched as a base64 source (tool results' too)."""
+    content = message.get("content")
+    if not isinstance(content, list):
+        return message
+    return {**message, "content": [inline_block(block, fetched) for block in content]}
+
+
+def inline_block(block: dict, fetched: dict[str, Image]) -> dict:
+    if block.get("type") == "tool_result" and isinstance(block.get("content"), list):
+        return {**block, "content": [inline_block(part, fetched) for part in block["content"]]}
+    source = block.get("source")
+    if block.get("type") != "image" or source.get("type") != "url" or source.get("url") not in fetched:
+        return block
+    image = fetched[source["url"]]
+    return {**block, "source": {"type": "base64", "media_type": image.media_type, "data": image.base64}}

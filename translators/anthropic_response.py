@@ -1,4 +1,6 @@
-"""Anthropic Messages dialect responses: the canonical answer (whole or as stream events) → a Message.
+"""Anthropic Messages dialect responses: the canonical answer (whole or as stream events) → a Message,
+and, from an engine that serves the Messages API itself, a Message → the canonical answer the audit
+log and the quota read (the caller gets the engine's own bytes).
 
 A streamed Message is a sequence of named SSE events: `message_start` (the Message with no content),
 `ping`, then per content block `content_block_start`, its deltas and `content_block_stop`, then
@@ -14,13 +16,16 @@ from __future__ import annotations
 
 import hashlib
 
-from translators.canonical import CanonicalResponse, ToolCall, Usage
+from translators.canonical import CanonicalResponse, ToolCall, Usage, stable_tool_call_id
 from translators.events import (
+    EngineFailed,
+    Finished,
     StreamEnded,
     StreamState,
     TextDelta,
     ThinkingDelta,
     ToolCallDelta,
+    UsageReported,
 )
 from translators.framing import dumps
 
@@ -34,9 +39,18 @@ STOP_REASONS = {
 }
 
 
+# Anthropic's stop_reason → canonical finish reason; a stop sequence, a paused turn, end as `stop` does.
+FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop", "max_tokens": "length",
+                  "tool_use": "tool_calls", "refusal": "content_filter"}
+
+
 def named_event(event: dict) -> bytes:
     """One SSE event named by its type, as Anthropic frames every event."""
-    return b"event: " + event["type"].encode() + b"\ndata: " + dumps(event) + b"\n\n"
+    return named_payload(event["type"], dumps(event))
+
+
+def named_payload(kind: str, payload: bytes) -> bytes:
+    return b"event: " + kind.encode() + b"\ndata: " + payload + b"\n\n"
 
 
 def thinking_signature(thinking: str) -> str:
@@ -144,3 +158,87 @@ class MessageStreamEncoder:
 
     def _delta(self, delta: dict) -> bytes:
         return named_event({"type": "content_block_delta", "index": self._block_count, "delta": delta})
+
+
+# -- from an engine that serves the Messages API -----------------------------------------------------
+
+
+def usage_of(usage: object, input_tokens: int = 0) -> Usage | None:
+    """Anthropic's usage object; `input_tokens` from `message_start` when a `message_delta` leaves it out."""
+    if not isinstance(usage, dict) or not isinstance(usage.get("output_tokens", 0), int):
+        return None
+    prompt = usage.get("input_tokens")
+    return Usage(prompt if isinstance(prompt, int) else input_tokens, usage.get("output_tokens", 0))
+
+
+def decode_message(value: dict, request_id: str) -> CanonicalResponse:
+    """A whole Message (or a count_tokens answer, which has `input_tokens` alone)."""
+    if "content" not in value and isinstance(value.get("input_tokens"), int):
+        return CanonicalResponse(usage=Usage(value["input_tokens"], 0))
+    response = CanonicalResponse(model=value.get("model"), usage=usage_of(value.get("usage")))
+    texts, thinking = [], []
+    for block in value.get("content") or []:
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "text":
+            texts.append(block.get("text") or "")
+        elif kind == "thinking":
+            thinking.append(block.get("thinking") or "")
+        elif kind == "tool_use":
+            response.tool_calls.append(ToolCall(id=block.get("id") or stable_tool_call_id(request_id, len(response.tool_calls)),
+                                                name=block.get("name") or "", arguments=dumps(block.get("input") or {}).decode()))
+    response.text, response.thinking = "".join(texts), "".join(thinking)
+    response.finish_reason = FINISH_REASONS.get(value.get("stop_reason"), "stop")
+    return response
+
+
+class MessageStreamDecoder:
+    """An engine's Message stream → canonical events (the caller gets the events themselves). Tool calls
+    are numbered in the order their `tool_use` blocks open; the usage is `message_start`'s input count
+    with `message_delta`'s output count (and its input count, where the engine repeats it there)."""
+
+    def __init__(self) -> None:
+        self._tool_index_by_block: dict[int, int] = {}
+        self._input_tokens = 0
+
+    def events(self, event: dict) -> list:
+        kind = event.get("type")
+        if not isinstance(kind, str):
+            return [EngineFailed("backend sent a stream event without a type")]
+        if kind == "message_start":
+            self._input_tokens = (usage_of((event.get("message") or {}).get("usage")) or Usage(0, 0)).prompt_tokens
+        elif kind == "content_block_start":
+            return self._block_start(event.get("index"), event.get("content_block") or {})
+        elif kind == "content_block_delta":
+            return self._block_delta(event.get("index"), event.get("delta") or {})
+        elif kind == "message_delta":
+            found: list = []
+            if (reason := (event.get("delta") or {}).get("stop_reason")) is not None:
+                found.append(Finished(FINISH_REASONS.get(reason, "stop")))
+            if (usage := usage_of(event.get("usage"), self._input_tokens)) is not None:
+                found.append(UsageReported(usage))
+            return found
+        elif kind == "message_stop":
+            return [StreamEnded()]
+        elif kind == "error":
+            error = event.get("error")
+            message = error.get("message") if isinstance(error, dict) else None
+            return [EngineFailed(f"backend stream failed: {message or 'no reason given'}")]
+        return []  # ping, content_block_stop, and event types added later
+
+    def _block_start(self, block_index: object, block: dict) -> list:
+        if block.get("type") != "tool_use":
+            text = block.get("text") or block.get("thinking")
+            return [ThinkingDelta(text) if block.get("type") == "thinking" else TextDelta(text)] if text else []
+        tool_index = self._tool_index_by_block[block_index] = len(self._tool_index_by_block)
+        arguments = dumps(block["input"]).decode() if block.get("input") else ""
+        return [ToolCallDelta(tool_index, id=block.get("id"), name=block.get("name"), arguments=arguments)]
+
+    def _block_delta(self, block_index: object, delta: dict) -> list:
+        kind = delta.get("type")
+        if kind == "text_delta":
+            return [TextDelta(delta.get("text") or "")]
+        if kind == "thinking_delta":
+            return [ThinkingDelta(delta.get("thinking") or "")]
+        if kind == "input_json_delta" and block_index in self._tool_index_by_block:
+            return [ToolCallDelta(self._tool_index_by_block[block_index], arguments=delta.get("partial_json") or "")]
+        return []  # signature_delta, citations

@@ -11,8 +11,10 @@ from translators.mapping import (
     CALLER_FIELD_POLICY,
     CLIENT_ENDPOINTS,
     FINISH_REASONS_FROM_OLLAMA,
+    NATIVE_ENDPOINTS,
     OLLAMA_DONE_REASONS,
     OLLAMA_FIELDS_FOR_VLLM,
+    OLLAMA_NATIVE_SINCE,
     OLLAMA_ONLY_OPTIONS,
     OPENAI_FIELDS_FOR_OLLAMA,
     SAMPLING_PARAMETERS,
@@ -60,11 +62,20 @@ def engine_cell(req: CanonicalRequest, engine: str) -> str:
         return "not served (refused before queueing)"
 
 
+def native_cell(endpoint: str, since: tuple[int, ...] | None) -> str:
+    if since is None:
+        return "translated, as above (Ollama serves no such API)"
+    return f"`{endpoint}` (Ollama {'.'.join(map(str, since))} on)"
+
+
 def route_rows() -> list[tuple[str, ...]]:
     rows = []
     for endpoint, (dialect, kind) in CLIENT_ENDPOINTS.items():
         req = CanonicalRequest(dialect, endpoint, kind, "model", False, {})
         rows.append((f"`{endpoint}`", engine_cell(req, OLLAMA_ENGINE), engine_cell(req, VLLM_ENGINE)))
+        if endpoint in NATIVE_ENDPOINTS:
+            rows.append((f"`{endpoint}`, to an engine that serves it",
+                         native_cell(endpoint, OLLAMA_NATIVE_SINCE.get(endpoint)), f"`{endpoint}` (where vLLM routes it)"))
         if endpoint == "/api/generate":
             req.raw_prompt = True
             rows.append(
@@ -174,14 +185,23 @@ def render() -> str:
 
 def anthropic_lines() -> list[str]:
     lines = ["", "## Anthropic client → either engine", ""]
-    lines.append(
-        "No engine is reached in Anthropic's dialect: a Messages request is a chat in the canonical form, "
-        "written for each engine as the tables above say, and the answer comes back as a Message. "
-        "`/v1/messages/count_tokens` is the same chat generating one token: its `input_tokens` is the "
-        "engine's exact prompt count, the one `/v1/messages` reports for the same request. The key comes as "
-        "`x-api-key` or `Authorization: Bearer`; an `anthropic-version` header must be a version date from "
-        "2023-01-01 on."
-    )
+    lines += [
+        "An engine that serves the Messages API itself (vLLM where its OpenAPI document lists `/v1/messages`; "
+        "Ollama from 0.14, `/v1/messages` only) gets the caller's body, less the fields the table below "
+        "drops or refuses, with image URLs replaced by the bytes the gateway fetched, and, for vLLM, "
+        "`thinking` also set as `chat_template_kwargs.enable_thinking` (vLLM's Messages API reads no "
+        "`thinking`). The caller gets the engine's events and Message as they are (vLLM's ids, no `ping`); "
+        "the gateway reads the text, the tool calls and the exact usage from them for the audit log and the "
+        "quota. The gateway option `native_messages_api=false` translates every Messages request instead. "
+        "A failover may go from an engine that serves the API to one that does not: each attempt is built "
+        "for its own engine.",
+        "",
+        "Every other engine gets a chat in the canonical form, written as the tables above say, and the "
+        "answer comes back as a Message. `/v1/messages/count_tokens` is then the same chat generating one "
+        "token: its `input_tokens` is the engine's exact prompt count, the one `/v1/messages` reports for the "
+        "same request. The key comes as `x-api-key` or `Authorization: Bearer`; an `anthropic-version` header "
+        "must be a version date from 2023-01-01 on.",
+    ]
     lines.append("")
     lines += table(("field", "endpoints", "treatment", "becomes / why"), field_rows(ANTHROPIC_FIELDS))
     lines.append("")

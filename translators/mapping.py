@@ -61,6 +61,11 @@ ENGINE_PATHS = {
     (VLLM_ENGINE, TOKENIZE): "/tokenize",
 }
 
+# Client APIs an engine may serve itself, taken as the caller sent them (translators.pipeline.serves_natively):
+# vLLM lists them in its OpenAPI document where it routes them; Ollama serves them from the release given.
+NATIVE_ENDPOINTS = ("/v1/messages", "/v1/messages/count_tokens")
+OLLAMA_NATIVE_SINCE = {"/v1/messages": (0, 14, 0)}
+
 # finish_reason (canonical, OpenAI's words) → Ollama done_reason. Ollama says "stop" after tool calls.
 OLLAMA_DONE_REASONS = {
     "stop": "stop",

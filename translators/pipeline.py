@@ -1,8 +1,9 @@
 """The translation facade the gateway calls: client body in, engine body out, engine answer back.
 
-    req = parse_client_request(path, body)                         # GatewayError 400 / 404 / 413 / 422
-    path, payload = build_backend_request(req, engine, request_id)  # engine "ollama" | "vllm"; GatewayError 422
-    translator = response_translator(req, engine, request_id, created)
+    req = parse_client_request(path, body)                                 # GatewayError 400 / 404 / 413 / 422
+    native = serves_natively(req, endpoints)  # the engine serves the caller's API itself (its routes, its version)
+    path, payload = build_backend_request(req, engine, request_id, native)  # engine "ollama" | "vllm"; GatewayError 422
+    translator = response_translator(req, engine, request_id, created, native)
     streamed:  translator.feed(piece) for each piece of the engine's body, then translator.finish()
                (each returns a list of bytes chunks for the client, possibly empty, never b"")
     whole:     status, body = translator.translate_body(engine_status, engine_body)
@@ -24,6 +25,9 @@ counts), `output_text`, `thinking_text`, `tool_calls`, `finish_reason` (OpenAI's
 A request in the engine's own dialect (OpenAI → vLLM, Ollama → Ollama) goes through the same
 machinery but is faithful: the engine sees the client's body, the client sees the engine's bytes,
 except the usage chunk the gateway asked vLLM for, which is stripped when the client did not ask.
+So does a Messages request to an engine that serves the Messages API itself (`native`): the engine
+gets the caller's body less what the gateway drops, the caller gets the engine's events, and the
+gateway reads the text, the tool calls and the usage from them on the way.
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ from translators.canonical import (
 from translators.errors import ANTHROPIC, OLLAMA, OPENAI, GatewayError, error_body
 from translators.events import EngineFailed, Finished, StreamEnded, StreamState
 from translators.framing import SSE_DONE_PAYLOAD, NDJSONDecoder, SSEDecoder, dumps, ndjson_line, sse_event
-from translators.mapping import CLIENT_ENDPOINTS, ENGINE_PATHS
+from translators.mapping import CLIENT_ENDPOINTS, ENGINE_PATHS, NATIVE_ENDPOINTS
 from translators.request_body import DEFAULT_MAX_BODY_BYTES, load_json_object
 from translators.structured import validate_output
 
@@ -101,9 +105,16 @@ def check_engine(engine: str) -> None:
         raise ValueError(f"unknown engine '{engine}' (expected one of {', '.join(ENGINES)})")
 
 
-def backend_path(req: CanonicalRequest, engine: str) -> str:
+def serves_natively(req: CanonicalRequest, native_endpoints: frozenset[str] | tuple[str, ...]) -> bool:
+    """Whether an engine that serves `native_endpoints` itself takes this request as the caller sent it."""
+    return req.client_endpoint in NATIVE_ENDPOINTS and req.client_endpoint in native_endpoints
+
+
+def backend_path(req: CanonicalRequest, engine: str, native: bool = False) -> str:
     """The engine endpoint that keeps the client's meaning (see ENGINE_PATHS in translators.mapping)."""
     check_engine(engine)
+    if native:
+        return req.client_endpoint
     if req.kind in PASSTHROUGH_KINDS and engine != VLLM_ENGINE:
         raise GatewayError(422, f"{req.client_endpoint} is served by vLLM nodes only; model {req.model!r} is served "
                                 f"by {engine}", code="unsupported")
@@ -112,10 +123,12 @@ def backend_path(req: CanonicalRequest, engine: str) -> str:
     return ENGINE_PATHS[(engine, req.kind)]
 
 
-def build_backend_request(req: CanonicalRequest, engine: str, request_id: str) -> tuple[str, bytes]:
-    path = backend_path(req, engine)
+def build_backend_request(req: CanonicalRequest, engine: str, request_id: str, native: bool = False) -> tuple[str, bytes]:
+    path = backend_path(req, engine, native)
     notes: list[str] = []
-    if req.kind in PASSTHROUGH_KINDS:
+    if native:
+        body, notes = anthropic_request.native_body(req, engine)
+    elif req.kind in PASSTHROUGH_KINDS:
         body = {**req.body, "model": req.model}
     elif req.client_dialect == ANTHROPIC:
         body, notes = anthropic_request.build_request(req, engine, path, request_id)
@@ -137,9 +150,9 @@ def build_backend_request(req: CanonicalRequest, engine: str, request_id: str) -
 
 
 def response_translator(
-    req: CanonicalRequest, engine: str, request_id: str, created: int
+    req: CanonicalRequest, engine: str, request_id: str, created: int, native: bool = False
 ) -> ResponseTranslator:
-    return ResponseTranslator(req, engine, request_id, created)
+    return ResponseTranslator(req, engine, request_id, created, native)
 
 
 def translate_backend_error(engine: str, status: int, body: bytes, client_dialect: str) -> tuple[int, bytes]:
@@ -184,11 +197,12 @@ def stream_error_event(client_dialect: str, message: str) -> bytes:
 class ResponseTranslator:
     """Turns one engine answer (streamed or whole) into what the client's dialect expects."""
 
-    def __init__(self, req: CanonicalRequest, engine: str, request_id: str, created: int):
+    def __init__(self, req: CanonicalRequest, engine: str, request_id: str, created: int, native: bool = False):
         self._req = req
         self._engine = engine
-        self._engine_path = backend_path(req, engine)
-        self._passthrough = self._engine_path == req.client_endpoint or req.kind in PASSTHROUGH_KINDS
+        self._native = native
+        self._engine_path = backend_path(req, engine, native)
+        self._passthrough = native or self._engine_path == req.client_endpoint or req.kind in PASSTHROUGH_KINDS
         self._request_id = request_id
         self._created = created
         self._state = StreamState(request_id)
@@ -200,11 +214,11 @@ class ResponseTranslator:
             self.media_type = JSON_MEDIA_TYPE
         else:
             self.media_type = NDJSON_MEDIA_TYPE if req.client_dialect == OLLAMA else SSE_MEDIA_TYPE
-        self._framing = SSEDecoder() if engine == VLLM_ENGINE else NDJSONDecoder()
+        self._framing = SSEDecoder() if engine == VLLM_ENGINE or native else NDJSONDecoder()
         self._frame = sse_event if req.client_dialect == OPENAI else ndjson_line
         self._decoder = self._stream_decoder() if streaming else None
         self._encoder = self._stream_encoder() if streaming and not self._passthrough else None
-        self._strip_usage_chunks = self._passthrough and engine == VLLM_ENGINE and not req.include_usage
+        self._strip_usage_chunks = self._passthrough and not native and engine == VLLM_ENGINE and not req.include_usage
 
     @property
     def usage(self) -> Usage | None:
@@ -274,11 +288,11 @@ class ResponseTranslator:
             self._strip_usage_chunks and chunk is not None and openai_response.is_usage_only_chunk(chunk)
         )
         if self._passthrough and not self._failed and not stripped:
-            out.append(self._frame(payload))
+            out.append(anthropic_response.named_payload(chunk["type"], payload) if self._native else self._frame(payload))
         return out
 
     def _decode_payload(self, payload: bytes) -> tuple[dict | None, list]:
-        if self._engine == VLLM_ENGINE and payload == SSE_DONE_PAYLOAD:
+        if self._engine == VLLM_ENGINE and not self._native and payload == SSE_DONE_PAYLOAD:
             return None, [StreamEnded()]
         try:
             chunk = json.loads(payload)
@@ -293,6 +307,8 @@ class ResponseTranslator:
         return [stream_error_event(self._req.client_dialect, message)]
 
     def _stream_decoder(self):
+        if self._native:
+            return anthropic_response.MessageStreamDecoder()
         decoders = {
             "/v1/chat/completions": openai_response.ChatStreamDecoder,
             "/v1/completions": openai_response.CompletionStreamDecoder,
@@ -372,6 +388,8 @@ class ResponseTranslator:
         return status, error_body(self._req.client_dialect, GatewayError(status, message, code=code))
 
     def _decode_whole(self, value: dict):
+        if self._native:
+            return anthropic_response.decode_message(value, self._request_id)
         if self._engine_path == "/v1/chat/completions":
             return openai_response.decode_chat_response(value, self._request_id)
         if self._engine_path == "/v1/completions":

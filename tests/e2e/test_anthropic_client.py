@@ -1,7 +1,9 @@
 """The official anthropic SDK (and LangChain's ChatAnthropic) through the real gateway, to both simulated engines.
 
-Nothing on the way speaks Anthropic's dialect but the gateway: each answer is the simulated model's
-own (sim.generation), translated from vLLM's or Ollama's dialect, with the node's exact counts.
+Each answer is the simulated model's own (sim.generation), with the node's exact counts, by each of the
+three routes a Messages request takes: to the vLLM node's own Messages API (`vllm-native`), translated
+to vLLM's chat (`vllm-translated`: a second gateway with `native_messages_api=false`, as for a vLLM
+that does not serve the API), and translated to Ollama's chat (the Ollama node predates its API).
 """
 
 from __future__ import annotations
@@ -14,15 +16,17 @@ import httpx
 import pytest
 
 from sim import generation
+from sim.stack import GATEWAY, Service, free_port
 from tests.e2e import test_translation_matrix as matrix
 from tests.e2e.test_translation_matrix import (
-    CHAT_MODELS,
+    ON_OLLAMA,
     ON_VLLM,
     PNG,
     VISION_ON_OLLAMA,
     VISION_ON_VLLM,
     WEATHER_TOOL,
 )
+from tests.support.cluster import NO_LIMITS
 
 image_server = matrix.image_server  # the same fixture: a PNG and a text file on a local HTTP server
 
@@ -34,9 +38,43 @@ ANTHROPIC_WEATHER_TOOL = {
 SYSTEM = "You answer in plain words."
 
 
+ROUTES = [pytest.param((ON_OLLAMA, False), id="ollama-translated"), pytest.param((ON_VLLM, True), id="vllm-native"),
+          pytest.param((ON_VLLM, False), id="vllm-translated")]
+
+
 @pytest.fixture
 def client(cluster):
     return anthropic.Anthropic(base_url=cluster.gateway_url, api_key=cluster.keys["staff1"], max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def translating_gateway(cluster, tmp_path_factory) -> str:
+    """A second gateway on the same database and nodes that translates every Messages request."""
+    port = free_port()
+    options = ("image_fetch_allow_internal=true", *NO_LIMITS, "native_messages_api=false")
+    gateway = Service("translating-gateway", [*GATEWAY, "-p", str(port), *(arg for option in options for arg in ("--set", option))],
+                      cluster.env, tmp_path_factory.mktemp("translating-gateway"))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        gateway.wait_http(f"{url}/healthz", accept=lambda r: r.status_code == 200)
+        yield url
+    finally:
+        gateway.stop()
+
+
+@pytest.fixture
+def route(request, cluster, translating_gateway) -> tuple[str, anthropic.Anthropic, bool]:
+    """(model, a client of the gateway that takes this route, whether it goes to the engine's own API)."""
+    model, native = request.param
+    base_url = cluster.gateway_url if native or model == ON_OLLAMA else translating_gateway
+    return model, anthropic.Anthropic(base_url=base_url, api_key=cluster.keys["staff1"], max_retries=0), native
+
+
+def engine_path(cluster, model: str, text: str) -> str:
+    """The path of the node's latest inference request that carried `text`."""
+    url = cluster.vllm_url if model in (ON_VLLM, VISION_ON_VLLM) else cluster.ollama_url
+    recent = httpx.get(f"{url}/_sim/stats").json()["recent"]
+    return [r["path"] for r in recent if text in json.dumps(r["body"])][-1]
 
 
 def prompt_tokens(*turns: tuple[str, str], tools: int = 0, images: int = 0) -> int:
@@ -49,22 +87,27 @@ def sent_to_node(cluster, model: str, path: str) -> dict:
     return [r for r in httpx.get(f"{url}/_sim/stats").json()["recent"] if r["path"] == path][-1]["body"]
 
 
-@pytest.mark.parametrize("model", CHAT_MODELS)
-def test_create_answers_the_models_text_with_exact_usage(client, model):
+@pytest.mark.parametrize("route", ROUTES, indirect=True)
+def test_create_answers_the_models_text_with_exact_usage(cluster, route):
+    model, client, native = route
     prompt = "Name three rivers in Idaho."
     message = client.messages.create(model=model, max_tokens=512, system=SYSTEM,
                                      messages=[{"role": "user", "content": prompt}])
     reply = generation.reply_text(model, prompt)
     assert [block.type for block in message.content] == ["text"]
     assert message.content[0].text == reply
-    assert message.role == "assistant" and message.model == model and message.id.startswith("msg_")
+    assert message.role == "assistant" and message.model == model
+    assert message.id.startswith("chatcmpl-" if native else "msg_")  # vLLM's own id, as vLLM's own API gives it
+    expected_path = "/v1/messages" if native else "/v1/chat/completions" if model == ON_VLLM else "/api/chat"
+    assert engine_path(cluster, model, prompt) == expected_path
     assert message.stop_reason == "end_turn"
     assert message.usage.input_tokens == prompt_tokens(("system", SYSTEM), ("user", prompt))
     assert message.usage.output_tokens == len(generation.split_tokens(reply))
 
 
-@pytest.mark.parametrize("model", CHAT_MODELS)
-def test_max_tokens_and_stop_sequences_reach_the_engine(client, model):
+@pytest.mark.parametrize("route", ROUTES, indirect=True)
+def test_max_tokens_and_stop_sequences_reach_the_engine(route):
+    model, client, _ = route
     prompt = "Tell me about the Snake River."
     cut = client.messages.create(model=model, max_tokens=3, messages=[{"role": "user", "content": prompt}])
     assert cut.stop_reason == "max_tokens" and cut.usage.output_tokens == 3
@@ -76,8 +119,9 @@ def test_max_tokens_and_stop_sequences_reach_the_engine(client, model):
     assert generation.reply_text(model, prompt).startswith(stopped.content[0].text)
 
 
-@pytest.mark.parametrize("model", CHAT_MODELS)
-def test_stream_gives_the_same_message_piece_by_piece(client, model):
+@pytest.mark.parametrize("route", ROUTES, indirect=True)
+def test_stream_gives_the_same_message_piece_by_piece(route):
+    model, client, _ = route
     prompt = "Describe the Palouse in one paragraph."
     with client.messages.stream(model=model, max_tokens=512, messages=[{"role": "user", "content": prompt}]) as stream:
         pieces = list(stream.text_stream)
@@ -89,10 +133,11 @@ def test_stream_gives_the_same_message_piece_by_piece(client, model):
     assert final.usage.output_tokens == len(pieces)
 
 
-@pytest.mark.parametrize("model", CHAT_MODELS)
-def test_stream_events_come_in_anthropics_order(cluster, model):
+@pytest.mark.parametrize("route", ROUTES, indirect=True)
+def test_stream_events_come_in_anthropics_order(cluster, route):
     """Read raw, as a non-SDK caller would, with the key as a bearer token this time."""
-    response = httpx.post(f"{cluster.gateway_url}/v1/messages", headers={
+    model, client, native = route
+    response = httpx.post(f"{client.base_url}/v1/messages", headers={
         "Authorization": f"Bearer {cluster.keys['staff1']}", "anthropic-version": "2023-06-01"}, json={
         "model": model, "max_tokens": 256, "stream": True, "thinking": {"type": "enabled", "budget_tokens": 1024},
         "messages": [{"role": "user", "content": "Is 17 prime?"}]}, timeout=30)
@@ -101,22 +146,26 @@ def test_stream_events_come_in_anthropics_order(cluster, model):
     names = [block.split("\n")[0].removeprefix("event: ") for block in events]
     payloads = [json.loads(block.split("\n")[1].removeprefix("data: ")) for block in events]
     assert [payload["type"] for payload in payloads] == names
-    assert names[:2] == ["message_start", "ping"] and names[-2:] == ["message_delta", "message_stop"]
-    blocks = names[2:-2]
+    assert names[-2:] == ["message_delta", "message_stop"]
+    assert names[:2] == ["message_start", "content_block_start" if native else "ping"]  # vLLM sends no ping
+    if not native:
+        del names[1], payloads[1]  # the ping
+    blocks = names[1:-2]
     # thinking, then text: each block opens, streams deltas, closes.
     starts = [i for i, name in enumerate(blocks) if name == "content_block_start"]
     stops = [i for i, name in enumerate(blocks) if name == "content_block_stop"]
     assert len(starts) == len(stops) == 2 and starts[0] == 0 and stops[-1] == len(blocks) - 1
     assert all(name == "content_block_delta" for i, name in enumerate(blocks) if i not in starts + stops)
-    kinds = [payloads[2 + i]["content_block"]["type"] for i in starts]
+    kinds = [payloads[1 + i]["content_block"]["type"] for i in starts]
     assert kinds == ["thinking", "text"]
     delta = payloads[-2]
     assert delta["delta"]["stop_reason"] == "end_turn" and delta["usage"]["input_tokens"] > 0
 
 
-@pytest.mark.parametrize("model", CHAT_MODELS)
+@pytest.mark.parametrize("route", ROUTES, indirect=True)
 @pytest.mark.parametrize("stream", [False, True])
-def test_tools_call_then_a_tool_result_turn_gets_the_answer(client, model, stream):
+def test_tools_call_then_a_tool_result_turn_gets_the_answer(route, stream):
+    model, client, _ = route
     prompt = "What's the weather in Boise?"
     asked = {"model": model, "max_tokens": 512, "tools": [ANTHROPIC_WEATHER_TOOL],
              "messages": [{"role": "user", "content": prompt}]}
@@ -140,8 +189,9 @@ def test_tools_call_then_a_tool_result_turn_gets_the_answer(client, model, strea
     assert follow_up.content[0].text == generation.reply_text(model, "12 degrees and rain")
 
 
-@pytest.mark.parametrize("model", CHAT_MODELS)
-def test_thinking_blocks_come_signed_and_go_back(client, model):
+@pytest.mark.parametrize("route", ROUTES, indirect=True)
+def test_thinking_blocks_come_signed_and_go_back(route):
+    model, client, _ = route
     prompt = "Is 17 prime?"
     message = client.messages.create(model=model, max_tokens=2048, thinking={"type": "enabled", "budget_tokens": 1024},
                                      messages=[{"role": "user", "content": prompt}])
@@ -162,8 +212,18 @@ def test_base64_image_reaches_a_vllm_vision_model(cluster, client):
         {"type": "text", "text": "What is in this picture?"}]}])
     assert message.content[0].text == generation.reply_text(VISION_ON_VLLM, "What is in this picture?")
     assert message.usage.input_tokens == prompt_tokens(("user", "What is in this picture?"), images=1)
-    parts = sent_to_node(cluster, VISION_ON_VLLM, "/v1/chat/completions")["messages"][0]["content"]
-    assert {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{data}"}} in parts
+    blocks = sent_to_node(cluster, VISION_ON_VLLM, "/v1/messages")["messages"][0]["content"]
+    assert {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": data}} in blocks
+
+
+def test_url_image_reaches_vllms_own_messages_api_as_the_bytes_the_gateway_fetched(cluster, client, image_server):
+    message = client.messages.create(model=VISION_ON_VLLM, max_tokens=256, messages=[{"role": "user", "content": [
+        {"type": "image", "source": {"type": "url", "url": f"{image_server}/cat.png"}},
+        {"type": "text", "text": "What is that?"}]}])
+    assert message.content[0].text == generation.reply_text(VISION_ON_VLLM, "What is that?")
+    blocks = sent_to_node(cluster, VISION_ON_VLLM, "/v1/messages")["messages"][0]["content"]
+    assert blocks[0] == {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                                     "data": base64.b64encode(PNG).decode()}}
 
 
 def test_url_image_is_fetched_by_the_gateway_for_ollama(cluster, client, image_server):
@@ -183,8 +243,9 @@ def test_an_image_url_that_is_not_an_image_is_a_bad_request(client, image_server
     assert caught.value.body["error"]["type"] == "invalid_request_error"
 
 
-@pytest.mark.parametrize("model", CHAT_MODELS)
-def test_count_tokens_equals_the_input_tokens_of_the_same_request(client, model):
+@pytest.mark.parametrize("route", ROUTES, indirect=True)
+def test_count_tokens_equals_the_input_tokens_of_the_same_request(route):
+    model, client, _ = route
     messages = [{"role": "user", "content": "What's the weather in Boise?"}]
     counted = client.messages.count_tokens(model=model, system=SYSTEM, messages=messages, tools=[ANTHROPIC_WEATHER_TOOL])
     answered = client.messages.create(model=model, max_tokens=512, system=SYSTEM, messages=messages,
@@ -247,7 +308,7 @@ def test_a_body_over_the_limit_is_request_too_large_in_anthropics_shape(cluster)
     assert response.json()["type"] == "error" and response.json()["error"]["type"] == "request_too_large"
 
 
-@pytest.mark.parametrize("model", CHAT_MODELS)
+@pytest.mark.parametrize("model", [ON_OLLAMA, ON_VLLM])
 def test_langchain_chat_anthropic_gets_a_reply(cluster, model):
     from langchain_anthropic import ChatAnthropic
 

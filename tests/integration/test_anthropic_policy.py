@@ -127,3 +127,18 @@ def test_a_messages_request_leaves_its_audit_row(cluster):
     assert body.response_text == generation.reply_text("llama3.2", prompt)
     assert "event: message_start" in body.response and body.response.rstrip().endswith('{"type":"message_stop"}')
     assert (counted.endpoint, counted.status, counted.completion_tokens) == ("/v1/messages/count_tokens", 200, 1)
+
+
+def test_a_message_passed_to_vllms_own_api_is_audited_and_counted_alike(cluster):
+    """The engine's own events reach the caller; the gateway still reads the text and the exact usage from them."""
+    client = anthropic.Anthropic(base_url=cluster.gateway_url, api_key=cluster.keys["faculty1"], max_retries=0)
+    prompt = "An audited Anthropic question about chickpeas"
+    with client.messages.stream(model=MODEL, max_tokens=256, messages=[{"role": "user", "content": prompt}]) as stream:
+        final = stream.get_final_message()
+    (row,) = audit_rows(cluster, prompt, count=1)
+    assert (row.endpoint, row.backend_dialect, row.status, row.stream) == ("/v1/messages", "vllm", 200, True)
+    assert (row.prompt_tokens, row.completion_tokens) == (final.usage.input_tokens, final.usage.output_tokens)
+    assert row.completion_tokens > 0
+    body = RequestBody.get(RequestBody.request == row)
+    assert body.response_text == final.content[0].text == generation.reply_text(MODEL, prompt)
+    assert body.response.count("event: content_block_delta") == final.usage.output_tokens

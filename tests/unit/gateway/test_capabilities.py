@@ -5,7 +5,13 @@ from __future__ import annotations
 import json
 
 from addons.gate import capability_refusal
-from addons.polling import capabilities_from_openapi, capabilities_from_show, parse_vllm_metrics
+from addons.polling import (
+    capabilities_from_openapi,
+    capabilities_from_show,
+    ollama_native_endpoints,
+    parse_vllm_metrics,
+    routes_served,
+)
 from translators.pipeline import parse_client_request
 
 
@@ -72,3 +78,13 @@ def test_rerank_score_and_tokenize_go_only_to_vllm_nodes_that_route_them():
     assert capability_refusal(rerank, "m", [("vllm", {"embedding", "rerank", "score"})]) is None
     tokenize = parse_client_request("/tokenize", b'{"model": "m", "prompt": "hi"}')
     assert capability_refusal(tokenize, "m", [("vllm", {"completion", "tokenize"})]) is None
+
+
+def test_the_messages_api_is_native_where_vllm_routes_it_and_from_ollama_0_14():
+    generating = {"paths": {"/v1/chat/completions": {}, "/v1/messages": {}, "/v1/messages/count_tokens": {}}}
+    assert routes_served(generating) == (("completion",), ("/v1/messages", "/v1/messages/count_tokens"))
+    assert routes_served({"paths": {"/v1/chat/completions": {}}}) == (("completion",), ())
+    assert routes_served(None) == ((), ())  # no OpenAPI document: the node says nothing
+    assert ollama_native_endpoints("0.14.0") == ollama_native_endpoints("0.15.2-rc1") == ("/v1/messages",)
+    assert ollama_native_endpoints("0.13.5") == ollama_native_endpoints("0.9.10") == ()
+    assert ollama_native_endpoints(None) == ollama_native_endpoints("unknown") == ()

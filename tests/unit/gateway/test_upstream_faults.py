@@ -108,10 +108,41 @@ def test_the_backend_request_is_built_once_per_backend(monkeypatch):
     real_build = __import__("addons.upstream", fromlist=["build_backend_request"]).build_backend_request
     monkeypatch.setattr("addons.upstream.build_backend_request", lambda *args: built.append(args[1]) or real_build(*args))
     context = context_for(backend(1))
-    first = Upstream.backend_request(context, context.backend)  # the request hook's check
-    assert Upstream.backend_request(context, context.backend) is first and len(built) == 1  # the first attempt's
-    Upstream.backend_request(context, backend(2))  # a failover builds for its backend
+    upstream = Upstream(Registry(), Gate())
+    with taddons.context(upstream):
+        first = upstream.backend_request(context, context.backend)  # the request hook's check
+        assert upstream.backend_request(context, context.backend) is first and len(built) == 1  # the first attempt's
+        upstream.backend_request(context, backend(2))  # a failover builds for its backend
     assert len(built) == 2
+
+
+def test_a_failover_from_an_engine_serving_the_messages_api_to_one_that_does_not_translates_there():
+    paths: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        paths.append(f"{request.url.host}{request.url.path}")
+        return httpx.Response(503, json={"error": "busy"}) if request.url.host == "node-1" else httpx.Response(200, json=ANSWER)
+
+    native = backend(1)
+    native.native_endpoints = ("/v1/messages", "/v1/messages/count_tokens")
+    context = RequestContext("req-1", Route("inference", "anthropic", "/v1/messages"), "127.0.0.1")
+    context.canonical = parse_client_request(
+        "/v1/messages", b'{"model": "qwen", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}')
+    context.model, context.stream, context.backend = "qwen", False, native
+    upstream = Upstream(Registry(), Gate(backend(2)))
+
+    async def scenario():
+        with taddons.context(upstream):
+            upstream.client = httpx.AsyncClient(transport=httpx.MockTransport(answer))
+            response = await upstream.open(context)
+            body = await response.aread()
+            await upstream.client.aclose()
+            return response.status_code, body
+
+    status, body = asyncio.run(scenario())
+    assert paths == ["node-1/v1/messages", "node-2/v1/chat/completions"]
+    status, message = context.translator.translate_body(status, body)
+    assert status == 200 and b'"type":"message"' in message and b'"text":"hello"' in message
 
 
 def test_a_500_counts_against_its_backend_only_when_another_backend_answers():
