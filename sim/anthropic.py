@@ -1,4 +1,5 @@
-"""vLLM's Anthropic Messages API (`/v1/messages`, `/v1/messages/count_tokens`) on the simulated vLLM node.
+"""Anthropic's Messages API as the simulated engines serve it: vLLM's (`/v1/messages`, `/v1/messages/count_tokens`)
+and, below it, Ollama's (`/v1/messages`, from Ollama 0.14).
 
 As vLLM does it (vllm/entrypoints/anthropic/serving.py): the Message becomes a chat request (system
 text blocks joined, images as `image_url` parts, `tool_use` → tool calls, a user turn's `tool_result`
@@ -7,7 +8,9 @@ text blocks joined, images as `image_url` parts, `tool_use` → tool calls, a us
 runs, and its answer comes back as a Message. A stream is named SSE events: `message_start` (with the
 input count), per content block `content_block_start`, its deltas (a thinking block ends with a
 `signature_delta`) and `content_block_stop`, then `message_delta` (stop reason, input and output
-counts) and `message_stop`; vLLM sends no `ping`. Errors of the chat handler come back as
+counts) and `message_stop`; vLLM sends no `ping`. `thinking` becomes a thinking-token budget (this node
+stands for a vLLM with a reasoning parser, so it takes one); the chat template's own thinking switch is
+`chat_template_kwargs`, as on the chat. Errors of the chat handler come back as
 `{"type": "error", "error": {"type", "message"}}` with the chat's status; a body that fails
 validation gets the server-wide OpenAI-shaped 400, as in vLLM.
 """
@@ -23,16 +26,12 @@ from sim.node import BadRequest, ChunkStream, json_body, send_json
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
 TOOL_CHOICES = {"auto": "auto", "any": "required", "none": "none"}
+MIN_THINKING_BUDGET = 1024
 
 
 def chat_body(body: dict) -> dict:
     """The chat request vLLM runs for a Message (or a count: no sampling, no stream)."""
-    messages: list[dict] = []
-    system = body.get("system")
-    if isinstance(system, list):
-        system = "".join(block.get("text", "") for block in system if block.get("type") == "text")
-    if system:
-        messages.append({"role": "system", "content": system})
+    messages = system_messages(body)
     for message in body.get("messages") or []:
         messages.extend(chat_messages(message))
     chat = {"model": body.get("model"), "messages": messages}
@@ -54,6 +53,14 @@ def chat_body(body: dict) -> dict:
     elif isinstance(choice, dict) and choice.get("type") in TOOL_CHOICES:
         chat["tool_choice"] = TOOL_CHOICES[choice["type"]]
     return chat
+
+
+def system_messages(body: dict) -> list[dict]:
+    """Both engines make `system` one system message, its text blocks joined as they are."""
+    system = body.get("system")
+    if isinstance(system, list):
+        system = "".join(block.get("text", "") for block in system if block.get("type") == "text")
+    return [{"role": "system", "content": system}] if system else []
 
 
 def chat_messages(message: dict) -> list[dict]:
@@ -101,46 +108,60 @@ def tool_text(block: dict) -> str:
 
 
 def named_event(kind: str, data: dict) -> bytes:
-    return f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode()
+    """Both engines write compact JSON (pydantic's model_dump_json, Go's json.Marshal)."""
+    return f"event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+class Invalid(Exception):
+    """A body vLLM's request validation refuses: answered OpenAI-shaped, as vLLM's app answers it on every route."""
 
 
 def validation_error(message: str) -> web.Response:
-    """vLLM's server-wide answer to a body that fails validation (OpenAI-shaped, on every route)."""
     return web.json_response({"error": {"message": message, "type": "BadRequestError", "param": None, "code": 400}},
                              status=400)
+
+
+def answering_errors(handler):
+    """Validation failures as vLLM's app answers them; what the chat handler refuses, Anthropic-shaped."""
+
+    async def answering(api: MessagesApi, request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(api, request)
+        except Invalid as invalid:
+            return validation_error(str(invalid))
+        except BadRequest as refused:
+            return anthropic_error(refused.status, refused.message)
+
+    return answering
 
 
 class MessagesApi:
     def __init__(self, node) -> None:
         self.node = node  # the VllmNode: its chat plan, its slots, its errors
 
-    async def read(self, request: web.Request, counting: bool) -> dict | web.Response:
+    @staticmethod
+    async def read(request: web.Request, counting: bool) -> dict:
         body = await json_body(request)
         if body is None:
-            return validation_error("the request body must be a JSON object")
+            raise Invalid("the request body must be a JSON object")
         for field in ("model", "messages") if counting else ("model", "messages", "max_tokens"):
             if body.get(field) is None:
-                return validation_error(f"{field}: Field required")
+                raise Invalid(f"{field}: Field required")
+        thinking = body.get("thinking") or {}
+        budget = thinking.get("budget_tokens")
+        if thinking.get("type") == "enabled" and not (isinstance(budget, int) and budget >= MIN_THINKING_BUDGET):
+            raise Invalid(f"thinking.enabled.budget_tokens: Input should be greater than or equal to {MIN_THINKING_BUDGET}")
         return body
 
+    @answering_errors
     async def count_tokens(self, request: web.Request) -> web.StreamResponse:
-        body = await self.read(request, counting=True)
-        if isinstance(body, web.Response):
-            return body
-        try:
-            count = self.node.count_chat_tokens(chat_body(body))
-        except BadRequest as refused:
-            return anthropic_error(refused.status, refused.message)
+        count = self.node.count_chat_tokens(chat_body(await self.read(request, counting=True)))
         return web.json_response({"input_tokens": count, "context_management": {"original_input_tokens": count}})
 
+    @answering_errors
     async def create(self, request: web.Request) -> web.StreamResponse:
         body = await self.read(request, counting=False)
-        if isinstance(body, web.Response):
-            return body
-        try:
-            plan = self.node.plan_chat(chat_body(body))
-        except BadRequest as refused:
-            return anthropic_error(refused.status, refused.message)
+        plan = self.node.plan_chat(chat_body(body))
         message_id = f"chatcmpl-{uuid.uuid4().hex}"
         if body.get("stream"):
             return await self.stream(request, body, plan, message_id)
@@ -208,3 +229,217 @@ def anthropic_error(status: int, message: str) -> web.Response:
     kinds = {400: "BadRequestError", 404: "NotFoundError"}
     return web.json_response({"type": "error", "error": {"type": kinds.get(status, "InternalServerError"),
                                                          "message": message}}, status=status)
+
+
+# -- Ollama ------------------------------------------------------------------------------------------
+#
+# As Ollama does it (anthropic/anthropic.go): the Message becomes an /api/chat request (system text blocks
+# joined; per turn the text blocks joined, base64 images only, `tool_use` → tool calls, `thinking` → the
+# message's thinking, and a user turn's `tool_result`s first, as `tool` messages; `max_tokens` →
+# `num_predict`; `thinking` enabled or disabled → `think`, else `output_config.effort` → `think`), the chat
+# runs, and each of its NDJSON objects becomes Message events: `message_start` (the input count estimated
+# as a quarter of the characters until the engine has counted), blocks opened and closed as the answer
+# moves from thinking to text to tool calls (each call's input in one `input_json_delta`, no signatures),
+# then `message_delta` with the engine's counts and `message_stop`; no `ping`. Errors are Anthropic's
+# types by status, with a `request_id`. Its count_tokens is that estimate, so the gateway never uses it.
+
+OLLAMA_STOP_REASONS = {"stop": "end_turn", "length": "max_tokens"}
+OLLAMA_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                      404: "not_found_error", 429: "rate_limit_error", 503: "overloaded_error"}
+
+
+def ollama_error(status: int, message: str) -> web.Response:
+    return web.json_response({"type": "error", "error": {"type": OLLAMA_ERROR_TYPES.get(status, "api_error"),
+                                                         "message": message},
+                              "request_id": f"req_{uuid.uuid4().hex[:24]}"}, status=status)
+
+
+def ollama_chat_body(body: dict) -> dict:
+    messages = system_messages(body)
+    for message in body.get("messages") or []:
+        messages.extend(ollama_messages(message))
+    options = {"num_predict": body.get("max_tokens") or 0}
+    for field, option in (("temperature", "temperature"), ("top_p", "top_p"), ("top_k", "top_k"),
+                          ("stop_sequences", "stop")):
+        if body.get(field):
+            options[option] = body[field]
+    chat = {"model": body.get("model"), "messages": messages, "options": options, "stream": bool(body.get("stream"))}
+    if body.get("tools"):
+        chat["tools"] = [{"type": "function", "function": {"name": tool.get("name"), "description": tool.get("description", ""),
+                                                           "parameters": tool.get("input_schema") or {}}}
+                         for tool in body["tools"]]
+    thinking = (body.get("thinking") or {}).get("type")
+    effort = str((body.get("output_config") or {}).get("effort") or "").strip().lower().replace("xhigh", "high")
+    if thinking in ("enabled", "disabled"):
+        chat["think"] = thinking == "enabled"
+    elif effort in ("high", "medium", "low", "max"):
+        chat["think"] = effort
+    return chat
+
+
+def ollama_messages(message: dict) -> list[dict]:
+    """One Anthropic turn → Ollama chat messages; ValueError for an image that is not base64."""
+    role, content = str(message.get("role", "")).lower(), message.get("content")
+    blocks = [{"type": "text", "text": content}] if isinstance(content, str) else content or []
+    text, images, calls, thinking, results = "", [], [], "", []
+    for block in blocks:
+        kind = block.get("type")
+        if kind == "text":
+            text += block.get("text") or ""
+        elif kind == "image":
+            images.append(base64_image(block.get("source") or {}))
+        elif kind == "tool_use":
+            calls.append({"id": block.get("id"), "function": {"name": block.get("name"), "arguments": block.get("input") or {}}})
+        elif kind == "tool_result":
+            result_text, result_images = ollama_tool_result(block.get("content"))
+            results.append({"role": "tool", "content": result_text, "images": result_images or None,
+                            "tool_call_id": block.get("tool_use_id")})
+        elif kind == "thinking":
+            thinking = block.get("thinking") or ""
+    out = results if role == "user" else []
+    if text or images or calls or thinking:
+        out.append({"role": role, "content": text, "images": images or None, "tool_calls": calls or None,
+                    "thinking": thinking or None})
+    return out + ([] if role == "user" else results)
+
+
+def base64_image(source: dict) -> str:
+    if source.get("type") != "base64":
+        raise ValueError(f"invalid image source type: {source.get('type')}. Only base64 images are supported.")
+    return source.get("data", "")
+
+
+def ollama_tool_result(content: object) -> tuple[str, list[str]]:
+    if isinstance(content, str):
+        return content, []
+    if not isinstance(content, list):
+        return "", []
+    texts = [part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text"]
+    images = [base64_image(part.get("source") or {}) for part in content if isinstance(part, dict) and part.get("type") == "image"]
+    return "".join(texts), images
+
+
+def estimated_input_tokens(body: dict) -> int:
+    """Ollama's stand-in count before the engine has counted: a quarter of the characters."""
+    characters = len(json.dumps(body.get("system") or "")) + sum(
+        len(message.get("role", "")) + len(json.dumps(message.get("content"))) for message in body.get("messages") or [])
+    return max(characters // 4, 1)
+
+
+class OllamaMessageFrames:
+    """Writes each of the chat's answer objects as Message events (or the whole answer as a Message)."""
+
+    def __init__(self, model: str, estimated_input: int) -> None:
+        self.message_id = f"msg_{uuid.uuid4().hex[:24]}"
+        self.model, self.estimated_input = model, estimated_input
+        self.out: ChunkStream | None = None
+        self.started = self.thinking_open = self.thinking_done = self.text_open = False
+        self.index = 0
+        self.calls_sent = 0
+
+    async def whole(self, request: web.Request, answer: dict) -> web.StreamResponse:
+        message = answer.get("message") or {}
+        content: list[dict] = []
+        if message.get("thinking"):
+            content.append({"type": "thinking", "thinking": message["thinking"]})
+        if message.get("content"):
+            content.append({"type": "text", "text": message["content"]})
+        calls = [self.tool_use(call) for call in message.get("tool_calls") or []]
+        return await send_json(request, {
+            "id": self.message_id, "type": "message", "role": "assistant", "model": answer.get("model"),
+            "content": content + calls, "stop_reason": self.stop_reason(answer.get("done_reason"), bool(calls)),
+            "usage": {"input_tokens": answer.get("prompt_eval_count", 0), "output_tokens": answer.get("eval_count", 0)}})
+
+    async def open(self, request: web.Request) -> None:
+        self.out = ChunkStream(request, "text/event-stream")
+        await self.out.open()
+
+    async def send(self, answer: dict) -> None:
+        for kind, data in self.events(answer):
+            await self.out.send(named_event(kind, data), finishing=kind == "message_delta")
+
+    async def close(self) -> web.StreamResponse:
+        return await self.out.close()
+
+    @staticmethod
+    def tool_use(call: dict) -> dict:
+        return {"type": "tool_use", "id": call.get("id") or f"call_{uuid.uuid4().hex[:8]}",
+                "name": call["function"]["name"], "input": call["function"].get("arguments") or {}}
+
+    @staticmethod
+    def stop_reason(done_reason: str | None, called: bool) -> str:
+        return "tool_use" if called else OLLAMA_STOP_REASONS.get(done_reason or "", "stop_sequence")
+
+    def events(self, answer: dict) -> list[tuple[str, dict]]:
+        message = answer.get("message") or {}
+        events: list[tuple[str, dict]] = []
+        if not self.started:
+            self.started = True
+            events.append(("message_start", {"type": "message_start", "message": {
+                "id": self.message_id, "type": "message", "role": "assistant", "model": self.model, "content": [],
+                "usage": {"input_tokens": answer.get("prompt_eval_count") or self.estimated_input, "output_tokens": 0}}}))
+        if message.get("thinking") and not self.thinking_done:
+            if not self.thinking_open:
+                self.thinking_open = True
+                events.append(self.start({"type": "thinking", "thinking": ""}))
+            events.append(self.delta({"type": "thinking_delta", "thinking": message["thinking"]}))
+        if message.get("content"):
+            events.extend(self.close_thinking())
+            if not self.text_open:
+                self.text_open = True
+                events.append(self.start({"type": "text", "text": ""}))
+            events.append(self.delta({"type": "text_delta", "text": message["content"]}))
+        for call in message.get("tool_calls") or []:
+            events.extend(self.close_thinking())
+            if self.text_open:
+                events.append(self.stop())
+                self.text_open = False
+            block = self.tool_use(call)
+            events.append(self.start({**block, "input": {}}))
+            events.append(self.delta({"type": "input_json_delta", "partial_json": json.dumps(block["input"], separators=(",", ":"))}))
+            events.append(self.stop())
+            self.calls_sent += 1
+        if answer.get("done"):
+            if self.text_open or (self.thinking_open and not self.thinking_done):
+                events.append(("content_block_stop", {"type": "content_block_stop", "index": self.index}))
+            events.append(("message_delta", {
+                "type": "message_delta", "delta": {"stop_reason": self.stop_reason(answer.get("done_reason"), self.calls_sent > 0)},
+                "usage": {"input_tokens": answer.get("prompt_eval_count", 0), "output_tokens": answer.get("eval_count", 0)}}))
+            events.append(("message_stop", {"type": "message_stop"}))
+        return events
+
+    def start(self, block: dict) -> tuple[str, dict]:
+        return "content_block_start", {"type": "content_block_start", "index": self.index, "content_block": block}
+
+    def delta(self, delta: dict) -> tuple[str, dict]:
+        return "content_block_delta", {"type": "content_block_delta", "index": self.index, "delta": delta}
+
+    def stop(self) -> tuple[str, dict]:
+        """Closes the open block; the next one takes the next index."""
+        self.index += 1
+        return "content_block_stop", {"type": "content_block_stop", "index": self.index - 1}
+
+    def close_thinking(self) -> list[tuple[str, dict]]:
+        if not self.thinking_open or self.thinking_done:
+            return []
+        self.thinking_done = True
+        return [self.stop()]
+
+
+class OllamaMessagesApi:
+    def __init__(self, node) -> None:
+        self.node = node  # the OllamaNode: its chat
+
+    async def create(self, request: web.Request) -> web.StreamResponse:
+        body = await json_body(request)
+        if body is None:
+            return ollama_error(400, "invalid request: the body must be a JSON object")
+        try:
+            chat = ollama_chat_body(body)
+        except ValueError as error:
+            return ollama_error(400, str(error))
+        frames = OllamaMessageFrames(str(body.get("model")), estimated_input_tokens(body))
+        answer = await self.node.run_chat(request, chat, frames)
+        if isinstance(answer, web.Response) and answer.status >= 400:  # the chat refused: Anthropic's shape
+            return ollama_error(answer.status, json.loads(answer.body)["error"])
+        return answer

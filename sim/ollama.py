@@ -2,6 +2,7 @@
 
 Streams are NDJSON (`application/x-ndjson`), streaming unless the body says `"stream": false`; the last
 object has `done: true` with the timing and token statistics. Errors are `{"error": "message"}`.
+From 0.14 Ollama also serves Anthropic's `/v1/messages`, as a layer over its chat (sim/anthropic.py).
 """
 
 from __future__ import annotations
@@ -18,17 +19,38 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from sim import generation
+from sim import anthropic, generation
 from sim.node import ChunkStream, Node, NodeConfig, json_body, send_json
 from sim.residency import Residency, parse_keep_alive
 from sim.schema_instances import Draws
 
-VERSION = "0.12.6"
+VERSION = "0.14.3"
 MODIFIED_AT = "2025-01-15T10:00:00.000000Z"
 
 
 def error_body(status: int, message: str) -> dict:
     return {"error": message}
+
+
+class NdjsonFrames:
+    """Ollama's own framing: one JSON object a line, or the whole answer as one object."""
+
+    def __init__(self) -> None:
+        self.out: ChunkStream | None = None
+
+    @staticmethod
+    async def whole(request: web.Request, answer: dict) -> web.StreamResponse:
+        return await send_json(request, answer)
+
+    async def open(self, request: web.Request) -> None:
+        self.out = ChunkStream(request, "application/x-ndjson")
+        await self.out.open()
+
+    async def send(self, obj: dict) -> None:
+        await self.out.send(json.dumps(obj).encode() + b"\n", finishing=obj["done"])
+
+    async def close(self) -> web.StreamResponse:
+        return await self.out.close()
 
 
 @dataclass(frozen=True)
@@ -58,6 +80,7 @@ class OllamaNode:
         app.router.add_post("/api/show", self.show)
         app.router.add_get("/api/ps", self.ps)
         app.router.add_post("/api/chat", inference(self.chat))
+        app.router.add_post("/v1/messages", inference(anthropic.OllamaMessagesApi(self).create))
         app.router.add_post("/api/generate", inference(self.generate))
         app.router.add_post("/api/embed", inference(self.embed))
         app.router.add_post("/api/embeddings", inference(self.embeddings))
@@ -116,8 +139,12 @@ class OllamaNode:
         return web.json_response({"models": models})
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
+        return await self.run_chat(request, await json_body(request), NdjsonFrames())
+
+    async def run_chat(self, request: web.Request, body: dict | None, frames) -> web.StreamResponse:
+        """The chat, its answer written by `frames` (Ollama's NDJSON, or the Messages API's events)."""
         started = time.monotonic()
-        call = await self._parse(request, "chat")
+        call = self._checked(body, "chat")
         if isinstance(call, web.Response):
             return call
         messages = call.body.get("messages") or []
@@ -141,7 +168,7 @@ class OllamaNode:
             return {"message": message}
 
         return await self._answer(
-            request, call, started, completion, prompt_tokens, chunk, with_context=False
+            request, call, started, completion, prompt_tokens, chunk, with_context=False, frames=frames
         )
 
     async def generate(self, request: web.Request) -> web.StreamResponse:
@@ -168,7 +195,7 @@ class OllamaNode:
             return {"response": content} | ({"thinking": thinking} if thinking is not None else {})
 
         with_context = not body.get("raw")
-        return await self._answer(request, call, started, completion, prompt_tokens, chunk, with_context)
+        return await self._answer(request, call, started, completion, prompt_tokens, chunk, with_context, NdjsonFrames())
 
     async def embed(self, request: web.Request) -> web.StreamResponse:
         started = time.monotonic()
@@ -207,8 +234,10 @@ class OllamaNode:
         )
 
     async def _parse(self, request: web.Request, capability: str) -> Call | web.Response:
+        return self._checked(await json_body(request), capability)
+
+    def _checked(self, body: dict | None, capability: str) -> Call | web.Response:
         """The checked call, or the error Ollama would answer."""
-        body = await json_body(request)
         if body is None:
             return self.node.error_response(400, "invalid request: the body must be a JSON object")
         if not body.get("model"):
@@ -261,9 +290,9 @@ class OllamaNode:
             yield run, load_s
 
     async def _answer(
-        self, request, call: Call, started, completion, prompt_tokens, chunk, with_context: bool
+        self, request, call: Call, started, completion, prompt_tokens, chunk, with_context: bool, frames
     ) -> web.StreamResponse:
-        """Stream (NDJSON) or return the completion, ending with Ollama's statistics object."""
+        """Stream or return the completion (in `frames`), ending with Ollama's statistics object."""
         stream = call.body.get("stream", True) is not False
         tool_calls = (
             [{"function": {"name": completion.tool_call.name, "arguments": completion.tool_call.arguments}}]
@@ -278,14 +307,12 @@ class OllamaNode:
                 run.finish_reason = completion.finish_reason
                 reply = chunk(completion.content, completion.reasoning or None, tool_calls)
                 final = self._final(completion, run, started, load_s, prompt_tokens, context)
-                return await send_json(request, head | {"created_at": _now()} | reply | final)
-            out = ChunkStream(request, "application/x-ndjson")
+                return await frames.whole(request, head | {"created_at": _now()} | reply | final)
             await run.prefill()
-            await out.open()
+            await frames.open(request)
 
             async def send(obj: dict) -> None:
-                line = json.dumps(head | {"created_at": _now()} | obj).encode() + b"\n"
-                await out.send(line, finishing=obj["done"])
+                await frames.send(head | {"created_at": _now()} | obj)
 
             for piece in completion.reasoning_pieces:
                 await run.tokens()
@@ -298,7 +325,7 @@ class OllamaNode:
                 await send(chunk("", None, tool_calls) | {"done": False})
             run.finish_reason = completion.finish_reason
             await send(chunk("") | self._final(completion, run, started, load_s, prompt_tokens, context))
-            return await out.close()
+            return await frames.close()
 
     def _final(self, completion, run, started, load_s, prompt_tokens, context_prompt: str | None) -> dict:
         final = {

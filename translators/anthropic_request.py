@@ -52,6 +52,7 @@ ENDPOINTS = (MESSAGES, COUNT_TOKENS)
 FIRST_API_VERSION = "2023-01-01"
 API_VERSION_FORMAT = re.compile(r"\d{4}-\d{2}-\d{2}")
 ROLES = ("user", "assistant")
+MIN_THINKING_BUDGET = 1024  # Anthropic's minimum, which vLLM's Messages API checks too
 # Anthropic's tool_choice types → OpenAI's (a named tool becomes {"type": "function", ...}).
 TOOL_CHOICES = {"auto": "auto", "any": "required", "none": "none"}
 IMAGE_MEDIA_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
@@ -85,7 +86,7 @@ ANTHROPIC_FIELDS = (
               "(dropped there)"),
     FieldRule("thinking", ENDPOINTS, MAPPED,
               "`enabled` or `adaptive` → `chat_template_kwargs.enable_thinking` (vLLM) / `think` (Ollama); "
-              "`budget_tokens` is not enforced"),
+              "`budget_tokens` (at least 1024, as Anthropic requires) is not enforced"),
     FieldRule("output_config", _MESSAGES_ONLY, MAPPED,
               "`format` (json_schema) → structured output, validated like chat; `effort` is dropped"),
     FieldRule("metadata", _MESSAGES_ONLY, DROPPED, "the gateway knows the user from the API key"),
@@ -318,8 +319,8 @@ def read_thinking(thinking: dict) -> bool | None:
     kind = thinking.get("type")
     if kind == "enabled":
         budget = thinking.get("budget_tokens")
-        if not is_integer(budget) or budget < 1:
-            raise invalid_value("thinking.budget_tokens", "must be a positive integer")
+        if not is_integer(budget) or budget < MIN_THINKING_BUDGET:
+            raise invalid_value("thinking.budget_tokens", f"must be an integer of at least {MIN_THINKING_BUDGET}")
         return True
     if kind == "adaptive":
         return True
@@ -350,8 +351,8 @@ def build_request(req: CanonicalRequest, engine: str, path: str, request_id: str
 def native_body(req: CanonicalRequest, engine: str) -> tuple[dict, list[str]]:
     """The body for an engine that serves `req.client_endpoint` itself: the caller's fields the gateway
     maps (what it drops is dropped, with the same notes, as on the translated path), image URLs replaced
-    by the bytes the gateway fetched and audited, and vLLM's chat template told about `thinking`, which
-    vLLM's Messages API does not read."""
+    by the bytes the gateway fetched and audited, and vLLM's chat template told about `thinking` (vLLM's
+    Messages API makes it a thinking-token budget only, and leaves the template's own switch alone)."""
     notes = dropped_field_notes(req.body, ANTHROPIC_FIELDS, req.client_endpoint, engine)
     mapped = {rule.field for rule in ANTHROPIC_FIELDS if req.client_endpoint in rule.endpoints and rule.treatment == MAPPED}
     body = {field: value for field, value in req.body.items() if field in mapped and value is not None}

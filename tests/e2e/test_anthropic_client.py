@@ -1,9 +1,9 @@
 """The official anthropic SDK (and LangChain's ChatAnthropic) through the real gateway, to both simulated engines.
 
 Each answer is the simulated model's own (sim.generation), with the node's exact counts, by each of the
-three routes a Messages request takes: to the vLLM node's own Messages API (`vllm-native`), translated
-to vLLM's chat (`vllm-translated`: a second gateway with `native_messages_api=false`, as for a vLLM
-that does not serve the API), and translated to Ollama's chat (the Ollama node predates its API).
+routes a Messages request takes: to the engine's own Messages API (`*-native`: both simulated engines
+serve one, as vLLM 0.32 and Ollama 0.14 do), or translated to the engine's chat (`*-translated`: a
+second gateway with `native_messages_api=false`, as for an engine that does not serve the API).
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ ANTHROPIC_WEATHER_TOOL = {
 SYSTEM = "You answer in plain words."
 
 
-ROUTES = [pytest.param((ON_OLLAMA, False), id="ollama-translated"), pytest.param((ON_VLLM, True), id="vllm-native"),
-          pytest.param((ON_VLLM, False), id="vllm-translated")]
+ROUTES = [pytest.param((model, native), id=f"{engine}-{'native' if native else 'translated'}")
+          for engine, model in (("ollama", ON_OLLAMA), ("vllm", ON_VLLM)) for native in (True, False)]
 
 
 @pytest.fixture
@@ -66,7 +66,7 @@ def translating_gateway(cluster, tmp_path_factory) -> str:
 def route(request, cluster, translating_gateway) -> tuple[str, anthropic.Anthropic, bool]:
     """(model, a client of the gateway that takes this route, whether it goes to the engine's own API)."""
     model, native = request.param
-    base_url = cluster.gateway_url if native or model == ON_OLLAMA else translating_gateway
+    base_url = cluster.gateway_url if native else translating_gateway
     return model, anthropic.Anthropic(base_url=base_url, api_key=cluster.keys["staff1"], max_retries=0), native
 
 
@@ -97,7 +97,7 @@ def test_create_answers_the_models_text_with_exact_usage(cluster, route):
     assert [block.type for block in message.content] == ["text"]
     assert message.content[0].text == reply
     assert message.role == "assistant" and message.model == model
-    assert message.id.startswith("chatcmpl-" if native else "msg_")  # vLLM's own id, as vLLM's own API gives it
+    assert message.id.startswith("chatcmpl-" if native and model == ON_VLLM else "msg_")  # vLLM's own id natively
     expected_path = "/v1/messages" if native else "/v1/chat/completions" if model == ON_VLLM else "/api/chat"
     assert engine_path(cluster, model, prompt) == expected_path
     assert message.stop_reason == "end_turn"
@@ -147,7 +147,7 @@ def test_stream_events_come_in_anthropics_order(cluster, route):
     payloads = [json.loads(block.split("\n")[1].removeprefix("data: ")) for block in events]
     assert [payload["type"] for payload in payloads] == names
     assert names[-2:] == ["message_delta", "message_stop"]
-    assert names[:2] == ["message_start", "content_block_start" if native else "ping"]  # vLLM sends no ping
+    assert names[:2] == ["message_start", "content_block_start" if native else "ping"]  # engines send no ping
     if not native:
         del names[1], payloads[1]  # the ping
     blocks = names[1:-2]
@@ -191,12 +191,14 @@ def test_tools_call_then_a_tool_result_turn_gets_the_answer(route, stream):
 
 @pytest.mark.parametrize("route", ROUTES, indirect=True)
 def test_thinking_blocks_come_signed_and_go_back(route):
-    model, client, _ = route
+    """Signed, except by Ollama's own Messages API, which signs nothing (and takes its blocks back unsigned)."""
+    model, client, native = route
     prompt = "Is 17 prime?"
     message = client.messages.create(model=model, max_tokens=2048, thinking={"type": "enabled", "budget_tokens": 1024},
                                      messages=[{"role": "user", "content": prompt}])
     assert [block.type for block in message.content] == ["thinking", "text"]
-    assert message.content[0].thinking == generation.thinking_text(model, prompt) and message.content[0].signature
+    assert message.content[0].thinking == generation.thinking_text(model, prompt)
+    assert bool(message.content[0].signature) != (native and model == ON_OLLAMA)
     assert message.content[1].text == generation.reply_text(model, prompt)
     again = client.messages.create(model=model, max_tokens=2048, thinking={"type": "enabled", "budget_tokens": 1024},
                                    messages=[{"role": "user", "content": prompt},
@@ -226,11 +228,18 @@ def test_url_image_reaches_vllms_own_messages_api_as_the_bytes_the_gateway_fetch
                                                      "data": base64.b64encode(PNG).decode()}}
 
 
-def test_url_image_is_fetched_by_the_gateway_for_ollama(cluster, client, image_server):
-    message = client.messages.create(model=VISION_ON_OLLAMA, max_tokens=256, messages=[{"role": "user", "content": [
+def test_url_image_is_fetched_by_the_gateway_for_ollama(cluster, client, translating_gateway, image_server):
+    """Ollama takes no image URL itself (its Messages API neither): it gets the bytes the gateway fetched."""
+    body = {"model": VISION_ON_OLLAMA, "max_tokens": 256, "messages": [{"role": "user", "content": [
         {"type": "image", "source": {"type": "url", "url": f"{image_server}/cat.png"}},
-        {"type": "text", "text": "What is this?"}]}])
+        {"type": "text", "text": "What is this?"}]}]}
+    message = client.messages.create(**body)
     assert message.content[0].text == generation.reply_text(VISION_ON_OLLAMA, "What is this?")
+    image = sent_to_node(cluster, VISION_ON_OLLAMA, "/v1/messages")["messages"][0]["content"][0]
+    assert image == {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                                 "data": base64.b64encode(PNG).decode()}}
+    translating = anthropic.Anthropic(base_url=translating_gateway, api_key=cluster.keys["staff1"], max_retries=0)
+    assert translating.messages.create(**body).content[0].text == message.content[0].text
     sent = sent_to_node(cluster, VISION_ON_OLLAMA, "/api/chat")
     assert sent["messages"][0]["images"] == [base64.b64encode(PNG).decode()]
 

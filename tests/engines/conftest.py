@@ -7,7 +7,9 @@ default test paths leave out, so `make test` stays fast.
 The session starts, once: two vLLM API servers (SmolLM2-135M-Instruct for chat and completions,
 all-MiniLM-L6-v2 for embeddings) from the engine venv, and `sim.stack` (admin app, gateway, simulated
 nodes) from this venv; the vLLM servers are then registered with the gateway as `vllm` backends
-through the admin API, as an operator would.
+through the admin API, as an operator would. A second gateway on the same database
+(`translating_gateway_url`, `native_messages_api=false`) translates the Messages requests that the
+first passes to vLLM's own Messages API.
 
 Knobs (environment): MINDROUTER_ENGINES_PYTHON (the engine venv's python), MINDROUTER_ENGINES_MANIFEST
 (engines.json), MINDROUTER_ENGINES_START_TIMEOUT (seconds for one vLLM to come up, default 900: a
@@ -30,7 +32,7 @@ import ollama
 import openai
 import pytest
 
-from sim.stack import REPO_ROOT, Service, Stack, free_port, wait_until
+from sim.stack import GATEWAY, REPO_ROOT, Service, Stack, free_port, wait_until
 
 ENGINES_VENV = REPO_ROOT / ".venv-engines"
 ENGINE_PYTHON = Path(os.environ.get("MINDROUTER_ENGINES_PYTHON") or ENGINES_VENV / "bin" / "python")
@@ -56,7 +58,10 @@ ENGINE_ENV = {
 ROLE_ARGS = {
     # No prefix caching: a cached prefix changes how the prompt is computed, and in bfloat16 that can
     # change a greedy answer; the tests compare the gateway's answers with vLLM's own, token for token.
-    "chat": ["--max-model-len", "2048", "--no-enable-prefix-caching"],
+    # Tools as vLLM's Messages API sends them ("auto" whenever a request has tools) need a tool parser;
+    # SmolLM2's chat template writes calls in the hermes format.
+    "chat": ["--max-model-len", "2048", "--no-enable-prefix-caching", "--enable-auto-tool-choice",
+             "--tool-call-parser", "hermes"],
     "embedding": ["--runner", "pooling"],
 }
 
@@ -169,12 +174,8 @@ def register(stack: Stack, engine: Engine) -> None:
     response.raise_for_status()
 
 
-def listed_by_gateway(stack: Stack, *models: str) -> bool:
-    response = httpx.get(
-        f"{stack.gateway_url}/v1/models",
-        timeout=5,
-        headers={"Authorization": f"Bearer {stack.keys['admin']}"},
-    )
+def listed_by_gateway(gateway_url: str, key: str, *models: str) -> bool:
+    response = httpx.get(f"{gateway_url}/v1/models", timeout=5, headers={"Authorization": f"Bearer {key}"})
     listed = {model["id"] for model in response.json()["data"]}
     return all(model in listed for model in models)
 
@@ -206,7 +207,7 @@ def engines(tmp_path_factory) -> Iterator[EngineCluster]:
             register(stack, engine)
         chat, embedding = started
         wait_until(
-            lambda: listed_by_gateway(stack, chat.model, embedding.model),
+            lambda: listed_by_gateway(stack.gateway_url, stack.keys["admin"], chat.model, embedding.model),
             60,
             "the gateway to list both vLLM models",
         )
@@ -216,6 +217,24 @@ def engines(tmp_path_factory) -> Iterator[EngineCluster]:
             stack.stop()
         for engine in started:
             engine.service.stop(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def translating_gateway_url(engines, tmp_path_factory) -> Iterator[str]:
+    from tests.support.cluster import NO_LIMITS
+
+    port = free_port()
+    options = ("backend_poll_timeout_s=10", *NO_LIMITS, "native_messages_api=false")
+    gateway = Service("translating-gateway", [*GATEWAY, "-p", str(port), *(arg for option in options for arg in ("--set", option))],
+                      engines.stack.env, tmp_path_factory.mktemp("translating-gateway"))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        gateway.wait_http(f"{url}/healthz", accept=lambda r: r.status_code == 200)
+        wait_until(lambda: listed_by_gateway(url, engines.key, engines.chat.model), 60,
+                   "the translating gateway to list the chat model")
+        yield url
+    finally:
+        gateway.stop()
 
 
 @pytest.fixture(scope="session")

@@ -77,9 +77,13 @@ def test_a_tool_is_called_and_its_result_answered(client):
 
 
 def test_thinking_comes_only_when_the_chat_template_is_told(client):
-    plain = client.messages.create(model="llama3.2", max_tokens=300, thinking={"type": "enabled", "budget_tokens": 100},
+    plain = client.messages.create(model="llama3.2", max_tokens=2048, thinking={"type": "enabled", "budget_tokens": 1024},
                                    messages=[{"role": "user", "content": QUESTION}])
-    assert [block.type for block in plain.content] == ["text"]  # vLLM reads no `thinking` field
+    assert [block.type for block in plain.content] == ["text"]  # a thinking budget; the template is not switched
+    with pytest.raises(anthropic.BadRequestError) as too_small:
+        client.messages.create(model="llama3.2", max_tokens=300, thinking={"type": "enabled", "budget_tokens": 100},
+                               messages=[{"role": "user", "content": QUESTION}])
+    assert "budget_tokens" in too_small.value.body["error"]["message"]
     thought = client.messages.create(model="llama3.2", max_tokens=300, messages=[{"role": "user", "content": QUESTION}],
                                      extra_body={"chat_template_kwargs": {"enable_thinking": True}})
     assert [block.type for block in thought.content] == ["thinking", "text"]

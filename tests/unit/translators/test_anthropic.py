@@ -138,6 +138,7 @@ def test_count_tokens_is_a_one_token_chat_that_never_streams():
     (message_body(tools=[{"type": "web_search_20250305", "name": "web_search"}]), "server tool"),
     (message_body(tools=[WEATHER], tool_choice={"type": "tool", "name": "nope"}), "names no tool"),
     (message_body(thinking={"type": "enabled"}), "thinking.budget_tokens"),
+    (message_body(thinking={"type": "enabled", "budget_tokens": 1023}), "at least 1024"),
     (message_body(mcp_servers=[{"url": "https://example.org"}]), "mcp_servers"),
     (message_body(messages=[{"role": "user", "content": [{"type": "image", "source": {
         "type": "url", "url": "file:///etc/passwd"}}]}]), "http(s) URL"),

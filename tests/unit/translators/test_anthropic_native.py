@@ -67,11 +67,11 @@ def test_the_engine_gets_the_callers_fields_less_what_the_gateway_drops_with_the
 
 
 def test_the_model_is_the_backends_name_and_thinking_reaches_vllms_chat_template():
-    req = parse(message_body(thinking={"type": "enabled", "budget_tokens": 100}))
+    req = parse(message_body(thinking={"type": "enabled", "budget_tokens": 1024}))
     req.model = "Qwen/Qwen3-8B"  # the gateway rewrites an alias to the backend's own name
     vllm = json.loads(build_backend_request(req, "vllm", "rid", native=True)[1])
     assert vllm["model"] == "Qwen/Qwen3-8B" and vllm["chat_template_kwargs"] == {"enable_thinking": True}
-    assert vllm["thinking"] == {"type": "enabled", "budget_tokens": 100}
+    assert vllm["thinking"] == {"type": "enabled", "budget_tokens": 1024}
     ollama = json.loads(build_backend_request(req, "ollama", "rid", native=True)[1])
     assert "chat_template_kwargs" not in ollama and ollama["thinking"]["type"] == "enabled"  # Ollama reads it itself
 
