@@ -217,7 +217,8 @@ class Upstream:
         if context.prepared is None or context.prepared[0] != backend.id:
             if backend.engine == "vllm":  # vLLM knows one spelling; Ollama answers the name as the caller typed it
                 context.canonical.model = backend.served_name(context.model) or context.canonical.model
-            native = ctx.options.native_messages_api and serves_natively(context.canonical, backend.native_endpoints)
+            native = ctx.options.native_messages_api and serves_natively(context.canonical, backend.engine,
+                                                                          backend.native_endpoints)
             built = build_backend_request(context.canonical, backend.engine, context.request_id, native)
             context.prepared = (backend.id, native, built)
         return context.prepared[2]

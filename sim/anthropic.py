@@ -151,6 +151,8 @@ class MessagesApi:
         budget = thinking.get("budget_tokens")
         if thinking.get("type") == "enabled" and not (isinstance(budget, int) and budget >= MIN_THINKING_BUDGET):
             raise Invalid(f"thinking.enabled.budget_tokens: Input should be greater than or equal to {MIN_THINKING_BUDGET}")
+        if thinking.get("type") == "enabled" and not counting and budget >= body["max_tokens"]:
+            raise Invalid("Value error, thinking.budget_tokens must be less than max_tokens")
         return body
 
     @answering_errors

@@ -86,7 +86,7 @@ ANTHROPIC_FIELDS = (
               "(dropped there)"),
     FieldRule("thinking", ENDPOINTS, MAPPED,
               "`enabled` or `adaptive` → `chat_template_kwargs.enable_thinking` (vLLM) / `think` (Ollama); "
-              "`budget_tokens` (at least 1024, as Anthropic requires) is not enforced"),
+              "`budget_tokens` (at least 1024 and below `max_tokens`, as Anthropic requires) is not enforced"),
     FieldRule("output_config", _MESSAGES_ONLY, MAPPED,
               "`format` (json_schema) → structured output, validated like chat; `effort` is dropped"),
     FieldRule("metadata", _MESSAGES_ONLY, DROPPED, "the gateway knows the user from the API key"),
@@ -128,7 +128,7 @@ def read_request(endpoint: str, kind: str, body: dict, api_version: str | None) 
         raise invalid_value("messages", "must contain at least one message")
     req.tools = read_tools(optional_list(body, "tools"))
     req.tool_choice = read_tool_choice(optional_dict(body, "tool_choice"), req.tools)
-    req.think = read_thinking(optional_dict(body, "thinking"))
+    req.think = read_thinking(optional_dict(body, "thinking"), req.sampling.get("max_tokens") if endpoint == MESSAGES else None)
     return req
 
 
@@ -313,7 +313,8 @@ def one_call_at_most(body: dict) -> bool:
     return isinstance(choice, dict) and choice.get("disable_parallel_tool_use") is True
 
 
-def read_thinking(thinking: dict) -> bool | None:
+def read_thinking(thinking: dict, max_tokens: int | None) -> bool | None:
+    """Anthropic's rules for a budget (vLLM's Messages API checks them too): at least 1024, below `max_tokens`."""
     if not thinking:
         return None
     kind = thinking.get("type")
@@ -321,6 +322,8 @@ def read_thinking(thinking: dict) -> bool | None:
         budget = thinking.get("budget_tokens")
         if not is_integer(budget) or budget < MIN_THINKING_BUDGET:
             raise invalid_value("thinking.budget_tokens", f"must be an integer of at least {MIN_THINKING_BUDGET}")
+        if max_tokens is not None and budget >= max_tokens:
+            raise invalid_value("thinking.budget_tokens", f"must be less than max_tokens ({max_tokens})")
         return True
     if kind == "adaptive":
         return True
@@ -346,6 +349,18 @@ def build_request(req: CanonicalRequest, engine: str, path: str, request_id: str
     if isinstance(output_config, dict) and output_config.get("effort") is not None:
         notes.append(f"output_config.effort: dropped for {engine} (no engine reads an effort level)")
     return body, notes + chat_notes
+
+
+def native_gap(req: CanonicalRequest, engine: str) -> str | None:
+    """What this request asks that the engine's own Messages API would ignore (its chat does not): such a
+    request is translated. Ollama's reads no output format and no `adaptive` thinking (anthropic/anthropic.go)."""
+    if engine != OLLAMA_ENGINE:
+        return None
+    if req.response_format is not None:
+        return "output_config.format"
+    if (req.body.get("thinking") or {}).get("type") == "adaptive":
+        return "adaptive thinking"
+    return None
 
 
 def native_body(req: CanonicalRequest, engine: str) -> tuple[dict, list[str]]:

@@ -1,7 +1,7 @@
 """The translation facade the gateway calls: client body in, engine body out, engine answer back.
 
     req = parse_client_request(path, body)                                 # GatewayError 400 / 404 / 413 / 422
-    native = serves_natively(req, endpoints)  # the engine serves the caller's API itself (its routes, its version)
+    native = serves_natively(req, engine, endpoints)  # the engine serves the caller's API itself, all it asks
     path, payload = build_backend_request(req, engine, request_id, native)  # engine "ollama" | "vllm"; GatewayError 422
     translator = response_translator(req, engine, request_id, created, native)
     streamed:  translator.feed(piece) for each piece of the engine's body, then translator.finish()
@@ -105,9 +105,11 @@ def check_engine(engine: str) -> None:
         raise ValueError(f"unknown engine '{engine}' (expected one of {', '.join(ENGINES)})")
 
 
-def serves_natively(req: CanonicalRequest, native_endpoints: frozenset[str] | tuple[str, ...]) -> bool:
-    """Whether an engine that serves `native_endpoints` itself takes this request as the caller sent it."""
-    return req.client_endpoint in NATIVE_ENDPOINTS and req.client_endpoint in native_endpoints
+def serves_natively(req: CanonicalRequest, engine: str, native_endpoints: frozenset[str] | tuple[str, ...]) -> bool:
+    """Whether `engine`, which serves `native_endpoints` itself, takes this request as the caller sent it:
+    not where its own API would ignore what the request asks (then the translation carries it)."""
+    return (req.client_endpoint in NATIVE_ENDPOINTS and req.client_endpoint in native_endpoints
+            and anthropic_request.native_gap(req, engine) is None)
 
 
 def backend_path(req: CanonicalRequest, engine: str, native: bool = False) -> str:

@@ -139,7 +139,7 @@ def test_stream_events_come_in_anthropics_order(cluster, route):
     model, client, native = route
     response = httpx.post(f"{client.base_url}/v1/messages", headers={
         "Authorization": f"Bearer {cluster.keys['staff1']}", "anthropic-version": "2023-06-01"}, json={
-        "model": model, "max_tokens": 256, "stream": True, "thinking": {"type": "enabled", "budget_tokens": 1024},
+        "model": model, "max_tokens": 2048, "stream": True, "thinking": {"type": "enabled", "budget_tokens": 1024},
         "messages": [{"role": "user", "content": "Is 17 prime?"}]}, timeout=30)
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
     events = [block for block in response.text.split("\n\n") if block]
@@ -205,6 +205,22 @@ def test_thinking_blocks_come_signed_and_go_back(route):
                                              {"role": "assistant", "content": message.content},
                                              {"role": "user", "content": "And 21?"}])
     assert again.content[-1].text == generation.reply_text(model, "And 21?")
+
+
+@pytest.mark.parametrize("route", ROUTES, indirect=True)
+def test_structured_output_matches_the_schema_by_every_route(cluster, route):
+    """Ollama's own Messages API reads no output format: such a request goes to its chat, which does."""
+    model, client, native = route
+    schema = {"type": "object", "properties": {"river": {"type": "string"}, "miles": {"type": "integer"}},
+              "required": ["river", "miles"], "additionalProperties": False}
+    prompt = "Which river crosses Boise, and how long is it?"
+    message = client.messages.create(model=model, max_tokens=512, messages=[{"role": "user", "content": prompt}],
+                                     extra_body={"output_config": {"format": {"type": "json_schema", "schema": schema}}})
+    answer = json.loads(message.content[0].text)
+    assert set(answer) == {"river", "miles"} and isinstance(answer["miles"], int)
+    native_there = native and model == ON_VLLM
+    expected_path = "/v1/messages" if native_there else "/v1/chat/completions" if model == ON_VLLM else "/api/chat"
+    assert engine_path(cluster, model, prompt) == expected_path
 
 
 def test_base64_image_reaches_a_vllm_vision_model(cluster, client):

@@ -84,6 +84,10 @@ def test_thinking_comes_only_when_the_chat_template_is_told(client):
         client.messages.create(model="llama3.2", max_tokens=300, thinking={"type": "enabled", "budget_tokens": 100},
                                messages=[{"role": "user", "content": QUESTION}])
     assert "budget_tokens" in too_small.value.body["error"]["message"]
+    with pytest.raises(anthropic.BadRequestError) as above_the_cap:
+        client.messages.create(model="llama3.2", max_tokens=1024, thinking={"type": "enabled", "budget_tokens": 1024},
+                               messages=[{"role": "user", "content": QUESTION}])
+    assert "less than max_tokens" in above_the_cap.value.body["error"]["message"]
     thought = client.messages.create(model="llama3.2", max_tokens=300, messages=[{"role": "user", "content": QUESTION}],
                                      extra_body={"chat_template_kwargs": {"enable_thinking": True}})
     assert [block.type for block in thought.content] == ["thinking", "text"]

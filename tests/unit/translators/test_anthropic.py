@@ -83,16 +83,16 @@ def test_images_base64_inline_and_urls_left_for_the_gateway_to_fetch():
 
 
 def test_sampling_stop_sequences_and_thinking_reach_each_engine():
-    body = message_body(temperature=0.2, top_p=0.9, top_k=20, stop_sequences=["END"], stream=True,
+    body = message_body(max_tokens=2048, temperature=0.2, top_p=0.9, top_k=20, stop_sequences=["END"], stream=True,
                         thinking={"type": "enabled", "budget_tokens": 1024})
     path, vllm, _ = engine_body(body, "vllm")
     assert path == "/v1/chat/completions"
     assert {k: vllm[k] for k in ("max_tokens", "temperature", "top_p", "top_k", "stop", "stream")} == {
-        "max_tokens": 64, "temperature": 0.2, "top_p": 0.9, "top_k": 20, "stop": ["END"], "stream": True}
+        "max_tokens": 2048, "temperature": 0.2, "top_p": 0.9, "top_k": 20, "stop": ["END"], "stream": True}
     assert vllm["chat_template_kwargs"] == {"enable_thinking": True} and vllm["stream_options"] == {"include_usage": True}
     path, ollama, _ = engine_body(body, "ollama")
     assert path == "/api/chat" and ollama["think"] is True and ollama["stream"] is True
-    assert ollama["options"] == {"num_predict": 64, "temperature": 0.2, "top_p": 0.9, "top_k": 20, "stop": ["END"]}
+    assert ollama["options"] == {"num_predict": 2048, "temperature": 0.2, "top_p": 0.9, "top_k": 20, "stop": ["END"]}
 
 
 @pytest.mark.parametrize(("choice", "openai_choice"), [
@@ -139,6 +139,7 @@ def test_count_tokens_is_a_one_token_chat_that_never_streams():
     (message_body(tools=[WEATHER], tool_choice={"type": "tool", "name": "nope"}), "names no tool"),
     (message_body(thinking={"type": "enabled"}), "thinking.budget_tokens"),
     (message_body(thinking={"type": "enabled", "budget_tokens": 1023}), "at least 1024"),
+    (message_body(max_tokens=1024, thinking={"type": "enabled", "budget_tokens": 1024}), "less than max_tokens (1024)"),
     (message_body(mcp_servers=[{"url": "https://example.org"}]), "mcp_servers"),
     (message_body(messages=[{"role": "user", "content": [{"type": "image", "source": {
         "type": "url", "url": "file:///etc/passwd"}}]}]), "http(s) URL"),

@@ -44,14 +44,23 @@ def engine_stream(*blocks: tuple[str, list[dict]], stop_reason: str = "end_turn"
 
 
 def test_only_the_messages_api_goes_native_and_only_where_the_engine_serves_it():
-    assert serves_natively(parse(message_body()), NATIVE)
-    assert serves_natively(parse({"model": "m", "messages": [{"role": "user", "content": "hi"}]},
-                                 "/v1/messages/count_tokens"), NATIVE)
-    assert not serves_natively(parse(message_body()), ())
-    assert not serves_natively(parse({"model": "m", "messages": [{"role": "user", "content": "hi"}]},
-                                     "/v1/messages/count_tokens"), ("/v1/messages",))  # Ollama counts no tokens
+    count = parse({"model": "m", "messages": [{"role": "user", "content": "hi"}]}, "/v1/messages/count_tokens")
+    assert serves_natively(parse(message_body()), "vllm", NATIVE) and serves_natively(count, "vllm", NATIVE)
+    assert not serves_natively(parse(message_body()), "vllm", ())
+    assert not serves_natively(count, "ollama", ("/v1/messages",))  # Ollama's count is an estimate: not listed
     chat = parse_client_request("/v1/chat/completions", b'{"model": "m", "messages": [{"role": "user", "content": "x"}]}')
-    assert not serves_natively(chat, NATIVE + ("/v1/chat/completions",))
+    assert not serves_natively(chat, "vllm", NATIVE + ("/v1/chat/completions",))
+
+
+def test_what_ollamas_messages_api_would_ignore_is_translated_there():
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}}
+    structured = parse(message_body(output_config={"format": {"type": "json_schema", "schema": schema}}))
+    adaptive = parse(message_body(thinking={"type": "adaptive"}))
+    for req in (structured, adaptive):
+        assert not serves_natively(req, "ollama", ("/v1/messages",))
+        assert serves_natively(req, "vllm", NATIVE)  # vLLM's reads both
+    assert serves_natively(parse(message_body(max_tokens=2048, thinking={"type": "enabled", "budget_tokens": 1024})), "ollama",
+                           ("/v1/messages",))
 
 
 def test_the_engine_gets_the_callers_fields_less_what_the_gateway_drops_with_the_same_notes():
@@ -67,7 +76,7 @@ def test_the_engine_gets_the_callers_fields_less_what_the_gateway_drops_with_the
 
 
 def test_the_model_is_the_backends_name_and_thinking_reaches_vllms_chat_template():
-    req = parse(message_body(thinking={"type": "enabled", "budget_tokens": 1024}))
+    req = parse(message_body(max_tokens=2048, thinking={"type": "enabled", "budget_tokens": 1024}))
     req.model = "Qwen/Qwen3-8B"  # the gateway rewrites an alias to the backend's own name
     vllm = json.loads(build_backend_request(req, "vllm", "rid", native=True)[1])
     assert vllm["model"] == "Qwen/Qwen3-8B" and vllm["chat_template_kwargs"] == {"enable_thinking": True}
