@@ -194,7 +194,9 @@ def anthropic_lines() -> list[str]:
         "alone). The caller gets the engine's events and Message as they are (the engine's ids, no `ping`, "
         "and from Ollama unsigned thinking and a first input count that is an estimate); "
         "the gateway reads the text, the tool calls and the exact usage from them for the audit log and the "
-        "quota. The gateway option `native_messages_api=false` translates every Messages request instead. "
+        "quota. A request that asks what the engine's own API would ignore is translated instead (Ollama's reads "
+        "no `output_config.format` and no `adaptive` thinking; its chat does). The gateway option "
+        "`native_messages_api=false` translates every Messages request. "
         "A failover may go from an engine that serves the API to one that does not: each attempt is built "
         "for its own engine.",
         "",
