@@ -291,3 +291,28 @@ def test_the_last_flush_waits_for_flows_still_in_flight(sqlite_db, tmp_path):
 
     asyncio.run(scenario())
     assert usernames() == ["in-flight"]
+
+
+def test_an_idle_writer_writes_at_once_and_a_busy_one_gathers_a_batch(sqlite_db, tmp_path, monkeypatch):
+    """One transaction for many writes under load (GATHER_S after the last batch), none of that wait when idle."""
+    batches: list[int] = []
+    write_batch = StoreWriter.write_batch
+    monkeypatch.setattr(StoreWriter, "write_batch", lambda self, batch: batches.append(len(batch)) or write_batch(self, batch))
+    writer = StoreWriter()
+    start(writer, tmp_path)
+    try:
+        submitted = time.monotonic()
+        writer.submit(lambda: User.create(username="first", role="student"))
+        wait_for(lambda: usernames() == ["first"])
+        assert time.monotonic() - submitted < writer_module.GATHER_S + 1  # not held back: nothing came before it
+        for index in range(10):  # within the gathering window of the first batch
+            writer.submit(lambda index=index: User.create(username=f"busy{index}", role="student"))
+            time.sleep(writer_module.GATHER_S / 20)
+        wait_for(lambda: len(usernames()) == 11)
+        time.sleep(2 * writer_module.GATHER_S)  # idle again
+        writer.submit(lambda: User.create(username="last", role="student"))
+        wait_for(lambda: len(usernames()) == 12)
+    finally:
+        stop(writer)
+    assert batches[0] == 1 and batches[-1] == 1
+    assert len(batches) <= 4, batches  # 1 + the ten gathered into one or two + 1; one each without gathering
