@@ -11,6 +11,7 @@ from mitmproxy import http
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from addons.context import context_of
+from addons.polling import version_key
 from addons.registry import BackendRegistry, model_aliases
 from addons.replies import point_at_backend, reply, reply_error, reply_json
 from translators import catalog
@@ -41,17 +42,6 @@ def catalog_entries(registry: BackendRegistry) -> list[catalog.CatalogEntry]:
             renamed = {key: alias for key in ("name", "model", "id", "root") if key in named.details}
             entries[alias] = dataclasses.replace(named, name=alias, details={**named.details, **renamed})
     return list(entries.values())
-
-
-def version_key(version: str) -> tuple[int, ...]:
-    """'0.10.1' sorts after '0.9.0'; anything after the numbers is ignored."""
-    numbers = []
-    for part in version.split("."):
-        digits = "".join(ch for ch in part if ch.isdigit())
-        if not digits:
-            break
-        numbers.append(int(digits))
-    return tuple(numbers)
 
 
 class Local:

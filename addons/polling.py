@@ -56,18 +56,19 @@ class Poll:
     native_endpoints: tuple[str, ...] = ()  # client APIs the engine serves itself (translators.pipeline)
 
 
-def release(version: str | None) -> tuple[int, ...]:
-    """"0.14.2" → (0, 14, 2); a pre-release counts as its release; unreadable → (), older than any."""
+def version_key(version: str | None) -> tuple[int, ...]:
+    """'0.10.1' sorts after '0.9.0'; a pre-release ('0.9.1-rc1') as its release; unreadable → (), before any."""
     numbers = []
     for part in (version or "").split("-", 1)[0].split("."):
-        if not part.isdigit():
+        digits = "".join(ch for ch in part if ch.isdigit())
+        if not digits:
             break
-        numbers.append(int(part))
+        numbers.append(int(digits))
     return tuple(numbers)
 
 
 def ollama_native_endpoints(version: str | None) -> tuple[str, ...]:
-    return tuple(endpoint for endpoint, since in OLLAMA_NATIVE_SINCE.items() if release(version) >= since)
+    return tuple(endpoint for endpoint, since in OLLAMA_NATIVE_SINCE.items() if version_key(version) >= since)
 
 
 def parse_vllm_metrics(text: str) -> EngineLoad:

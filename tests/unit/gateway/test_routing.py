@@ -6,7 +6,7 @@ import pytest
 from mitmproxy.http import Headers
 from mitmproxy.test import tflow
 
-from addons.local import version_key
+from addons.polling import version_key
 from addons.registry import BackendView, ModelView, model_aliases
 from addons.replies import reply_error
 from addons.routing import (
@@ -83,6 +83,7 @@ def test_draining_or_unhealthy_backends_take_no_requests():
 def test_versions_compare_by_number_not_text():
     assert version_key("0.10.1") > version_key("0.9.7")
     assert min(["0.12.0", "0.9.1-rc1"], key=version_key) == "0.9.1-rc1"
+    assert version_key("0.9.2") > version_key("0.9.1-rc1")  # the pre-release's digits are not the patch's
 
 
 @pytest.mark.parametrize(("method", "path", "dialect"), [
