@@ -188,31 +188,31 @@ class MessagesApi:
         out = ChunkStream(request, "text/event-stream; charset=utf-8")
         await out.open()
         completion = plan.completion
-        # (block type, what opens it, the deltas it carries)
-        blocks: list[tuple[str, dict, list[dict]]] = []
+        # (what opens a block, the deltas it carries)
+        blocks: list[tuple[dict, list[dict]]] = []
         if completion.reasoning_pieces:
-            blocks.append(("thinking", {"type": "thinking", "thinking": ""},
+            blocks.append(({"type": "thinking", "thinking": ""},
                            [{"type": "thinking_delta", "thinking": piece} for piece in completion.reasoning_pieces]))
         if completion.content_pieces and not completion.tool_call:
-            blocks.append(("text", {"type": "text", "text": ""},
+            blocks.append(({"type": "text", "text": ""},
                            [{"type": "text_delta", "text": piece} for piece in completion.content_pieces]))
         if completion.tool_call:
             call = completion.tool_call
-            blocks.append(("tool_use", {"type": "tool_use", "id": plan.tool_call_id, "name": call.name, "input": {}},
+            blocks.append(({"type": "tool_use", "id": plan.tool_call_id, "name": call.name, "input": {}},
                            [{"type": "input_json_delta", "partial_json": piece} for piece in call.argument_pieces]))
         async with self.node.generating(plan.model, plan.prompt_tokens) as run:
             await out.send(named_event("message_start", {"type": "message_start", "message": {
                 "id": message_id, "type": "message", "role": "assistant", "content": [], "model": body["model"],
                 "stop_reason": None, "stop_sequence": None,
                 "usage": {"input_tokens": plan.prompt_tokens, "output_tokens": 0}}}))
-            for index, (kind, opening, deltas) in enumerate(blocks):
+            for index, (opening, deltas) in enumerate(blocks):
                 await out.send(named_event("content_block_start",
                                            {"type": "content_block_start", "index": index, "content_block": opening}))
                 for delta in deltas:
                     await run.tokens(1)
                     await out.send(named_event("content_block_delta",
                                                {"type": "content_block_delta", "index": index, "delta": delta}))
-                if kind == "thinking":
+                if opening["type"] == "thinking":
                     await out.send(named_event("content_block_delta", {
                         "type": "content_block_delta", "index": index,
                         "delta": {"type": "signature_delta", "signature": uuid.uuid4().hex}}))
