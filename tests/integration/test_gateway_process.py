@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import sqlite3
 import subprocess
 import time
@@ -186,3 +187,28 @@ def test_a_backend_never_runs_more_than_its_max_concurrent(cluster, limited_back
     results = asyncio.run(scenario())
     assert len(results) == 8 and all(count > 2 for count in results)
     assert peak == 2  # the node had room for 8; the gateway held the rest back
+
+
+def test_requests_from_the_moment_the_lean_gateway_listens_are_answered(tmp_path):
+    """mitmproxy opens its listeners before its `running` hooks, and TLS settings make their certificate store
+    only there: a request in between used to fail in their `request` hook, and that error stopped the start-up."""
+    port = free_port()
+    gateway = Service("gateway", [*GATEWAY, "-p", str(port)], {"DATABASE_URL": migrated(tmp_path)}, tmp_path)
+    request = b"GET /healthz HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\r\n"
+    answers: list[bytes] = []
+    try:
+        deadline = time.monotonic() + 60
+        while len(answers) < 20:  # as soon as it listens, then on
+            assert time.monotonic() < deadline, gateway.output()[-4000:]
+            gateway.check_alive()
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
+                    connection.sendall(request)
+                    answers.append(connection.makefile("rb").readline())
+            except ConnectionRefusedError:
+                continue
+        time.sleep(1)
+        gateway.check_alive()
+    finally:
+        gateway.stop()
+    assert answers == [b"HTTP/1.1 200 OK\r\n"] * 20
