@@ -6,7 +6,7 @@ other addon stops. At once `/readyz` answers 503, so a balancer takes the gatewa
 rotation; for `shutdown_drain_s` more it serves what still arrives (the balancer's next health
 check may be that far off). From then on a new request gets 503 with Retry-After in its dialect,
 queued ones get the same from the gate, and running ones have `shutdown_grace_s` to finish. Only
-then do the later addons stop (the upstream client, the relay, the policy's Redis), and the
+then do the later addons stop (the stream relay, the policy's Redis), and the
 store writer, last of all, flushes the audit rows and usage of everything that ran.
 """
 

@@ -50,8 +50,8 @@ ADMIN_ROUTE = Route(ADMIN, None, needs_key=False)
 
 
 GATEWAY_PATHS = {path for _, path in ROUTES}
-# Larger header fields are refused at the edge: the admin app's server and the stream relay take
-# fields of up to 8190 bytes and would otherwise drop the connection (mitmproxy's bare 502).
+# Larger header fields are refused at the edge: the admin app's server takes fields of up to 8190 bytes
+# and would otherwise drop the connection (mitmproxy's bare 502).
 MAX_HEADER_FIELD_BYTES = 8190
 MAX_HEADER_BYTES = 32 * 2**10
 UPGRADE_HEADERS = ("Upgrade", "HTTP2-Settings")

@@ -1,7 +1,8 @@
 """Upstream: send a granted request to its backend, in the engine's dialect, failing over before the first byte.
 
 mitmproxy answers a failed upstream connection with its own HTML 502 and cannot retry, so the
-gateway talks to the backends itself (httpx) and keeps the choice of backend open until the
+gateway talks to the backends itself (`addons/splice.py`: one `Connection: close` request per
+attempt) and keeps the choice of backend open until the
 response headers arrive: an engine fault (connection refused or reset, a timeout before the
 headers, 502, 503 or 504) moves the request to another backend that serves the model (bounded
 attempts, none after the last) and counts toward the backend's breaker. What the caller's request
@@ -15,7 +16,7 @@ it gets one more try elsewhere and is blamed on its backend only if another one 
   caller that leaves meanwhile cancels the fetch: the engine aborts the generation and the slot is free.
 - A streamed answer must reach mitmproxy as a stream, which only its own upstream connection gives;
   so the flow is pointed at a relay in this process (127.0.0.1, a free port), which opens the
-  backend stream with the same failover and pipes it through. A backend that breaks off mid-stream
+  backend stream with the same failover and splices its bytes on. A backend that breaks off mid-stream
   ends the relayed stream early, and the response translator closes it with a clean error event in
   the caller's dialect instead of a truncated stream that looks complete.
 """
@@ -28,8 +29,6 @@ import logging
 import time
 from typing import NamedTuple
 
-import httpx
-from aiohttp import web
 from mitmproxy import ctx, http
 
 from addons.context import RequestContext, client_left, context_of, drop
@@ -37,6 +36,7 @@ from addons.gate import Gate
 from addons.metrics import FAILOVERS, REQUESTS
 from addons.registry import BackendRegistry, BackendView
 from addons.replies import point_at_backend, reply_error
+from addons.splice import BackendStream, RelayConnection, Splice
 from translators.errors import GatewayError
 from translators.pipeline import build_backend_request, response_translator, serves_natively
 
@@ -62,11 +62,10 @@ class Upstream:
     def __init__(self, registry: BackendRegistry, gate: Gate) -> None:
         self.registry = registry
         self.gate = gate
-        self.client: httpx.AsyncClient | None = None
         self.relayed: dict[str, RequestContext] = {}  # streamed requests on their way to the relay
+        self.relay_connections: set[RelayConnection] = set()
         self.fetching: dict[str, set[asyncio.Future]] = {}  # client connection id → whole answers being fetched
-        self.relay_runner: web.AppRunner | None = None
-        self.stream_timeout: httpx.Timeout | None = None
+        self.relay_server: asyncio.Server | None = None
         self.relay_url = ""
 
     def load(self, loader):
@@ -93,28 +92,19 @@ class Upstream:
         )
 
     async def running(self):
-        self.stream_timeout = httpx.Timeout(ctx.options.upstream_stream_idle_s,
-                                            connect=ctx.options.upstream_connect_timeout_s)
-        self.client = httpx.AsyncClient(
-            timeout=httpx.Timeout(None, connect=ctx.options.upstream_connect_timeout_s),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
-            trust_env=False,
-        )
-        app = web.Application()
-        app.router.add_post("/relay", self.relay)
-        # A caller that leaves before the backend's headers closes mitmproxy's connection to the relay:
-        # cancelling the handler then closes the backend request too, so the engine stops at once.
-        self.relay_runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
-        await self.relay_runner.setup()
-        site = web.TCPSite(self.relay_runner, "127.0.0.1", 0)
-        await site.start()
-        self.relay_url = "http://127.0.0.1:%d" % site._server.sockets[0].getsockname()[1]
+        def connection() -> RelayConnection:
+            relay_connection = RelayConnection(self.relay, RELAY_HEADER.encode())
+            self.relay_connections.add(relay_connection)
+            return relay_connection
+
+        self.relay_server = await asyncio.get_running_loop().create_server(connection, "127.0.0.1", 0)
+        self.relay_url = "http://127.0.0.1:%d" % self.relay_server.sockets[0].getsockname()[1]
 
     async def done(self):
-        if self.relay_runner:
-            await self.relay_runner.cleanup()
-        if self.client:
-            await self.client.aclose()
+        if self.relay_server:
+            self.relay_server.close()
+            for relay_connection in self.relay_connections:
+                relay_connection.transport.abort()
 
     async def request(self, flow: http.HTTPFlow) -> None:
         context = context_of(flow)
@@ -159,15 +149,16 @@ class Upstream:
     async def fetch_whole(self, context: RequestContext) -> Answer:
         """A whole answer: (status, body, media type), the last failure's if no backend answered."""
         answer = await self.open(context)
-        if not isinstance(answer, httpx.Response):
+        if isinstance(answer, tuple):
             return answer
         try:
-            return answer.status_code, await answer.aread(), answer.headers.get("Content-Type")
-        except httpx.HTTPError as exc:
+            async with asyncio.timeout(ctx.options.upstream_stream_idle_s):
+                return answer.head.status, await answer.read_body(), answer.head.media_type
+        except (OSError, TimeoutError) as exc:
             self.registry.failed(context.backend, repr(exc))
             return 502, engine_error(f"backend {context.backend.name} broke off: {exc!r}"), None
         finally:
-            await answer.aclose()
+            answer.close()
 
     def client_disconnected(self, client) -> None:
         """A caller that leaves while its whole answer is being generated stops the generation: closing
@@ -175,9 +166,9 @@ class Upstream:
         for fetch in self.fetching.pop(client.id, ()):
             fetch.cancel()
 
-    async def open(self, context: RequestContext) -> httpx.Response | Answer:
-        """The backend's response with its headers in (body not yet read), after at most
-        `failover_attempts` moves; or (status, body, media type) of the last failure.
+    async def open(self, context: RequestContext) -> BackendStream | Answer:
+        """The backend's answer with its head in (body not yet read), after at most `failover_attempts`
+        moves; or (status, body, media type) of the last failure.
 
         Only engine faults count toward a backend's breaker. A 500 may be the engine's fault or the
         request's: it is tried once more elsewhere, and counted against the first backend only if
@@ -189,7 +180,7 @@ class Upstream:
         for attempt in range(1, attempts + 1):
             backend = context.backend
             outcome = await self.attempt(context, backend)
-            if isinstance(outcome, httpx.Response):
+            if isinstance(outcome, BackendStream):
                 self.registry.succeeded(backend, context.model)
                 for failed in answered_500:
                     self.registry.failed(failed, "answered 500 to a request another backend served")
@@ -223,61 +214,55 @@ class Upstream:
             context.prepared = (backend.id, native, built)
         return context.prepared[2]
 
-    async def attempt(self, context: RequestContext, backend: BackendView) -> httpx.Response | Failure:
-        """One try at `backend`: its response with the headers in, or why not and whose fault that is."""
+    async def attempt(self, context: RequestContext, backend: BackendView) -> BackendStream | Failure:
+        """One try at `backend`: its answer with the head in, or why not and whose fault that is."""
         try:
             path, payload = self.backend_request(context, backend)
         except GatewayError as error:  # this engine cannot take what the caller asked; another may
             return Failure(error.message, (error.status, engine_error(error.message), None), REQUEST)
         context.translator = response_translator(context.canonical, backend.engine, context.request_id,
                                                  int(time.time()), native=context.prepared[1])
-        request = self.client.build_request(
-            "POST", backend.url + path, content=payload,
-            # The gateway reads and rewrites every answer: compressed bodies would only cost CPU twice.
-            headers={"Content-Type": "application/json", "Accept-Encoding": "identity"},
-            # A stream's backend must keep sending; a whole answer is bounded by the header timeout.
-            timeout=self.stream_timeout if context.stream else None,
-        )
         context.sent_at = context.sent_at or time.monotonic()
+        answer, answered = None, False
         try:
             async with asyncio.timeout(ctx.options.upstream_header_timeout_s):
-                response = await self.client.send(request, stream=True)
-        except (httpx.HTTPError, TimeoutError) as exc:
+                answer = await BackendStream.open(backend.url, path, payload, ctx.options.upstream_connect_timeout_s)
+                head = await answer.response_head()
+                if head.status not in ENGINE_FAULT_STATUSES and head.status != 500:
+                    answered = True
+                    return answer
+                body = await answer.read_body()
+        except (OSError, TimeoutError) as exc:
             reason = f"{exc.__class__.__name__}: {exc}" if str(exc) else exc.__class__.__name__
             return Failure(reason, (502, engine_error(f"backend {backend.name} failed: {reason}"), None), ENGINE)
-        status = response.status_code
-        if status not in ENGINE_FAULT_STATUSES and status != 500:
-            return response
-        body = await response.aread()
-        await response.aclose()
-        blame = UNCLEAR if status == 500 else ENGINE
-        return Failure(f"answered {status}", (status, body, response.headers.get("Content-Type")), blame)
-
-    async def relay(self, request: web.Request) -> web.StreamResponse:
-        """The relay's one route: open the backend stream for a flow the request hook sent here, pipe it."""
-        context = self.relayed.pop(request.headers.get(RELAY_HEADER, ""), None)
-        if context is None:
-            return web.json_response({"error": "unknown relayed request"}, status=404)
-        answer = await self.open(context)
-        if not isinstance(answer, httpx.Response):
-            status, body, media_type = answer
-            return web.Response(status=status, body=body, content_type=(media_type or "application/json").split(";")[0])
-        relayed = web.StreamResponse(status=answer.status_code)
-        relayed.content_type = answer.headers.get("Content-Type", "application/octet-stream").split(";")[0]
-        try:
-            await relayed.prepare(request)
-            try:
-                async for chunk in answer.aiter_raw():
-                    await relayed.write(chunk)
-            except httpx.HTTPError as exc:  # the backend broke off: end early, the translator reports it
-                context.error = f"backend {context.backend.name} broke off mid-stream: {exc!r}"
-                self.registry.failed(context.backend, context.error)
-            await relayed.write_eof()
-        except ConnectionResetError:  # the caller left; closing the backend stream stops the generation
-            pass
         finally:
-            await answer.aclose()
-        return relayed
+            if answer is not None and not answered:  # a failure, or the caller left: the engine stops
+                answer.close()
+        blame = UNCLEAR if head.status == 500 else ENGINE
+        return Failure(f"answered {head.status}", (head.status, body, head.media_type), blame)
+
+    async def relay(self, request_id: str, connection: RelayConnection) -> None:
+        """A flow the request hook sent to the relay: open its backend stream and splice it on."""
+        try:
+            context = self.relayed.pop(request_id, None)
+            if context is None:
+                connection.answer(404, b'{"error": "unknown relayed request"}', None)
+                return
+            answer = await self.open(context)
+            if isinstance(answer, tuple):
+                connection.answer(*answer)
+                return
+            connection.splice = Splice(answer, connection.transport, ctx.options.upstream_stream_idle_s,
+                                       lambda reason: self.broke_off(context, reason))
+            connection.splice.start()
+            await connection.splice.done
+        finally:
+            self.relay_connections.discard(connection)
+
+    def broke_off(self, context: RequestContext, reason: str) -> None:
+        """The backend ended mid-stream: the caller's stream ends early, and the translator says so."""
+        context.error = f"backend {context.backend.name} broke off mid-stream: {reason}"
+        self.registry.failed(context.backend, context.error)
 
     def response(self, flow: http.HTTPFlow) -> None:
         context = context_of(flow)

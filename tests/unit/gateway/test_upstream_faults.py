@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import httpx
@@ -27,6 +28,31 @@ def backend(backend_id: int, url: str = "") -> BackendView:
     return BackendView(id=backend_id, name=f"node-{backend_id}", url=url or f"http://node-{backend_id}",
                        engine="vllm", max_concurrent=4, enabled=True, draining=False, priority=0, healthy=True,
                        models={"qwen": ModelView("qwen", resident=True)})
+
+
+@contextlib.asynccontextmanager
+async def nodes(statuses: dict[str, int], calls: list[str]):
+    """A real HTTP server per node name, answering every request with its status (an answer, or an error);
+    each call is recorded as node name + path. Yields the node name → URL map."""
+    runners, urls = [], {}
+    for name, status in statuses.items():
+        async def answer(request: web.Request, name=name, status=status) -> web.Response:
+            calls.append(name + request.path)
+            return web.json_response(ANSWER if status == 200 else {"error": f"status {status}"}, status=status)
+
+        app = web.Application()
+        app.router.add_post("/{path:.*}", answer)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        urls[name] = "http://127.0.0.1:%d" % site._server.sockets[0].getsockname()[1]
+    try:
+        yield urls
+    finally:
+        for runner in runners:
+            await runner.cleanup()
 
 
 class Registry:
@@ -65,28 +91,30 @@ def context_for(first: BackendView, stream: bool = False) -> RequestContext:
     return context
 
 
-def answers_by_host(statuses: dict[str, int], calls: list[str]) -> httpx.MockTransport:
-    def answer(request: httpx.Request) -> httpx.Response:
-        calls.append(request.url.host)
-        status = statuses[request.url.host]
-        return httpx.Response(status, json=ANSWER if status == 200 else {"error": f"status {status}"})
-
-    return httpx.MockTransport(answer)
+def at(urls: dict[str, str], view: BackendView) -> BackendView:
+    view.url = urls.get(view.name, view.url)
+    return view
 
 
 def open_with(statuses: dict[str, int], gate: Gate, first: BackendView, **options):
+    """`upstream.open` of a request to `first`, the gate's spares behind it, with nodes answering `statuses`:
+    its outcome ((status, body, media type) or the status of the answer it took), the registry and the calls."""
     registry, calls = Registry(), []
     upstream = Upstream(registry, gate)
 
     async def scenario():
-        with taddons.context(upstream) as tctx:
-            tctx.configure(upstream, **options)
-            upstream.client = httpx.AsyncClient(transport=answers_by_host(statuses, calls))
-            outcome = await upstream.open(context_for(first))
-            await upstream.client.aclose()
-            return outcome
+        async with nodes(statuses, calls) as urls:
+            for view in (first, *gate.spare):
+                at(urls, view)
+            with taddons.context(upstream) as tctx:
+                tctx.configure(upstream, **options)
+                outcome = await upstream.open(context_for(first))
+            if isinstance(outcome, tuple):
+                return outcome
+            outcome.close()
+            return outcome.head.status
 
-    return asyncio.run(scenario()), registry, calls
+    return asyncio.run(scenario()), registry, [call.split("/")[0] for call in calls]
 
 
 def test_no_other_backend_is_sought_after_the_last_attempt():
@@ -99,7 +127,7 @@ def test_no_other_backend_is_sought_after_the_last_attempt():
 
 def test_an_engine_fault_moves_the_request_and_counts_against_its_backend():
     outcome, registry, calls = open_with({"node-1": 503, "node-2": 200}, Gate(backend(2)), backend(1))
-    assert outcome.status_code == 200 and calls == ["node-1", "node-2"]
+    assert outcome == 200 and calls == ["node-1", "node-2"]
     assert registry.failed_backends == ["node-1"]
 
 
@@ -117,29 +145,22 @@ def test_the_backend_request_is_built_once_per_backend(monkeypatch):
 
 
 def test_a_failover_from_an_engine_serving_the_messages_api_to_one_that_does_not_translates_there():
-    paths: list[str] = []
-
-    def answer(request: httpx.Request) -> httpx.Response:
-        paths.append(f"{request.url.host}{request.url.path}")
-        return httpx.Response(503, json={"error": "busy"}) if request.url.host == "node-1" else httpx.Response(200, json=ANSWER)
-
     native = backend(1)
     native.native_endpoints = ("/v1/messages", "/v1/messages/count_tokens")
     context = RequestContext("req-1", Route("inference", "anthropic", "/v1/messages"), "127.0.0.1")
     context.canonical = parse_client_request(
         "/v1/messages", b'{"model": "qwen", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}')
     context.model, context.stream, context.backend = "qwen", False, native
-    upstream = Upstream(Registry(), Gate(backend(2)))
+    spare = backend(2)
+    upstream, paths = Upstream(Registry(), Gate(spare)), []
 
     async def scenario():
-        with taddons.context(upstream):
-            upstream.client = httpx.AsyncClient(transport=httpx.MockTransport(answer))
-            response = await upstream.open(context)
-            body = await response.aread()
-            await upstream.client.aclose()
-            return response.status_code, body
+        async with nodes({"node-1": 503, "node-2": 200}, paths) as urls:
+            at(urls, native), at(urls, spare)
+            with taddons.context(upstream):
+                return await upstream.fetch_whole(context)
 
-    status, body = asyncio.run(scenario())
+    status, body, _ = asyncio.run(scenario())
     assert paths == ["node-1/v1/messages", "node-2/v1/chat/completions"]
     status, message = context.translator.translate_body(status, body)
     assert status == 200 and b'"type":"message"' in message and b'"text":"hello"' in message
@@ -147,7 +168,7 @@ def test_a_failover_from_an_engine_serving_the_messages_api_to_one_that_does_not
 
 def test_a_500_counts_against_its_backend_only_when_another_backend_answers():
     outcome, registry, calls = open_with({"node-1": 500, "node-2": 200}, Gate(backend(2)), backend(1))
-    assert outcome.status_code == 200 and registry.failed_backends == ["node-1"]
+    assert outcome == 200 and registry.failed_backends == ["node-1"]
 
 
 def test_a_request_two_engines_fail_with_500_is_not_replayed_further_nor_blamed_on_either():
@@ -215,16 +236,15 @@ def test_a_caller_who_left_before_its_turn_upstream_is_never_sent_to_a_backend(k
     calls: list[str] = []
     upstream = Upstream(Registry(), Gate())
     flow = tflow.tflow()
-    flow.metadata[CONTEXT_KEY] = context_for(backend(1))
     flow.client_conn.timestamp_end = time.time()
     if killed_already:
         flow.kill()
 
     async def scenario():
-        with taddons.context(upstream):
-            upstream.client = httpx.AsyncClient(transport=answers_by_host({"node-1": 200}, calls))
-            await upstream.request(flow)
-            await upstream.client.aclose()
+        async with nodes({"node-1": 200}, calls) as urls:
+            flow.metadata[CONTEXT_KEY] = context_for(at(urls, backend(1)))
+            with taddons.context(upstream):
+                await upstream.request(flow)
 
     asyncio.run(scenario())
     assert calls == [] and flow.error is not None and flow.response is None

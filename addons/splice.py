@@ -1,0 +1,359 @@
+"""A streamed answer's way from its backend to mitmproxy: raw HTTP/1.1 on asyncio protocols, spliced.
+
+mitmproxy streams a response only from a connection of its own, so a streamed request is pointed at
+a relay in this process, which opens the backend stream with failover before the first byte. Once a
+backend answers, its body bytes are written onto the relay connection as they arrive, without being
+parsed into events or framed again: the only check is where each chunk of the chunked encoding ends,
+so that a backend breaking off mid-stream still leaves a well-formed (ended) stream behind, which the
+response translator closes with an error event. Flow control is passed through: a slow caller pauses
+the reading of its backend. (An HTTP client and server in between, httpx and aiohttp, cost about a
+third of a streamed token's CPU: docs/benchmarks.md.)
+
+Every backend request here is `Connection: close`: a stream holds its connection for seconds, so a
+connection per stream costs nothing that counts, and the end of the backend's answer is the end of its
+connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import ssl
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import NamedTuple
+from urllib.parse import urlsplit
+
+HEAD_END = b"\r\n\r\n"
+MAX_HEAD_BYTES = 64 * 2**10
+TERMINAL_CHUNK = b"0\r\n\r\n"
+
+
+class ResponseHead(NamedTuple):
+    status: int
+    headers: dict[str, str]  # names in lower case
+
+    @property
+    def media_type(self) -> str | None:
+        return self.headers.get("content-type")
+
+
+class BackendClosed(ConnectionError):
+    """The backend closed the connection (or it broke) before its answer's head was complete."""
+
+
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """The system's trusted certificates, loaded once (a context per request would read them every time)."""
+    return ssl.create_default_context()
+
+
+def status_line(status: int) -> bytes:
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Status"
+    return b"HTTP/1.1 %d %s\r\n" % (status, phrase.encode())
+
+
+def whole_response(status: int, body: bytes, media_type: str | None) -> bytes:
+    return (status_line(status) + b"Content-Type: " + (media_type or "application/json").encode()
+            + b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+
+
+def parse_head(head: bytes) -> ResponseHead:
+    lines = head.decode("latin-1").split("\r\n")
+    version, _, rest = lines[0].partition(" ")
+    if not version.startswith("HTTP/1.") or not rest[:3].isdigit():
+        raise BackendClosed(f"not an HTTP/1 response: {lines[0][:80]!r}")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return ResponseHead(int(rest[:3]), headers)
+
+
+def dechunk(body: bytes) -> bytes:
+    """A whole chunked body's content (an error answer's, for its message); what is cut short is kept."""
+    content, position = bytearray(), 0
+    while (line_end := body.find(b"\r\n", position)) >= 0:
+        try:
+            size = int(body[position:line_end].split(b";")[0], 16)
+        except ValueError:
+            break
+        if size == 0:
+            break
+        content += body[line_end + 2:line_end + 2 + size]
+        position = line_end + 2 + size + 2
+    return bytes(content)
+
+
+class ChunkBoundaries:
+    """Walks a chunked body as it arrives: how much of it ends where a chunk ends, and whether the last has passed.
+
+    What it is given always starts where a chunk starts (the caller holds back the rest), so it keeps no
+    state but the end."""
+
+    def __init__(self) -> None:
+        self.ended = False  # the last chunk (size 0) and its trailers' blank line have passed
+
+    def complete_prefix(self, data: bytes) -> int:
+        """The length of `data`'s longest prefix made of whole chunks (ValueError: not chunked encoding)."""
+        position = 0
+        while not self.ended and (line_end := data.find(b"\r\n", position)) >= 0:
+            size = int(data[position:line_end].split(b";")[0], 16)
+            if size:
+                chunk_end = line_end + 2 + size + 2
+                if chunk_end > len(data):
+                    break
+                position = chunk_end
+                continue
+            body_end = data.find(HEAD_END, line_end)  # after the trailers, if any
+            if body_end < 0:
+                break
+            position = body_end + len(HEAD_END)
+            self.ended = True
+        return position
+
+
+class BackendStream(asyncio.Protocol):
+    """One `Connection: close` request to a backend; its answer's head, then its body read whole or spliced."""
+
+    def __init__(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.received = bytearray()  # the head, then the body while nobody takes it
+        self.head: ResponseHead | None = None
+        self.head_ready = loop.create_future()
+        self.closed = loop.create_future()  # the backend's answer is over, or the connection broke: its error or None
+        self.splice: Splice | None = None
+
+    @classmethod
+    async def open(cls, url: str, path: str, body: bytes, connect_timeout_s: float) -> BackendStream:
+        """Connect to the backend at `url` and send it `body` as a POST to `path` (OSError, TimeoutError)."""
+        target = urlsplit(url)
+        tls = target.scheme == "https"
+        port = target.port or (443 if tls else 80)
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(connect_timeout_s):
+            _, stream = await loop.create_connection(cls, target.hostname, port, ssl=tls_context() if tls else None)
+        host = target.hostname if target.port is None else f"{target.hostname}:{target.port}"
+        stream.transport.write(
+            b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nAccept-Encoding: identity\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+            % ((target.path.rstrip("/") + path).encode(), host.encode(), len(body), body))
+        return stream
+
+    async def response_head(self) -> ResponseHead:
+        return await asyncio.shield(self.head_ready)
+
+    async def read_body(self) -> bytes:
+        """The rest of the answer, once the backend has closed the connection after it (BackendClosed: cut short)."""
+        if error := await asyncio.shield(self.closed):
+            raise BackendClosed(f"{error!r} before the answer's end")
+        body = bytes(self.received)
+        if self.chunked:
+            return dechunk(body)
+        length = self.head.headers.get("content-length")
+        if length and len(body) < int(length):
+            raise BackendClosed(f"the connection closed after {len(body)} of {length} bytes")
+        return body
+
+    @property
+    def chunked(self) -> bool:
+        return self.head is not None and "chunked" in self.head.headers.get("transfer-encoding", "").lower()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- asyncio.Protocol ------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self.splice is not None:
+            self.splice.forward(data)
+            return
+        self.received += data
+        if self.head is None:
+            self.read_head()
+
+    def eof_received(self) -> bool:
+        return False  # close: every request here is the connection's last
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.head_ready.done():
+            self.fail_head(f"{exc!r}" if exc else "the connection closed")
+        if not self.closed.done():
+            self.closed.set_result(exc)
+        if self.splice is not None:
+            self.splice.backend_closed(exc)
+
+    def read_head(self) -> None:
+        end = self.received.find(HEAD_END)
+        if end < 0:
+            if len(self.received) > MAX_HEAD_BYTES:
+                self.fail_head(f"a head of over {MAX_HEAD_BYTES} bytes")
+                self.transport.abort()
+            return
+        try:
+            self.head = parse_head(bytes(self.received[:end]))
+        except (BackendClosed, ValueError) as error:
+            self.fail_head(str(error))
+            self.transport.abort()
+            return
+        del self.received[:end + len(HEAD_END)]
+        self.head_ready.set_result(self.head)
+
+    def fail_head(self, reason: str) -> None:
+        self.head_ready.set_exception(BackendClosed(f"{reason} before the answer's head"))
+        self.head_ready.exception()  # marked as seen: whoever waited may have gone (a timeout, a caller who left)
+
+
+class Splice:
+    """A backend's streamed answer written onto the relay connection as it arrives, in chunked encoding."""
+
+    def __init__(self, backend: BackendStream, relay: asyncio.Transport, idle_timeout_s: float,
+                 on_broken: Callable[[str], None]) -> None:
+        self.backend, self.relay, self.on_broken = backend, relay, on_broken
+        self.boundaries = ChunkBoundaries() if backend.chunked else None
+        length = backend.head.headers.get("content-length")
+        self.left = int(length) if length and self.boundaries is None else None  # a Content-Length body's bytes to come
+        self.held = b""  # a chunk not yet complete
+        self.idle_timeout_s = idle_timeout_s
+        self.last_data_at = asyncio.get_running_loop().time()
+        self.idle_check: asyncio.TimerHandle | None = None
+        self.done = asyncio.get_running_loop().create_future()
+
+    def start(self) -> None:
+        """Send the head, then what the backend sent already, then the rest as it comes."""
+        self.relay.write(status_line(self.backend.head.status)
+                         + b"Content-Type: " + (self.backend.head.media_type or "application/octet-stream").encode()
+                         + b"\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+        self.backend.splice = self
+        early, self.backend.received = bytes(self.backend.received), bytearray()
+        if early:
+            self.forward(early)
+        if self.backend.closed.done() and not self.done.done():
+            self.backend_closed(self.backend.closed.result())
+        elif not self.done.done():
+            self.idle_check = asyncio.get_running_loop().call_later(self.idle_timeout_s, self.check_idle)
+
+    def forward(self, data: bytes) -> None:
+        if self.done.done():
+            return
+        self.last_data_at = asyncio.get_running_loop().time()
+        if self.boundaries is None:  # not chunked: each read becomes a chunk
+            if self.left is not None:
+                data = data[:self.left]
+                self.left -= len(data)
+            if data:
+                self.relay.write(b"%x\r\n%s\r\n" % (len(data), data))
+            if self.left == 0:
+                self.relay.write(TERMINAL_CHUNK)
+                self.end(None)
+            return
+        if self.held:
+            data = self.held + data
+        try:
+            complete = self.boundaries.complete_prefix(data)
+        except ValueError:
+            self.broken("the answer's chunked encoding is malformed")
+            return
+        self.held = data[complete:]
+        if complete:
+            self.relay.write(data if complete == len(data) else data[:complete])
+        if self.boundaries.ended:
+            self.end(None)
+
+    def backend_closed(self, exc: Exception | None) -> None:
+        if self.done.done():
+            return
+        if self.boundaries is None and self.left is None and exc is None:  # the body ran to the connection's end
+            self.relay.write(TERMINAL_CHUNK)
+            self.end(None)
+        else:
+            self.broken(f"{exc!r}" if exc else "the connection closed before the answer's end")
+
+    def check_idle(self) -> None:
+        silent_for = asyncio.get_running_loop().time() - self.last_data_at
+        if silent_for >= self.idle_timeout_s:
+            self.broken(f"no byte for {silent_for:.0f} s")
+        else:
+            self.idle_check = asyncio.get_running_loop().call_later(self.idle_timeout_s - silent_for, self.check_idle)
+
+    def broken(self, reason: str) -> None:
+        """End the caller's stream where the last whole chunk ended: the translator reports the rest missing."""
+        self.relay.write(TERMINAL_CHUNK)
+        self.on_broken(reason)
+        self.end(reason)
+
+    def end(self, reason: str | None) -> None:
+        if self.idle_check is not None:
+            self.idle_check.cancel()
+        self.backend.close()
+        self.relay.close()
+        self.done.set_result(reason)
+
+    def relay_closed(self) -> None:
+        """The caller left: closing the backend connection makes the engine stop generating."""
+        if not self.done.done():
+            self.end("the caller left")
+
+    def pause(self) -> None:
+        if self.backend.transport is not None:
+            self.backend.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.backend.transport is not None:
+            self.backend.transport.resume_reading()
+
+
+class RelayConnection(asyncio.Protocol):
+    """mitmproxy's connection to the relay for one streamed request: its head names the request, and
+    `serve(request_id, connection)` answers it (a whole answer, or a splice)."""
+
+    def __init__(self, serve: Callable[[str, RelayConnection], object], header: bytes) -> None:
+        self.serve, self.header = serve, header.lower() + b":"
+        self.transport: asyncio.Transport | None = None
+        self.head = bytearray()
+        self.task: asyncio.Task | None = None
+        self.splice: Splice | None = None
+
+    def answer(self, status: int, body: bytes, media_type: str | None) -> None:
+        self.transport.write(whole_response(status, body, media_type))
+        self.transport.close()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self.task is not None:
+            return  # the relayed request has no body
+        self.head += data
+        end = self.head.find(HEAD_END)
+        if end < 0:
+            if len(self.head) > MAX_HEAD_BYTES:
+                self.transport.abort()
+            return
+        request_id = ""
+        for line in bytes(self.head[:end]).split(b"\r\n")[1:]:
+            if line.lower().startswith(self.header):
+                request_id = line[len(self.header):].strip().decode("latin-1")
+        self.task = asyncio.get_running_loop().create_task(self.serve(request_id, self))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.splice is not None:
+            self.splice.relay_closed()
+        elif self.task is not None:
+            self.task.cancel()  # still choosing a backend: the attempt in progress is closed
+
+    def pause_writing(self) -> None:
+        if self.splice is not None:
+            self.splice.pause()
+
+    def resume_writing(self) -> None:
+        if self.splice is not None:
+            self.splice.resume()

@@ -1,0 +1,161 @@
+"""The stream relay splices a backend's bytes on as they come, and always leaves a well-formed stream behind."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+from mitmproxy.test import taddons
+
+from addons.splice import ChunkBoundaries, dechunk
+from addons.upstream import RELAY_HEADER, Upstream
+from tests.unit.gateway.test_upstream_faults import Gate, Registry, backend, context_for
+
+EVENT = b'data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"qwen","choices":[{"index":0,' \
+        b'"delta":{"content":"%s"},"finish_reason":null}]}\n\n'
+CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def chunk(payload: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(payload), payload)
+
+
+BODY = chunk(EVENT % b"he") + chunk(EVENT % b"llo") + chunk(b"data: [DONE]\n\n") + b"0\r\nX-Trailer: 1\r\n\r\n"
+
+
+def forwarded_in_pieces(body: bytes, cuts: list[int]) -> tuple[bytes, bool]:
+    """What the splice forwards of `body` read in pieces cut at `cuts`, holding back unfinished chunks."""
+    boundaries, held, out = ChunkBoundaries(), b"", b""
+    for start, end in zip([0, *cuts], [*cuts, len(body)]):
+        data = held + body[start:end]
+        complete = boundaries.complete_prefix(data)
+        out, held = out + data[:complete], data[complete:]
+    return out, boundaries.ended
+
+
+def test_whole_chunks_pass_at_once_and_a_cut_one_waits_for_its_end():
+    assert forwarded_in_pieces(BODY, []) == (BODY, True)
+    for cut in range(1, len(BODY)):
+        assert forwarded_in_pieces(BODY, [cut]) == (BODY, True)
+    first = len(chunk(EVENT % b"he"))
+    assert forwarded_in_pieces(BODY[:first + 5], []) == (BODY[:first], False)  # the cut chunk is held back
+
+
+def test_an_error_answer_is_read_through_its_chunks():
+    assert dechunk(chunk(b'{"error": ') + chunk(b'"busy"}') + b"0\r\n\r\n") == b'{"error": "busy"}'
+
+
+async def serve_raw(script):
+    """A backend that reads the request, then runs `script(writer)`; yields its URL and what it saw closed."""
+    seen_closed = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        try:
+            await script(writer)
+            await reader.read()  # until the gateway closes its end
+        finally:
+            seen_closed.set()
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, "http://127.0.0.1:%d" % server.sockets[0].getsockname()[1], seen_closed
+
+
+def relay_once(script, idle_s: int = 5):
+    """One streamed request relayed from a raw backend running `script`: (status, raw body bytes, the
+    context, the registry's failed backends)."""
+    registry = Registry()
+    upstream = Upstream(registry, Gate())
+
+    async def scenario():
+        server, url, _ = await serve_raw(script)
+        with taddons.context(upstream) as tctx:
+            tctx.configure(upstream, upstream_stream_idle_s=idle_s)
+            await upstream.running()
+            context = context_for(backend(1, url), stream=True)
+            upstream.relayed[context.request_id] = context
+            async with httpx.AsyncClient() as client:  # raises on a malformed or cut-off chunked body
+                relayed = await client.post(f"{upstream.relay_url}/relay", headers={RELAY_HEADER: "req-1"}, timeout=10)
+            await upstream.done()
+        server.close()
+        return relayed, context
+
+    relayed, context = asyncio.run(scenario())
+    return relayed, context, registry.failed_backends
+
+
+def test_a_chunked_stream_arrives_as_the_backend_sent_it():
+    async def script(writer):
+        writer.write(CHUNKED_HEAD + BODY[:7])
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(BODY[7:])
+        await writer.drain()
+
+    relayed, context, failed = relay_once(script)
+    assert relayed.status_code == 200 and relayed.headers["content-type"] == "text/event-stream"
+    assert relayed.content == dechunk(BODY) and failed == [] and context.error == ""
+
+
+def test_a_backend_that_breaks_off_mid_chunk_leaves_an_ended_stream_of_whole_events():
+    async def script(writer):
+        writer.write(CHUNKED_HEAD + BODY[:len(chunk(EVENT % b"he")) + 9])
+        await writer.drain()
+        writer.transport.abort()
+
+    relayed, context, failed = relay_once(script)
+    assert relayed.content == EVENT % b"he"  # the cut event is not passed on half-written
+    assert failed == ["node-1"] and "broke off mid-stream" in context.error
+
+
+def test_a_body_of_known_length_is_chunked_on_the_way():
+    payload = EVENT % b"he" + b"data: [DONE]\n\n"
+
+    async def script(writer):
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: %d\r\n\r\n%s"
+                     % (len(payload), payload))
+        await writer.drain()
+
+    relayed, context, failed = relay_once(script)
+    assert relayed.content == payload and failed == []
+
+
+@pytest.mark.parametrize("status", [503, 502])
+def test_an_engine_fault_before_the_first_byte_is_answered_whole(status):
+    async def script(writer):
+        error = b'{"error": "overloaded"}'
+        writer.write(b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n%s0\r\n\r\n"
+                     % (status, chunk(error)))
+        await writer.drain()
+        writer.close()
+
+    relayed, context, failed = relay_once(script)
+    assert relayed.status_code == status and relayed.json() == {"error": "overloaded"} and failed == ["node-1"]
+
+
+def test_a_caller_who_leaves_mid_stream_closes_the_backend_connection():
+    upstream = Upstream(Registry(), Gate())
+
+    async def script(writer):
+        writer.write(CHUNKED_HEAD + chunk(EVENT % b"he"))
+        await writer.drain()
+
+    async def scenario():
+        server, url, backend_saw_close = await serve_raw(script)
+        with taddons.context(upstream):
+            await upstream.running()
+            context = context_for(backend(1, url), stream=True)
+            upstream.relayed[context.request_id] = context
+            host, port = upstream.relay_url.removeprefix("http://").split(":")
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(b"POST /relay HTTP/1.1\r\nHost: relay\r\n%s: req-1\r\n\r\n" % RELAY_HEADER.encode())
+            first = await reader.readuntil(b"\n\n")
+            writer.close()
+            await asyncio.wait_for(backend_saw_close.wait(), 5)
+            await upstream.done()
+        server.close()
+        return first
+
+    assert b'"he"' in asyncio.run(scenario())
