@@ -8,13 +8,28 @@ from __future__ import annotations
 
 import json
 
+import orjson
+
 SSE_DONE_PAYLOAD = b"[DONE]"
 SSE_DONE = b"data: [DONE]\n\n"
 
 
 def dumps(value: object) -> bytes:
-    """Compact JSON, as the engines write it."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    """Compact JSON, as the engines write it. orjson writes it in a fraction of the time (every streamed
+    token is encoded once); what it refuses (an integer beyond 64 bits from a caller's body) goes the slow way."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def loads(payload: bytes) -> object:
+    """An engine's JSON (ValueError if it is not JSON): orjson, and the standard library for what only it reads
+    (NaN, an integer beyond 64 bits)."""
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return json.loads(payload)
 
 
 def sse_event(payload: bytes) -> bytes:
@@ -36,6 +51,9 @@ class SSEDecoder:
     def feed(self, data: bytes) -> list[bytes]:
         if b"\r" in data:
             self._saw_carriage_return = True
+        elif not self._buffer and not self._data and data.endswith(b"\n\n"):
+            if (events := single_line_data_events(data)) is not None:
+                return events
         self._buffer += data
         payloads: list[bytes] = []
         start = 0
@@ -79,6 +97,15 @@ class SSEDecoder:
         name, _, value = line.partition(b":")
         if name == b"data":
             self._data.append(value[1:] if value.startswith(b" ") else value)
+
+
+def single_line_data_events(data: bytes) -> list[bytes] | None:
+    """The payloads of whole events that are one `data: ` line each (as the engines write them), or None for
+    anything else, which the line-by-line reading takes."""
+    events = data[:-2].split(b"\n\n")
+    if not all(event.startswith(b"data: ") and b"\n" not in event for event in events):
+        return None
+    return [event[6:] for event in events]
 
 
 class NDJSONDecoder:

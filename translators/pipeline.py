@@ -58,7 +58,15 @@ from translators.canonical import (
 )
 from translators.errors import ANTHROPIC, OLLAMA, OPENAI, GatewayError, error_body
 from translators.events import EngineFailed, Finished, StreamEnded, StreamState
-from translators.framing import SSE_DONE_PAYLOAD, NDJSONDecoder, SSEDecoder, dumps, ndjson_line, sse_event
+from translators.framing import (
+    SSE_DONE_PAYLOAD,
+    NDJSONDecoder,
+    SSEDecoder,
+    dumps,
+    loads,
+    ndjson_line,
+    sse_event,
+)
 from translators.mapping import CLIENT_ENDPOINTS, ENGINE_PATHS, NATIVE_ENDPOINTS
 from translators.request_body import DEFAULT_MAX_BODY_BYTES, load_json_object
 from translators.structured import validate_output
@@ -297,7 +305,7 @@ class ResponseTranslator:
         if self._engine == VLLM_ENGINE and not self._native and payload == SSE_DONE_PAYLOAD:
             return None, [StreamEnded()]
         try:
-            chunk = json.loads(payload)
+            chunk = loads(payload)
         except ValueError:
             chunk = None
         if not isinstance(chunk, dict):
@@ -360,8 +368,8 @@ class ResponseTranslator:
         if status >= 400:
             return translate_backend_error(self._engine, status, body, self._req.client_dialect)
         try:
-            value = json.loads(body)
-        except (UnicodeDecodeError, ValueError):
+            value = loads(body)
+        except ValueError:
             value = None
         if not isinstance(value, dict):
             return self._error(502, "backend answered with a body that is not a JSON object")

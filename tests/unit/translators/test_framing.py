@@ -3,7 +3,7 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from translators.framing import NDJSONDecoder, SSEDecoder
+from translators.framing import NDJSONDecoder, SSEDecoder, dumps, loads
 
 
 def decode_in_pieces(decoder, data: bytes, cuts: list[int]) -> list[bytes]:
@@ -40,6 +40,33 @@ def test_sse_decoder_gives_the_same_payloads_split_at_every_byte():
 @given(st.lists(st.integers(min_value=0, max_value=len(SSE_STREAM)), max_size=30))
 def test_sse_decoder_gives_the_same_payloads_for_any_split(cuts):
     assert decode_in_pieces(SSEDecoder(), SSE_STREAM, cuts) == SSE_PAYLOADS
+
+
+# As engines write: each read whole `data: ` events, newlines only; the odd comment or multi-line event among them.
+ENGINE_SSE_READS = [
+    b'data: {"a":1}\n\n',
+    b'data: {"b":2}\n\ndata: {"c":"\xe2\x82\xac"}\n\n',
+    b": ping\n\ndata: {\"d\":\ndata: 4}\n\n",
+    b"data: [DONE]\n\n",
+]
+ENGINE_SSE_PAYLOADS = [b'{"a":1}', b'{"b":2}', b'{"c":"\xe2\x82\xac"}', b'{"d":\n4}', b"[DONE]"]
+
+
+def test_sse_decoder_reads_whole_engine_events_read_by_read():
+    decoder = SSEDecoder()
+    assert [payload for data in ENGINE_SSE_READS for payload in decoder.feed(data)] == ENGINE_SSE_PAYLOADS
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=len(b"".join(ENGINE_SSE_READS))), max_size=10))
+def test_sse_decoder_reads_engine_events_the_same_cut_anywhere(cuts):
+    assert decode_in_pieces(SSEDecoder(), b"".join(ENGINE_SSE_READS), cuts) == ENGINE_SSE_PAYLOADS
+
+
+def test_json_beyond_orjson_is_read_and_written_the_standard_way():
+    assert loads(b'{"seed": 123456789012345678901234567890, "x": NaN}')["seed"] == 123456789012345678901234567890
+    assert dumps({"seed": 2**70, "text": "h\xe9"}) == b'{"seed":1180591620717411303424,"text":"h\xc3\xa9"}'
+    assert dumps({1: "a"}) == b'{"1":"a"}'
 
 
 def test_sse_decoder_waits_for_a_complete_event():
