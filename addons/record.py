@@ -27,7 +27,7 @@ from addons import metrics
 from addons.context import RequestContext, context_of
 from addons.writer import StoreWriter, Write, writes, writes_together
 from store.artifacts import store_artifact
-from store.db import database
+from store.db import database, insert_rows
 from store.models import ApiKey, Request, RequestArtifact, RequestBody, UsageHour, UsageMinute
 
 log = logging.getLogger(__name__)
@@ -191,14 +191,14 @@ def write_audits(batch: list[dict]) -> None:
     over (on the writer thread): one multi-row INSERT per table and one update per API key, not five
     statements and two model objects per request."""
     audits = [Audit.of(data) for data in batch]
-    Request.insert_many([audit.row for audit in audits]).execute()
+    insert_rows(Request, [audit.row for audit in audits])
     ids = dict(Request.select(Request.request_id, Request.id)
                .where(Request.request_id.in_([audit.row["request_id"] for audit in audits])).tuples())
-    RequestBody.insert_many([
+    insert_rows(RequestBody, [
         {"request": ids[audit.row["request_id"]], "prompt": audit.prompt, "response": audit.response,
          "response_text": audit.answer_text, "validation": audit.validation}
         for audit in audits
-    ]).execute()
+    ])
     for audit in audits:
         for content, media_type in audit.artifacts:
             artifact = store_artifact(audit.root, content, media_type)

@@ -484,7 +484,10 @@ class StoreWriter:
                     return
                 self.closures += 1
             self.memory.append(write)
-            self.changed.notify()
+            # The writer waits for a first write, or for a full batch while it gathers one: a wake-up for
+            # every write in between would only cost the event loop the GIL.
+            if len(self.memory) == 1 or len(self.memory) >= BATCH_LIMIT:
+                self.changed.notify()
             if self.spiller is not None and self.over_bound():
                 self.overflowing.notify()
 

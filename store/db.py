@@ -114,3 +114,19 @@ def init_database(url: str | None = None) -> peewee.Database:
     db = open_database(url or database_url())
     database.initialize(db)
     return db
+
+
+def insert_rows(model: type[peewee.Model], rows: list[dict]) -> None:
+    """`rows` (field name → value) into `model`'s table as one prepared statement run once per row
+    (`executemany`): peewee's `insert_many` builds the SQL of every value of every row in Python, which
+    made a third of the audit writer's time. A field a row leaves out takes its model default."""
+    fields = [field for field in model._meta.sorted_fields if not isinstance(field, peewee.AutoField)]
+    sql, _ = model.insert({field: None for field in fields}).sql()  # one row's statement, in the database's SQL
+    model._meta.database.cursor().executemany(sql, [
+        [field.db_value(row[field.name] if field.name in row else default_of(field)) for field in fields]
+        for row in rows
+    ])
+
+
+def default_of(field: peewee.Field):
+    return field.default() if callable(field.default) else field.default
