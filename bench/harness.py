@@ -134,12 +134,14 @@ def register_vllm_node(stack: Stack, name: str, url: str, models: Sequence[str],
     wait_until(listed, 30, f"{name}'s models in /v1/models")
 
 
-def start_stock_mitmdump(stack: Stack, target_url: str) -> str:
+def start_stock_mitmdump(stack: Stack, target_url: str, streaming: bool = False) -> str:
     """A plain `mitmdump` reverse proxy (no addons of ours, same log settings as the gateway) in front of
-    `target_url`: what mitmproxy alone costs on this machine. Stopped with the stack; its URL."""
+    `target_url`: what mitmproxy alone costs on this machine. As shipped, mitmproxy reads a whole answer
+    before it sends it on; `streaming` passes every body through as it comes (`stream_large_bodies=1`), as a
+    proxy in front of an LLM must. Stopped with the stack; its URL."""
     port = free_port()
     proxy = Service(
-        "mitmdump-stock",
+        "mitmdump-stock-streaming" if streaming else "mitmdump-stock",
         [
             MITMDUMP,
             "--mode",
@@ -150,6 +152,7 @@ def start_stock_mitmdump(stack: Stack, target_url: str) -> str:
             "flow_detail=0",
             "--set",
             "keep_host_header=true",
+            *(("--set", "stream_large_bodies=1") if streaming else ()),
         ],
         stack.env,
         stack.work_dir,

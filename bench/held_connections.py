@@ -8,8 +8,7 @@
    They are opened as fast as the gateway takes them (at most `--opening` waiting for their response
    headers at a time), so `--hold-s` must exceed the ramp for all of them to be open at once.
 
-The queue goes first: memory a phase leaves behind stays with the process (the streams phase needs
-more), so the queue's figures are those of a fresh gateway.
+Each phase has a stack of its own: memory a phase leaves behind stays with the gateway process.
 The gateway's resident memory (RSS), open descriptors and the number of requests it holds are sampled
 every half second. DESIGN section 8: 2000 concurrent streams or queued requests, < 150 MB RSS, none lost.
 
@@ -22,8 +21,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 import time
+from collections.abc import Iterator
 
 import aiohttp
 import harness
@@ -287,15 +288,15 @@ async def queued_phase(stack: Stack, args) -> dict:
     }
 
 
-async def run_all(args) -> dict:
-    results: dict = {"machine": harness.machine(), "parameters": vars(args).copy()}
-    results["fd_limit"] = harness.raise_fd_limit(8 * args.count + 4096)
+@contextlib.contextmanager
+def fresh_stack(args) -> Iterator[Stack]:
+    """A stack of its own for one phase: memory a phase leaves behind stays with the gateway process, so a
+    phase run after another would measure both."""
     rate = (args.stream_tokens - 1) / args.hold_s
-    options = NO_LIMITS
     with harness.cluster(
         "held",
         keep_logs=args.keep_logs,
-        gateway_options=options,
+        gateway_options=NO_LIMITS,
         max_concurrent=args.count,
         sim_args=("--tokens-per-s", f"{rate:.4f}", "--slots", str(args.count)),
     ) as stack:
@@ -306,9 +307,16 @@ async def run_all(args) -> dict:
             ["--tokens-per-s", str(QUEUE_NODE_TOKENS_PER_S), "--slots", "2"],
         )
         harness.register_vllm_node(stack, "sim-vllm-queue", url, [QUEUE_MODEL], 2)
+        yield stack
+
+
+async def run_all(args) -> dict:
+    results: dict = {"machine": harness.machine(), "parameters": vars(args).copy()}
+    results["fd_limit"] = harness.raise_fd_limit(8 * args.count + 4096)
+    with fresh_stack(args) as stack:
         results["rss_mb_idle"] = harness.rss_mb(harness.gateway_pid(stack))
-        # the queue first: memory a phase leaves behind stays in the process, and streams need more
         results["queued"] = await queued_phase(stack, args)
+    with fresh_stack(args) as stack:
         results["streams"] = await streams_phase(stack, args)
     return results
 

@@ -9,12 +9,14 @@ switched off (one user makes all the requests); `--with-limits` keeps the shippe
 (a) streams at saturation: `--streams` clients, each opening its next stream of `--stream-tokens`
     tokens at `--stream-tokens-per-s` as soon as the last one ends: tokens/s delivered and the proxy's
     CPU per streamed token (its process's CPU time over the run, /proc, divided by the tokens).
-(b) non-streamed at concurrency 1, 16 and 64 (closed loop, the node answers at once): requests/s, p50
+(b) `--fast-streams` clients streaming from a node that writes its tokens as fast as it can: the most
+    tokens/s one proxy process carries (the client and node share the machine with it).
+(c) non-streamed at concurrency 1, 16 and 64 (closed loop, the node answers at once): requests/s, p50
     and p99 latency, the p50 added to direct, and the proxy's CPU per request.
 
     PYTHONPATH=. .venv/bin/python bench/throughput.py [--seconds 10] [--json throughput.json] [--profile DIR]
 
-`--profile DIR` also samples the shipped gateway with py-spy while it carries (a) and (b) at 16 clients:
+`--profile DIR` also samples the shipped gateway with py-spy while it carries (a) and (c) at 16 clients:
 where its CPU goes (`*-cpu.txt`) and who holds the GIL (`*-gil.txt`), as collapsed stacks.
 
 The proxies, the node, the admin app and this load generator share the machine's CPUs: figures from a
@@ -36,6 +38,7 @@ from sim.stack import GATEWAY
 
 SLOTS = 256
 SHIPPED = "gateway (uvloop)"
+STOCK_STREAMING = "stock mitmdump, streaming"
 PY_SPY = str(Path(sys.executable).parent / "py-spy")
 CONCURRENCIES = (1, 16, 64)
 
@@ -52,12 +55,15 @@ def start_asyncio_gateway(stack: Stack, options: tuple[str, ...]) -> str:
     return url
 
 
-def targets(stack: Stack, node_url: str, node_pid: int, stock_url: str, asyncio_url: str) -> list[tuple]:
+def targets(stack: Stack, node_url: str, asyncio_url: str) -> list[tuple]:
     """(label, base URL, headers, the proxy's pid or None) for each way to the node."""
     key = auth(stack.keys["student1"])
+    stock_url = harness.start_stock_mitmdump(stack, node_url)
+    streaming_url = harness.start_stock_mitmdump(stack, node_url, streaming=True)
     return [
         ("direct", node_url, {}, None),
         ("stock mitmdump", stock_url, {}, stack.service("mitmdump-stock").process.pid),
+        (STOCK_STREAMING, streaming_url, {}, stack.service("mitmdump-stock-streaming").process.pid),
         (SHIPPED, stack.gateway_url, key, harness.gateway_pid(stack)),
         ("gateway (asyncio)", asyncio_url, key, stack.service("gateway-asyncio").process.pid),
     ]
@@ -93,15 +99,16 @@ async def run_all(args) -> dict:
         await asyncio.to_thread(harness.register_vllm_node, stack, "sim-vllm-paced", paced_url, [PACED_MODEL], SLOTS)
         asyncio_url = start_asyncio_gateway(stack, options)
         paced_pid = stack.service("paced-node").process.pid
-        streams = await measure(targets(stack, paced_url, paced_pid, harness.start_stock_mitmdump(stack, paced_url),
-                                        asyncio_url),
+        streams = await measure(targets(stack, paced_url, asyncio_url),
                                 paced_pid, chat_body(args.stream_tokens, stream=True, model=PACED_MODEL),
                                 args.streams, args.seconds, args.profile)
         results["streams"] = {label: run | {"tokens_per_s": run["requests_per_s"] * run["chunks_per_request"]}
                               for label, run in streams.items()}
         node_pid = stack.service("vllm").process.pid
-        stock_url = harness.start_stock_mitmdump(stack, stack.vllm_url)
-        ways = targets(stack, stack.vllm_url, node_pid, stock_url, asyncio_url)
+        ways = targets(stack, stack.vllm_url, asyncio_url)
+        fast = await measure(ways, node_pid, chat_body(args.stream_tokens, stream=True), args.fast_streams, args.seconds)
+        results["fast_streams"] = {label: run | {"tokens_per_s": run["requests_per_s"] * run["chunks_per_request"]}
+                                   for label, run in fast.items()}
         results["non_streamed"] = {
             str(clients): await measure(ways, node_pid, chat_body(args.max_tokens, stream=False), clients, args.seconds,
                                         args.profile if clients == 16 else None)
@@ -119,20 +126,20 @@ def report(results: dict) -> None:
     m, p = results["machine"], results["parameters"]
     print(f"throughput: {m['cpus']} CPUs ({m['cpu_model']}) shared by proxies, nodes and load generator; "
           f"load average at start {m['load_average_at_start']:.1f}")
-    rows = []
-    for label, run in results["streams"].items():
-        per_token = cpu_us(run, run["chunks_per_request"])
-        rows.append([label, run["tokens_per_s"], run["requests_per_s"], run["failed"],
-                     per_token, 100 * run["cpu_share"].get("proxy", 0.0)])
-    print(table(f"(a) {p['streams']} streams of {p['stream_tokens']} tokens at {p['stream_tokens_per_s']}/s, "
-                f"closed loop, {p['seconds']:.0f} s each",
-                ["way", "tokens/s", "streams/s", "failed", "proxy CPU µs/token", "proxy CPU %"], rows))
+    titles = {"streams": f"(a) {p['streams']} streams of {p['stream_tokens']} tokens at {p['stream_tokens_per_s']}/s",
+              "fast_streams": f"(b) {p['fast_streams']} streams of {p['stream_tokens']} tokens as fast as they come"}
+    for part, title in titles.items():
+        rows = [[label, run["tokens_per_s"], run["requests_per_s"], run["failed"],
+                 cpu_us(run, run["chunks_per_request"]), 100 * run["cpu_share"].get("proxy", 0.0)]
+                for label, run in results[part].items()]
+        print(table(f"{title}, closed loop, {p['seconds']:.0f} s each",
+                    ["way", "tokens/s", "streams/s", "failed", "proxy CPU µs/token", "proxy CPU %"], rows))
     for clients, ways in results["non_streamed"].items():
         direct_p50 = ways["direct"]["latency_ms"]["p50"]
         rows = [[label, run["requests_per_s"], run["latency_ms"]["p50"], run["latency_ms"]["p99"],
                  run["latency_ms"]["p50"] - direct_p50, run["failed"], run["cpu_ms_per_request"].get("proxy")]
                 for label, run in ways.items()]
-        print(table(f"(b) non-streamed, {clients} clients, {p['max_tokens']} tokens each",
+        print(table(f"(c) non-streamed, {clients} clients, {p['max_tokens']} tokens each",
                     ["way", "req/s", "p50 ms", "p99 ms", "p50 added ms", "failed", "proxy CPU ms/req"], rows))
 
 
@@ -141,6 +148,7 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=48, help="concurrent streams in (a)")
     parser.add_argument("--stream-tokens", type=int, default=280, help="tokens in each stream")
     parser.add_argument("--stream-tokens-per-s", type=int, default=100, help="pacing of the streaming node")
+    parser.add_argument("--fast-streams", type=int, default=16, help="concurrent streams in (b), from an unpaced node")
     parser.add_argument("--max-tokens", type=int, default=64, help="tokens in each non-streamed answer")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each closed-loop run")
     parser.add_argument("--with-limits", action="store_true", help="keep the shipped per-user limits on")
