@@ -225,7 +225,7 @@ class Splice:
         self.idle_timeout_s = idle_timeout_s
         self.last_data_at = asyncio.get_running_loop().time()
         self.idle_check: asyncio.TimerHandle | None = None
-        self.done = asyncio.get_running_loop().create_future()
+        self.finished = False
 
     def start(self) -> None:
         """Send the head, then what the backend sent already, then the rest as it comes."""
@@ -236,13 +236,13 @@ class Splice:
         early, self.backend.received = bytes(self.backend.received), bytearray()
         if early:
             self.forward(early)
-        if self.backend.closed.done() and not self.done.done():
+        if self.backend.closed.done() and not self.finished:
             self.backend_closed(self.backend.closed.result())
-        elif not self.done.done():
+        elif not self.finished:
             self.idle_check = asyncio.get_running_loop().call_later(self.idle_timeout_s, self.check_idle)
 
     def forward(self, data: bytes) -> None:
-        if self.done.done():
+        if self.finished:
             return
         self.last_data_at = asyncio.get_running_loop().time()
         if self.boundaries is None:  # not chunked: each read becomes a chunk
@@ -253,7 +253,7 @@ class Splice:
                 self.relay.write(b"%x\r\n%s\r\n" % (len(data), data))
             if self.left == 0:
                 self.relay.write(TERMINAL_CHUNK)
-                self.end(None)
+                self.end()
             return
         if self.held:
             data = self.held + data
@@ -266,14 +266,14 @@ class Splice:
         if complete:
             self.relay.write(data if complete == len(data) else data[:complete])
         if self.boundaries.ended:
-            self.end(None)
+            self.end()
 
     def backend_closed(self, exc: Exception | None) -> None:
-        if self.done.done():
+        if self.finished:
             return
         if self.boundaries is None and self.left is None and exc is None:  # the body ran to the connection's end
             self.relay.write(TERMINAL_CHUNK)
-            self.end(None)
+            self.end()
         else:
             self.broken(f"{exc!r}" if exc else "the connection closed before the answer's end")
 
@@ -288,19 +288,19 @@ class Splice:
         """End the caller's stream where the last whole chunk ended: the translator reports the rest missing."""
         self.relay.write(TERMINAL_CHUNK)
         self.on_broken(reason)
-        self.end(reason)
+        self.end()
 
-    def end(self, reason: str | None) -> None:
+    def end(self) -> None:
+        self.finished = True
         if self.idle_check is not None:
             self.idle_check.cancel()
         self.backend.close()
         self.relay.close()
-        self.done.set_result(reason)
 
     def relay_closed(self) -> None:
         """The caller left: closing the backend connection makes the engine stop generating."""
-        if not self.done.done():
-            self.end("the caller left")
+        if not self.finished:
+            self.end()
 
     def pause(self) -> None:
         if self.backend.transport is not None:
@@ -313,10 +313,12 @@ class Splice:
 
 class RelayConnection(asyncio.Protocol):
     """mitmproxy's connection to the relay for one streamed request: its head names the request, and
-    `serve(request_id, connection)` answers it (a whole answer, or a splice)."""
+    `serve(request_id, connection)` answers it (a whole answer, or a splice). It is in `open_connections`
+    while it is open."""
 
-    def __init__(self, serve: Callable[[str, RelayConnection], object], header: bytes) -> None:
-        self.serve, self.header = serve, header.lower() + b":"
+    def __init__(self, serve: Callable[[str, RelayConnection], object], header: bytes,
+                 open_connections: set[RelayConnection]) -> None:
+        self.serve, self.header, self.open_connections = serve, header.lower() + b":", open_connections
         self.transport: asyncio.Transport | None = None
         self.head = bytearray()
         self.task: asyncio.Task | None = None
@@ -328,6 +330,7 @@ class RelayConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         self.transport = transport
+        self.open_connections.add(self)
 
     def data_received(self, data: bytes) -> None:
         if self.task is not None:
@@ -345,6 +348,7 @@ class RelayConnection(asyncio.Protocol):
         self.task = asyncio.get_running_loop().create_task(self.serve(request_id, self))
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.open_connections.discard(self)
         if self.splice is not None:
             self.splice.relay_closed()
         elif self.task is not None:

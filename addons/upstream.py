@@ -92,18 +92,14 @@ class Upstream:
         )
 
     async def running(self):
-        def connection() -> RelayConnection:
-            relay_connection = RelayConnection(self.relay, RELAY_HEADER.encode())
-            self.relay_connections.add(relay_connection)
-            return relay_connection
-
-        self.relay_server = await asyncio.get_running_loop().create_server(connection, "127.0.0.1", 0)
+        self.relay_server = await asyncio.get_running_loop().create_server(
+            lambda: RelayConnection(self.relay, RELAY_HEADER.encode(), self.relay_connections), "127.0.0.1", 0)
         self.relay_url = "http://127.0.0.1:%d" % self.relay_server.sockets[0].getsockname()[1]
 
     async def done(self):
         if self.relay_server:
             self.relay_server.close()
-            for relay_connection in self.relay_connections:
+            for relay_connection in list(self.relay_connections):
                 relay_connection.transport.abort()
 
     async def request(self, flow: http.HTTPFlow) -> None:
@@ -243,11 +239,11 @@ class Upstream:
 
     async def relay(self, request_id: str, connection: RelayConnection) -> None:
         """A flow the request hook sent to the relay: open its backend stream and splice it on."""
+        context = self.relayed.pop(request_id, None)
+        if context is None:
+            connection.answer(404, b'{"error": "unknown relayed request"}', None)
+            return
         try:
-            context = self.relayed.pop(request_id, None)
-            if context is None:
-                connection.answer(404, b'{"error": "unknown relayed request"}', None)
-                return
             answer = await self.open(context)
             if isinstance(answer, tuple):
                 connection.answer(*answer)
@@ -255,9 +251,13 @@ class Upstream:
             connection.splice = Splice(answer, connection.transport, ctx.options.upstream_stream_idle_s,
                                        lambda reason: self.broke_off(context, reason))
             connection.splice.start()
-            await connection.splice.done
-        finally:
-            self.relay_connections.discard(connection)
+        except Exception:  # a fault of the gateway's own: the caller gets an error in its dialect, not a hang
+            log.exception("request %s: the stream relay failed", context.request_id)
+            context.error = "the gateway's stream relay failed"
+            if connection.splice is None:
+                connection.answer(500, engine_error(context.error), None)
+            else:
+                connection.transport.abort()
 
     def broke_off(self, context: RequestContext, reason: str) -> None:
         """The backend ended mid-stream: the caller's stream ends early, and the translator says so."""

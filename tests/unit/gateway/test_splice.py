@@ -159,3 +159,25 @@ def test_a_caller_who_leaves_mid_stream_closes_the_backend_connection():
         return first
 
     assert b'"he"' in asyncio.run(scenario())
+
+
+def test_a_fault_of_the_relay_itself_answers_an_error_instead_of_a_hang(monkeypatch):
+    upstream = Upstream(Registry(), Gate())
+
+    async def broken_open(context):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(upstream, "open", broken_open)
+
+    async def scenario():
+        with taddons.context(upstream):
+            await upstream.running()
+            context = context_for(backend(1), stream=True)
+            upstream.relayed[context.request_id] = context
+            async with httpx.AsyncClient() as client:
+                relayed = await client.post(f"{upstream.relay_url}/relay", headers={RELAY_HEADER: "req-1"}, timeout=10)
+            await upstream.done()
+        return relayed, context
+
+    relayed, context = asyncio.run(scenario())
+    assert relayed.status_code == 500 and "relay failed" in relayed.json()["error"] and "relay failed" in context.error
