@@ -2,13 +2,13 @@
 
 mitmproxy answers a failed upstream connection with its own HTML 502 and cannot retry, so the
 gateway talks to the backends itself (`addons/splice.py`: one `Connection: close` request per
-attempt) and keeps the choice of backend open until the
-response headers arrive: an engine fault (connection refused or reset, a timeout before the
-headers, 502, 503 or 504) moves the request to another backend that serves the model (bounded
-attempts, none after the last) and counts toward the backend's breaker. What the caller's request
-caused counts against no backend and is not replayed: a caller who can make one engine fail
-would otherwise make every engine fail in turn, and open every breaker. A 500 can be either, so
-it gets one more try elsewhere and is blamed on its backend only if another one then answers.
+attempt) and keeps the choice of backend open until the response headers arrive: an engine fault
+(connection refused or reset, a timeout before the headers, 502, 503 or 504) moves the request to
+another backend that serves the model (bounded attempts, none after the last) and counts toward the
+backend's breaker. What the caller's request caused counts against no backend and is not replayed: a
+caller who can make one engine fail would otherwise make every engine fail in turn, and open every
+breaker. A 500 can be either, so it gets one more try elsewhere and is blamed on its backend only if
+another one then answers.
 
 - Each attempt is built for its backend's engine: an Anthropic Messages request goes as it came to an
   engine that serves the Messages API itself (`native_messages_api`), translated to any other.
