@@ -24,19 +24,6 @@ ASYNCIO_LOOP_FLAG = "--asyncio-loop"
 log = logging.getLogger(__name__)
 
 
-class GatewayAddons:
-    """The gateway's addons as the children of one addon, as mitmproxy holds a script's. mitmproxy hands
-    every event to each addon of its own chain through a coroutine and an error guard of its own (a
-    flow's events twice: then as `update`), which with nineteen addons cost a fifth of a request's CPU
-    (docs/benchmarks.md); a parent's children it walks in one pass. Each child keeps its own guard
-    (`addons/guard.py`)."""
-
-    name = "mindrouter"
-
-    def __init__(self, children: list) -> None:
-        self.addons = children
-
-
 class GatewayMaster(master.Master):
     def __init__(self, opts: options.Options) -> None:
         super().__init__(opts, with_termlog=True)
@@ -48,12 +35,12 @@ class GatewayMaster(master.Master):
     async def run(self) -> None:
         from addons.mindrouter import addons  # the options of the command line are set by now
 
-        gateway = GatewayAddons(addons)
-        self.addons.add(gateway)
+        self.addons.add(*addons)
         # As mitmproxy's script loader does for a script's addons: each one sees every option once, the
         # command line's included (they were applied while it was not yet in the chain).
         try:
-            self.addons.invoke_addon_sync(gateway, hooks.ConfigureHook(set(self.options.keys())))
+            for addon in addons:
+                self.addons.invoke_addon_sync(addon, hooks.ConfigureHook(set(self.options.keys())))
         except exceptions.OptionsError as error:
             log.error("%s", error)  # ErrorCheck stops the start-up and prints it
         # mitmproxy opens the listeners before the `running` hooks, and TlsConfig makes its certificate store

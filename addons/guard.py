@@ -1,9 +1,14 @@
-"""A guard per addon: one addon's failing hook never skips the next addon's.
+"""The gateway's addons as one addon to mitmproxy, each under a guard of its own.
 
-mitmproxy runs a script's addons as children of the script, under one error guard: when one
-child's hook raises, the children after it never see that event. For the end of a flow that
-would skip the slot release, the settle and the audit row of the request. So every addon in
-`addons/mindrouter.py` is wrapped here, and each of its flow hooks runs under its own guard:
+One chain: mitmproxy hands every event to each addon it holds (through a coroutine and an error
+guard per addon, and a flow's events twice: then as `update`), or walks an addon's children for
+every event. With nineteen addons either cost more of a request's CPU than any addon of ours
+(docs/benchmarks.md). `Chain` is one addon whose every hook calls, in order, only the addons that
+have it.
+
+A guard per addon: one addon's failing hook never skips the next addon's. An exception out of a
+hook would leave the addons after it without that event; for the end of a flow that would skip the
+slot release, the settle and the audit row of the request. So each flow hook runs under its own guard:
 
 - a `requestheaders` or `request` hook that raises answers the caller 500 in its dialect (unless
   the flow already has an answer), so the flow never reaches the placeholder upstream, and the
@@ -19,9 +24,11 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+from collections.abc import Callable
 
-import mitmproxy.addonmanager  # noqa: F401  (these two register every hook mitmproxy dispatches)
+import mitmproxy.addonmanager  # noqa: F401  (these three register every hook mitmproxy dispatches)
 import mitmproxy.proxy.layers  # noqa: F401
+import mitmproxy.proxy.server_hooks  # noqa: F401
 from mitmproxy import hooks, http
 
 from addons.context import context_of
@@ -31,9 +38,9 @@ from translators.errors import GatewayError
 log = logging.getLogger(__name__)
 
 REQUEST_HOOKS = ("requestheaders", "request")
-# mitmproxy warns about any addon that so much as has these (even None).
-DEPRECATED_HOOKS = frozenset({"add_log"})
 FLOW_HOOKS = (*REQUEST_HOOKS, "responseheaders", "response", "error", "client_connected", "client_disconnected")
+# mitmproxy warns about any addon that so much as has add_log (even None).
+HOOKS = sorted(hooks.all_hooks.keys() - {"add_log"})
 
 
 def answer_internal_error(flow: http.HTTPFlow, hook: str, addon: object) -> None:
@@ -70,24 +77,42 @@ def guarded_hook(addon: object, hook: str, method):
     return guard
 
 
-class Guarded:
-    """An addon as mitmproxy sees it, with each flow hook under its own guard; everything else is the addon's.
-
-    Every hook name mitmproxy dispatches is a plain attribute here (the guarded flow hook, the addon's own
-    method, or None), as is `addons` (no children): mitmproxy looks each one up on every addon for every
-    event, and a lookup that fell through to `__getattr__` would cost a call and an AttributeError each time."""
-
-    def __init__(self, addon: object) -> None:
-        self.addon = addon
-        self.name = getattr(addon, "name", type(addon).__name__.lower())  # mitmproxy's name for the addon
-        self.addons: list = []
-        for hook in hooks.all_hooks.keys() - DEPRECATED_HOOKS:
-            method = getattr(addon, hook, None)
-            setattr(self, hook, guarded_hook(addon, hook, method) if method and hook in FLOW_HOOKS else method)
-
-    def __getattr__(self, name: str):
-        return getattr(self.addon, name)
+def guarded_methods(addon: object) -> dict[str, Callable]:
+    """`addon`'s methods for the hooks mitmproxy dispatches, each flow hook under its own guard."""
+    methods = {}
+    for hook in HOOKS:
+        if method := getattr(addon, hook, None):
+            methods[hook] = guarded_hook(addon, hook, method) if hook in FLOW_HOOKS else method
+    return methods
 
 
-def guarded(*addons: object) -> list[Guarded]:
-    return [Guarded(addon) for addon in addons]
+def in_turn(methods: list[Callable]) -> Callable:
+    """Several addons' methods for one hook, called in the addons' order (a coroutine's awaited before the next)."""
+    if len(methods) == 1:
+        return methods[0]
+    if not any(inspect.iscoroutinefunction(method) for method in methods):
+        def call(*args):
+            for method in methods:
+                method(*args)
+        return call
+
+    async def call_async(*args):
+        for method in methods:
+            result = method(*args)
+            if inspect.isawaitable(result):
+                await result
+    return call_async
+
+
+class Chain:
+    """The gateway's addons as the one addon mitmproxy holds: each hook mitmproxy dispatches is a plain
+    attribute, the addons' guarded methods for it in their order, or None where no addon has it."""
+
+    name = "mindrouter"
+
+    def __init__(self, *members: object) -> None:
+        self.members = members
+        methods = [guarded_methods(member) for member in members]
+        for hook in HOOKS:
+            found = [of_member[hook] for of_member in methods if hook in of_member]
+            setattr(self, hook, in_turn(found) if found else None)

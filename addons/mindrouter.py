@@ -1,8 +1,8 @@
 """The gateway: `mitmdump -s addons/mindrouter.py`.
 
 A thin shim, so the journey of a request reads in one place: the addons run in this order for
-every request, each under a guard of its own (`addons/guard.py`), so one failing hook never skips
-the slot release, settle or audit of the addons after it. Everything with state lives in the
+every request, as one chain mitmproxy holds, each under a guard of its own (`addons/guard.py`), so
+one failing hook never skips the slot release, settle or audit of the addons after it. Everything with state lives in the
 `addons` package, which a script reload does not re-import.
 """
 
@@ -17,7 +17,7 @@ from addons.body_limit import BodyLimit
 from addons.connections import ConnectionLimit, ListenBacklog
 from addons.drain import Drain
 from addons.gate import Gate
-from addons.guard import guarded
+from addons.guard import Chain
 from addons.image_fetch import ImageFetch
 from addons.local import Local
 from addons.policy import Policy
@@ -35,7 +35,7 @@ writer = StoreWriter()
 registry = BackendRegistry(writer)
 gate = Gate(registry, writer, settings.environment.fairness_window_s, settings.environment.redis_url)
 
-addons = guarded(
+addons = [Chain(
     settings,  # mitmproxy.conf, environment, schema check
     Drain(gate),  # on shutdown, first to stop: refuse new and queued requests, let running ones finish
     writer,  # background database writes
@@ -54,4 +54,4 @@ addons = guarded(
     gate,  # fair-share wait for a backend slot
     Upstream(registry, gate),  # to the backend in its dialect, failing over before the first byte
     Record(writer, settings.environment.artifact_storage_path),  # audit row, bodies, images
-)
+)]
