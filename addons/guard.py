@@ -111,7 +111,6 @@ class Chain:
     name = "mindrouter"
 
     def __init__(self, *members: object) -> None:
-        self.members = members
         methods = [guarded_methods(member) for member in members]
         for hook in HOOKS:
             found = [of_member[hook] for of_member in methods if hook in of_member]

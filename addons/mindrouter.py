@@ -2,8 +2,8 @@
 
 A thin shim, so the journey of a request reads in one place: the addons run in this order for
 every request, as one chain mitmproxy holds, each under a guard of its own (`addons/guard.py`), so
-one failing hook never skips the slot release, settle or audit of the addons after it. Everything with state lives in the
-`addons` package, which a script reload does not re-import.
+one failing hook never skips the slot release, settle or audit of the addons after it. Everything
+with state lives in the `addons` package, which a script reload does not re-import.
 """
 
 import sys
