@@ -179,7 +179,14 @@ def test_a_draining_backend_finishes_its_streams_and_gets_no_new_requests(fleet)
     async def scenario():
         async with httpx.AsyncClient(timeout=60) as client:
             running = [asyncio.create_task(ollama_stream(client, fleet, f"long running {i}")) for i in range(3)]
-            await asyncio.sleep(0.3)
+            # All three generating on node-b before the drain (a fixed pause was too short on a busy machine):
+            # a request still on its way when the drain comes has no other backend and is refused.
+            for _ in range(200):
+                if httpx.get(f"{node_b.url}/_sim/stats").json()["running"] >= 3:
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                pytest.fail("the three streams never ran on node-b at once")
             drained = httpx.post(f"{fleet.gateway_url}/admin/backends/{node_b.backend_id}/drain", headers=admin(fleet))
             assert drained.json()["draining"] is True
             wait_until(lambda: "node-b" not in ready_backends(fleet), 10, "node-b draining")
@@ -190,7 +197,7 @@ def test_a_draining_backend_finishes_its_streams_and_gets_no_new_requests(fleet)
             return served_before, refused, finished
 
     served_before, refused, finished = asyncio.run(scenario())
-    assert all(result["done"] and result["error"] is None for result in finished)
+    assert all(result["done"] and result["error"] is None for result in finished), finished
     assert refused.status_code == 503 and "Retry-After" in refused.headers
     assert httpx.get(f"{node_b.url}/_sim/stats").json()["requests"].get("/api/generate", 0) == served_before
     httpx.post(f"{fleet.gateway_url}/admin/backends/{node_b.backend_id}/enable", headers=admin(fleet))
