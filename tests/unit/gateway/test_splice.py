@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import httpx
 import pytest
@@ -10,7 +11,7 @@ from mitmproxy.test import taddons
 
 from addons.splice import ChunkBoundaries, dechunk
 from addons.upstream import RELAY_HEADER, Upstream
-from tests.unit.gateway.test_upstream_faults import Gate, Registry, backend, context_for
+from tests.support.upstream_fakes import Gate, Registry, backend, context_for
 
 EVENT = b'data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"qwen","choices":[{"index":0,' \
         b'"delta":{"content":"%s"},"finish_reason":null}]}\n\n'
@@ -108,6 +109,19 @@ def test_a_backend_that_breaks_off_mid_chunk_leaves_an_ended_stream_of_whole_eve
     relayed, context, failed = relay_once(script)
     assert relayed.content == EVENT % b"he"  # the cut event is not passed on half-written
     assert failed == ["node-1"] and "broke off mid-stream" in context.error
+
+
+def test_a_stream_whose_backend_goes_silent_is_ended_and_counts_against_the_backend():
+    async def stalled(writer):  # an engine stalled mid-generation: one event, then nothing
+        writer.write(CHUNKED_HEAD + chunk(EVENT % b"he"))
+        await writer.drain()
+
+    started = time.monotonic()
+    relayed, context, failed = relay_once(stalled, idle_s=1)
+    elapsed = time.monotonic() - started
+    assert relayed.status_code == 200 and b'"he"' in relayed.content
+    assert elapsed < 5  # cut after a second of silence, not held for the engine (or tcp_timeout's hour)
+    assert failed == ["node-1"] and "broke off" in context.error
 
 
 def test_a_body_of_known_length_is_chunked_on_the_way():
