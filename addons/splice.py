@@ -39,7 +39,7 @@ class ResponseHead(NamedTuple):
 
 
 class BackendClosed(ConnectionError):
-    """The backend closed the connection (or it broke) before its answer's head was complete."""
+    """The backend closed the connection (or it broke) before its answer was complete, or sent no HTTP/1 head."""
 
 
 @functools.cache

@@ -118,8 +118,8 @@ def init_database(url: str | None = None) -> peewee.Database:
 
 def insert_rows(model: type[peewee.Model], rows: list[dict]) -> None:
     """`rows` (field name → value) into `model`'s table as one prepared statement run once per row
-    (`executemany`): peewee's `insert_many` builds the SQL of every value of every row in Python, which
-    made a third of the audit writer's time. A field a row leaves out takes its model default."""
+    (`executemany`): peewee's `insert_many` builds the SQL of every value of every row in Python, and took
+    twice as long per audit row on SQLite (docs/benchmarks.md). A field a row leaves out takes its model default."""
     fields = [field for field in model._meta.sorted_fields if not isinstance(field, peewee.AutoField)]
     sql, _ = model.insert({field: None for field in fields}).sql()  # one row's statement, in the database's SQL
     model._meta.database.cursor().executemany(sql, [
