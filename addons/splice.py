@@ -2,12 +2,18 @@
 
 mitmproxy streams a response only from a connection of its own, so a streamed request is pointed at
 a relay in this process, which opens the backend stream with failover before the first byte. Once a
-backend answers, its body bytes are written onto the relay connection as they arrive, without being
-parsed into events or framed again: the only check is where each chunk of the chunked encoding ends,
-so that a backend breaking off mid-stream still leaves a well-formed (ended) stream behind, which the
-response translator closes with an error event. Flow control is passed through: a slow caller pauses
-the reading of its backend. (An HTTP client and server in between, httpx and aiohttp, cost about a
-third of a streamed token's CPU: docs/benchmarks.md.)
+backend answers, the content of its body is written onto the relay connection as it arrives, without
+being parsed into events: the splice only takes the content out of the whole chunks of each read
+(a chunk cut short by a backend that breaks off is never passed on half-written, and the response
+translator closes the stream with an error event) and sends it on as one chunk. What arrived together
+thus crosses mitmproxy's HTTP layers once and reaches the caller in one write, not chunk by chunk.
+Flow control is passed through: a slow caller pauses the reading of its backend.
+
+The relay's answer keeps the chunked encoding and its last chunk rather than ending with its
+connection (which would spare mitmproxy's chunk parsing): mitmproxy keeps a connection whose answer
+ended with its close half-open for as long as its caller's connection lives, and opens at most five
+to one address for one caller, so a caller that keeps its connection would wait for ever from its
+sixth stream on (tests/integration/test_gateway_process.py).
 
 Every backend request here is `Connection: close`: a stream holds its connection for seconds, so a
 connection per stream costs nothing that counts, and the end of the backend's answer is the end of its
@@ -25,8 +31,8 @@ from typing import NamedTuple
 from urllib.parse import urlsplit
 
 HEAD_END = b"\r\n\r\n"
+LAST_CHUNK = b"0\r\n\r\n"
 MAX_HEAD_BYTES = 64 * 2**10
-TERMINAL_CHUNK = b"0\r\n\r\n"
 
 
 class ResponseHead(NamedTuple):
@@ -88,8 +94,8 @@ def dechunk(body: bytes) -> bytes:
     return bytes(content)
 
 
-class ChunkBoundaries:
-    """Walks a chunked body as it arrives: how much of it ends where a chunk ends, and whether the last has passed.
+class ChunkedBody:
+    """Reads a chunked body as it arrives: the content of its whole chunks, and whether the last has passed.
 
     What it is given always starts where a chunk starts (the caller holds back the rest), so it keeps no
     state but the end."""
@@ -97,15 +103,17 @@ class ChunkBoundaries:
     def __init__(self) -> None:
         self.ended = False  # the last chunk (size 0) and its trailers' blank line have passed
 
-    def complete_prefix(self, data: bytes) -> int:
-        """The length of `data`'s longest prefix made of whole chunks (ValueError: not chunked encoding)."""
-        position = 0
+    def whole_chunks(self, data: bytes) -> tuple[bytes, int]:
+        """The content of `data`'s whole chunks, and how much of `data` they (and the end) take
+        (ValueError: not chunked encoding)."""
+        contents, position = [], 0
         while not self.ended and (line_end := data.find(b"\r\n", position)) >= 0:
             size = int(data[position:line_end].split(b";")[0], 16)
             if size:
                 chunk_end = line_end + 2 + size + 2
                 if chunk_end > len(data):
                     break
+                contents.append(data[line_end + 2:chunk_end - 2])
                 position = chunk_end
                 continue
             body_end = data.find(HEAD_END, line_end)  # after the trailers, if any
@@ -113,7 +121,7 @@ class ChunkBoundaries:
                 break
             position = body_end + len(HEAD_END)
             self.ended = True
-        return position
+        return contents[0] if len(contents) == 1 else b"".join(contents), position
 
 
 class BackendStream(asyncio.Protocol):
@@ -219,9 +227,9 @@ class Splice:
     def __init__(self, backend: BackendStream, relay: asyncio.Transport, idle_timeout_s: float,
                  on_broken: Callable[[str], None]) -> None:
         self.backend, self.relay, self.on_broken = backend, relay, on_broken
-        self.boundaries = ChunkBoundaries() if backend.chunked else None
+        self.chunks = ChunkedBody() if backend.chunked else None
         length = backend.head.headers.get("content-length")
-        self.left = int(length) if length and self.boundaries is None else None  # a Content-Length body's bytes to come
+        self.left = int(length) if length and self.chunks is None else None  # a Content-Length body's bytes to come
         self.held = b""  # a chunk not yet complete
         self.idle_timeout_s = idle_timeout_s
         self.last_data_at = asyncio.get_running_loop().time()
@@ -246,35 +254,31 @@ class Splice:
         if self.finished:
             return
         self.last_data_at = asyncio.get_running_loop().time()
-        if self.boundaries is None:  # not chunked: each read becomes a chunk
+        if self.chunks is None:
             if self.left is not None:
                 data = data[:self.left]
                 self.left -= len(data)
-            if data:
-                self.relay.write(b"%x\r\n%s\r\n" % (len(data), data))
+            self.send(data)
             if self.left == 0:
-                self.relay.write(TERMINAL_CHUNK)
-                self.end()
+                self.finish()
             return
         if self.held:
             data = self.held + data
         try:
-            complete = self.boundaries.complete_prefix(data)
+            content, taken = self.chunks.whole_chunks(data)
         except ValueError:
             self.broken("the answer's chunked encoding is malformed")
             return
-        self.held = data[complete:]
-        if complete:
-            self.relay.write(data if complete == len(data) else data[:complete])
-        if self.boundaries.ended:
-            self.end()
+        self.held = data[taken:]
+        self.send(content)
+        if self.chunks.ended:
+            self.finish()
 
     def backend_closed(self, exc: Exception | None) -> None:
         if self.finished:
             return
-        if self.boundaries is None and self.left is None and exc is None:  # the body ran to the connection's end
-            self.relay.write(TERMINAL_CHUNK)
-            self.end()
+        if self.chunks is None and self.left is None and exc is None:  # the body ran to the connection's end
+            self.finish()
         else:
             self.broken(f"{exc!r}" if exc else "the connection closed before the answer's end")
 
@@ -285,11 +289,18 @@ class Splice:
         else:
             self.idle_check = asyncio.get_running_loop().call_later(self.idle_timeout_s - silent_for, self.check_idle)
 
+    def send(self, content: bytes) -> None:
+        if content:
+            self.relay.write(b"%x\r\n%s\r\n" % (len(content), content))
+
+    def finish(self) -> None:
+        self.relay.write(LAST_CHUNK)
+        self.end()
+
     def broken(self, reason: str) -> None:
         """End the caller's stream where the last whole chunk ended: the translator reports the rest missing."""
-        self.relay.write(TERMINAL_CHUNK)
         self.on_broken(reason)
-        self.end()
+        self.finish()
 
     def end(self) -> None:
         self.finished = True

@@ -2,9 +2,8 @@
 
 On the way in, the caller's body is parsed once into the canonical request every later addon
 reads (bad input is answered here, before queueing). On the way out, streamed answers go through
-the response translator chunk by chunk as mitmproxy receives them (a generator, so a chunk that
-yields nothing never ends the client's stream); whole answers and engine errors are translated
-once they have arrived. This addon sits before Policy, Gate and Record, so its `response` hook
+the response translator piece by piece as mitmproxy receives them; whole answers and engine errors
+are translated once they have arrived. This addon sits before Policy, Gate and Record, so its `response` hook
 has set the usage before theirs settle quotas, release slots and write the audit row.
 """
 
@@ -30,7 +29,8 @@ PARSE_OFF_LOOP_BYTES = 256 * 2**10
 
 
 def stream_translator(context: RequestContext):
-    """The mitmproxy stream callable: engine bytes in, client bytes out; b"" marks the end.
+    """The mitmproxy stream callable: engine bytes in, client bytes out; b"" marks the end. What one read
+    of the engine's stream makes goes to the caller in one write.
 
     Should the translator ever fail, the caller's stream ends with an error event in its dialect,
     and the rest of the engine's stream is dropped: an exception here would break mitmproxy's
@@ -39,20 +39,23 @@ def stream_translator(context: RequestContext):
     translator = context.translator
     broken = False
 
-    def convert(data: bytes):
+    def convert(data: bytes) -> list[bytes]:
         nonlocal broken
         if broken:
-            return
+            return []
         try:
             chunks = translator.feed(data) if data else translator.finish()
         except Exception:
             log.exception("request %s: stream translation failed", context.request_id)
             broken, context.error = True, "the gateway could not translate the engine's stream"
             chunks = [stream_error_event(context.dialect, context.error)]
-        if chunks and context.first_byte_at is None:
+        if not chunks:
+            return []  # never b"": mitmproxy would send it as the chunk that ends the caller's stream
+        if context.first_byte_at is None:
             context.first_byte_at = time.monotonic()
-        context.delivered.extend(chunks)
-        yield from chunks
+        out = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        context.delivered.append(out)
+        return [out]
 
     return convert
 

@@ -103,8 +103,11 @@ def single_line_data_events(data: bytes) -> list[bytes] | None:
     """The payloads of whole events that are one `data: ` line each (as the engines write them), or None for
     anything else, which the line-by-line reading takes."""
     events = data[:-2].split(b"\n\n")
-    if not all(event.startswith(b"data: ") and b"\n" not in event for event in events):
+    if data.count(b"\n") != 2 * len(events):  # a line break inside an event: not one line each
         return None
+    for event in events:
+        if not event.startswith(b"data: "):
+            return None
     return [event[6:] for event in events]
 
 

@@ -24,7 +24,7 @@ def error_message(value: object) -> str | None:
     or of what vLLM's FastAPI answers itself (`{"detail": ...}`)."""
     if not isinstance(value, dict):
         return None
-    if set(value) == {"detail"}:
+    if "detail" in value and len(value) == 1:
         return fastapi_detail_message(value["detail"])
     error = value.get("error")
     if isinstance(error, dict):

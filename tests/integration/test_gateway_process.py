@@ -4,6 +4,7 @@ The start-up checks hold for both ways to run it: the lean launcher and mitmdump
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import socket
 import sqlite3
@@ -187,6 +188,22 @@ def test_a_backend_never_runs_more_than_its_max_concurrent(cluster, limited_back
     results = asyncio.run(scenario())
     assert len(results) == 8 and all(count > 2 for count in results)
     assert peak == 2  # the node had room for 8; the gateway held the rest back
+
+
+def test_a_caller_that_keeps_its_connection_streams_again_and_again(cluster):
+    """Each stream reaches mitmproxy through a relay connection that ends with its answer. mitmproxy opens at
+    most five connections to one address for one caller at a time, so unless it closes its side of each
+    relay connection, a caller that keeps its connection waits for ever from its sixth stream on."""
+    headers = {"Authorization": f"Bearer {cluster.keys['faculty1']}"}
+    body = {"model": "llama3.2", "prompt": "a short story", "stream": True, "options": {"num_predict": 4}}
+    caller_ports = set()
+    with httpx.Client(timeout=10, limits=httpx.Limits(max_connections=1)) as client:
+        for _ in range(8):
+            with client.stream("POST", f"{cluster.gateway_url}/api/generate", json=body, headers=headers) as response:
+                lines = list(response.iter_lines())
+                caller_ports.add(response.extensions["network_stream"].get_extra_info("client_addr")[1])
+            assert response.status_code == 200 and json.loads(lines[-1])["done"] is True
+    assert len(caller_ports) == 1  # one connection carried all eight: the relay's close did not close it
 
 
 def test_requests_from_the_moment_the_lean_gateway_listens_are_answered(tmp_path):

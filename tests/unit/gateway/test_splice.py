@@ -1,4 +1,5 @@
-"""The stream relay splices a backend's bytes on as they come, and always leaves a well-formed stream behind."""
+"""The stream relay splices a backend's content on as it comes, a read at a time, never half a chunk, and always
+ends the stream well-formed."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import httpx
 import pytest
 from mitmproxy.test import taddons
 
-from addons.splice import ChunkBoundaries, dechunk
+from addons.splice import ChunkedBody, dechunk
 from addons.upstream import RELAY_HEADER, Upstream
 from tests.support.upstream_fakes import Gate, Registry, backend, context_for
 
@@ -27,20 +28,26 @@ BODY = chunk(EVENT % b"he") + chunk(EVENT % b"llo") + chunk(b"data: [DONE]\n\n")
 
 def forwarded_in_pieces(body: bytes, cuts: list[int]) -> tuple[bytes, bool]:
     """What the splice forwards of `body` read in pieces cut at `cuts`, holding back unfinished chunks."""
-    boundaries, held, out = ChunkBoundaries(), b"", b""
+    chunks, held, out = ChunkedBody(), b"", b""
     for start, end in zip([0, *cuts], [*cuts, len(body)]):
         data = held + body[start:end]
-        complete = boundaries.complete_prefix(data)
-        out, held = out + data[:complete], data[complete:]
-    return out, boundaries.ended
+        content, taken = chunks.whole_chunks(data)
+        out, held = out + content, data[taken:]
+    return out, chunks.ended
 
 
 def test_whole_chunks_pass_at_once_and_a_cut_one_waits_for_its_end():
-    assert forwarded_in_pieces(BODY, []) == (BODY, True)
+    content = EVENT % b"he" + EVENT % b"llo" + b"data: [DONE]\n\n"
+    assert forwarded_in_pieces(BODY, []) == (content, True)
     for cut in range(1, len(BODY)):
-        assert forwarded_in_pieces(BODY, [cut]) == (BODY, True)
+        assert forwarded_in_pieces(BODY, [cut]) == (content, True)
     first = len(chunk(EVENT % b"he"))
-    assert forwarded_in_pieces(BODY[:first + 5], []) == (BODY[:first], False)  # the cut chunk is held back
+    assert forwarded_in_pieces(BODY[:first + 5], []) == (EVENT % b"he", False)  # the cut chunk is held back
+
+
+def test_a_malformed_chunk_size_is_refused():
+    with pytest.raises(ValueError):
+        ChunkedBody().whole_chunks(b"zz\r\nhello\r\n")
 
 
 def test_an_error_answer_is_read_through_its_chunks():
@@ -87,7 +94,7 @@ def relay_once(script, idle_s: int = 5):
     return relayed, context, registry.failed_backends
 
 
-def test_a_chunked_stream_arrives_as_the_backend_sent_it():
+def test_a_chunked_stream_arrives_with_its_content_and_its_last_chunk():
     async def script(writer):
         writer.write(CHUNKED_HEAD + BODY[:7])
         await writer.drain()
@@ -97,7 +104,34 @@ def test_a_chunked_stream_arrives_as_the_backend_sent_it():
 
     relayed, context, failed = relay_once(script)
     assert relayed.status_code == 200 and relayed.headers["content-type"] == "text/event-stream"
+    assert relayed.headers["transfer-encoding"] == "chunked"
     assert relayed.content == dechunk(BODY) and failed == [] and context.error == ""
+
+
+def test_chunks_that_arrive_together_are_relayed_as_one():
+    upstream = Upstream(Registry(), Gate())
+
+    async def script(writer):
+        writer.write(CHUNKED_HEAD + BODY)  # three events and the end, in one read
+        await writer.drain()
+
+    async def scenario():
+        server, url, _ = await serve_raw(script)
+        with taddons.context(upstream):
+            await upstream.running()
+            context = context_for(backend(1, url), stream=True)
+            upstream.relayed[context.request_id] = context
+            host, port = upstream.relay_url.removeprefix("http://").split(":")
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(b"POST /relay HTTP/1.1\r\nHost: relay\r\n%s: req-1\r\n\r\n" % RELAY_HEADER.encode())
+            relayed = await asyncio.wait_for(reader.read(), 5)  # until the relay closes
+            writer.close()
+            await upstream.done()
+        server.close()
+        return relayed
+
+    content = dechunk(BODY)
+    assert asyncio.run(scenario()).endswith(b"\r\n\r\n" + chunk(content) + b"0\r\n\r\n")
 
 
 def test_a_backend_that_breaks_off_mid_chunk_leaves_an_ended_stream_of_whole_events():
