@@ -34,12 +34,11 @@ from dataclasses import dataclass, field
 from itertools import count
 from typing import NamedTuple
 
-import redis.asyncio as aioredis
 from mitmproxy import ctx, exceptions, http
 
 from addons.cluster import Backend, Grant, Heartbeat, SharedQueue, fallback_share
 from addons.context import RequestContext, client_left, context_of, drop
-from addons.limits import connect
+from addons.limits import connect, shared_failures
 from addons.metrics import IN_FLIGHT, QUEUE_WAIT, QUEUED, REFUSALS
 from addons.registry import BackendRegistry, BackendView, model_aliases
 from addons.replies import reply_error
@@ -67,8 +66,6 @@ SNAPSHOT_EVERY_TICKS = 4  # the live queue the admin app shows is at most this m
 # Reconnected to Redis, a gateway grants from the shared table again once every gateway alive before the
 # outage has beaten since; one still missing from Redis this long after is taken for dead (`Gate.may_rejoin`).
 RECONNECT_GRACE_S = 2.0
-# What a Redis failure looks like from redis-py: its own errors, socket errors, our deadline.
-SHARED_FAILURES = (aioredis.RedisError, OSError, TimeoutError)
 
 
 def write_snapshot(gateway: str, snapshot: dict) -> None:
@@ -241,7 +238,7 @@ class Gate:
             try:
                 async with self.redis_deadline():
                     await self.queue.leave()
-            except SHARED_FAILURES as exc:
+            except shared_failures() as exc:
                 log.warning("cannot leave the shared queue (%s: %s); this gateway's entries expire with its heartbeat",
                             type(exc).__name__, exc)
             await self.queue.client.aclose()
@@ -526,7 +523,7 @@ class Gate:
                     await self.rejoin()
                 elif self.shared and now - self.renewed_at >= ctx.options.policy_lease_ttl_s / 3:
                     await self.renew()
-        except SHARED_FAILURES as exc:
+        except shared_failures() as exc:
             self.shared_failed("heartbeat", exc)
             return
         self.registered = True
@@ -587,7 +584,7 @@ class Gate:
             async with self.redis_deadline():
                 grants = await self.queue.enqueue(entry.text, entry.user_id, entry.model,
                                                   self.shared_backends(entry.model))
-        except SHARED_FAILURES as exc:
+        except shared_failures() as exc:
             self.shared_failed("enqueue", exc)
             return
         self.take(grants)
@@ -602,7 +599,7 @@ class Gate:
         try:
             async with self.redis_deadline():
                 removed = await self.queue.cancel(entry.text, entry.user_id, entry.model)
-        except SHARED_FAILURES as exc:
+        except shared_failures() as exc:
             self.shared_failed("cancel", exc)
             return
         if removed:  # otherwise it was just granted: the grant gives its slot back when it comes (`take`)
@@ -614,7 +611,7 @@ class Gate:
             async with self.redis_deadline():
                 released = await self.queue.release(request_id, user_id, model, correction,
                                                     self.shared_backend(backend_id))
-        except SHARED_FAILURES as exc:
+        except shared_failures() as exc:
             self.shared_failed("release", exc)  # the lease expires on its own
             return
         self.given[backend_id] += released.given
@@ -649,6 +646,8 @@ class Gate:
 
     async def listen_forever(self) -> None:
         """Grants made for this gateway's requests by other gateways' scripts, as they happen."""
+        import redis.asyncio as aioredis  # a gateway without REDIS_URL never imports redis-py (6 MB)
+
         while True:
             client = aioredis.Redis.from_url(self.redis_url)  # no read timeout: it waits for messages
             pubsub = client.pubsub(ignore_subscribe_messages=True)
@@ -659,7 +658,7 @@ class Gate:
                     if message and self.shared:
                         request_id, backend_id = message["data"].decode().split()
                         self.take([Grant(request_id, int(backend_id))])
-            except SHARED_FAILURES:
+            except shared_failures():
                 await asyncio.sleep(1)  # the heartbeat notices and says so; grants meanwhile wait in Redis
             finally:
                 await pubsub.aclose()
@@ -677,7 +676,7 @@ class Gate:
                 try:
                     async with self.redis_deadline():
                         moved = await self.queue.move(context.request_id, context.backend.id, others)
-                except SHARED_FAILURES as exc:
+                except shared_failures() as exc:
                     self.shared_failed("failover", exc)
                     moved = None
                 backend = self.registry.views.get(moved) if moved is not None else None

@@ -30,15 +30,13 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import Callable, Iterable
-from typing import NamedTuple
-
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
+from typing import TYPE_CHECKING, NamedTuple
 
 from scheduler.limits import SlidingWindow
 from scheduler.quota import Ledger, next_period_start
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
 
 RESERVED, REFUSED, UNKNOWN = "reserved", "refused", "unknown"
 
@@ -245,12 +243,27 @@ return redis.call('HMGET', KEYS[1], 'budget', 'used', 'reserved')
 """
 
 
+def shared_failures() -> tuple[type[BaseException], ...]:
+    """What a Redis failure looks like from redis-py: its own errors, socket errors, our deadline.
+
+    redis-py (6 MB of a gateway's memory) is imported by `connect` and here, so only by a gateway given a
+    REDIS_URL, or when a failure is caught."""
+    from redis import RedisError
+
+    return RedisError, OSError, TimeoutError
+
+
 def connect(url: str, timeout_s: float) -> aioredis.Redis:
     """A pooled client that gives up quickly: a Redis outage must cost a request milliseconds, not minutes.
 
     A connection error is retried once, at once, on a new connection: after Redis restarts, each pooled
     connection to the old server fails its next command ("Connection closed by server"), which never
     reached the new one, and must not count as an outage."""
+    import redis.asyncio as aioredis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
     return aioredis.Redis.from_url(
         url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, health_check_interval=30,
         max_connections=256, retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),

@@ -57,7 +57,6 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import peewee
-import redis
 from mitmproxy import ctx, exceptions, http
 
 from addons.auth import Principal
@@ -71,6 +70,7 @@ from addons.limits import (
     ReserveOutcome,
     connect,
     quota_keys_expire_at,
+    shared_failures,
 )
 from addons.metrics import REFUSALS
 from addons.registry import BackendRegistry
@@ -88,9 +88,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Counters = LocalCounters | RedisCounters
-
-# What a Redis failure looks like from redis-py: its own errors, socket errors, our deadline.
-SHARED_FAILURES = (redis.RedisError, OSError, TimeoutError)
 
 # A ledger nobody used for this long drops out of the background budget refresh (it is re-read
 # from the database the next time its user comes back).
@@ -411,7 +408,7 @@ class Policy:
             _, used = await self.quota_row(principal, period)
             async with asyncio.timeout(2 * self.redis_timeout_s):
                 await store.sync_used(principal.user_id, period, used)
-        except (peewee.PeeweeException, OSError, *SHARED_FAILURES) as exc:
+        except (peewee.PeeweeException, *shared_failures()) as exc:
             log.warning("cannot re-read the tokens user %s used (%s: %s); its ledger stays as it is",
                         principal.user_id, type(exc).__name__, exc)
             return
@@ -453,7 +450,7 @@ class Policy:
                     answer = await run(self.shared)
                 self.note_store(self.shared)
                 return self.shared, answer
-            except SHARED_FAILURES as exc:
+            except shared_failures() as exc:
                 self.shared_failed(step, exc)
         self.note_store(self.local)
         return self.local, await run(self.local)
@@ -521,7 +518,7 @@ class Policy:
         try:
             async with asyncio.timeout(2 * self.redis_timeout_s):
                 await operation
-        except SHARED_FAILURES as exc:
+        except shared_failures() as exc:
             if not store.shared:
                 raise
             self.shared_missed(what, exc)
@@ -541,7 +538,7 @@ class Policy:
             try:
                 async with asyncio.timeout(2 * self.redis_timeout_s):
                     lost = await self.shared.renew(reservations, ctx.options.policy_lease_ttl_s)
-            except SHARED_FAILURES as exc:
+            except shared_failures() as exc:
                 self.shared_missed("lease renewal", exc)
                 continue
             if lost:  # their tokens were given back there already: renewing them again would warn again
@@ -584,7 +581,7 @@ class Policy:
                 async with asyncio.timeout(4 * self.redis_timeout_s):
                     await self.shared.set_budgets(by_key)
                     store, standings = self.shared, await self.shared.standings(keys)
-            except SHARED_FAILURES as exc:
+            except shared_failures() as exc:
                 self.shared_missed("budget refresh", exc)
         if standings is None:
             standings = await self.local.standings(keys)
