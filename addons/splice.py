@@ -10,10 +10,11 @@ thus crosses mitmproxy's HTTP layers once and reaches the caller in one write, n
 Flow control is passed through: a slow caller pauses the reading of its backend.
 
 The relay's answer keeps the chunked encoding and its last chunk rather than ending with its
-connection (which would spare mitmproxy's chunk parsing): mitmproxy keeps a connection whose answer
-ended with its close half-open for as long as its caller's connection lives, and opens at most five
-to one address for one caller, so a caller that keeps its connection would wait for ever from its
-sixth stream on (tests/integration/test_gateway_process.py).
+connection (which would spare mitmproxy's chunk parsing): mitmproxy keeps its side of a connection
+whose answer ended with the close half-open for as long as its caller's connection lives (the
+`Connection: close` that would make it close it would close the caller's connection too), and opens at
+most five to one address for one caller, so a caller that keeps its connection would wait for ever
+from its sixth stream on (tests/integration/test_gateway_process.py).
 
 Every backend request here is `Connection: close`: a stream holds its connection for seconds, so a
 connection per stream costs nothing that counts, and the end of the backend's answer is the end of its

@@ -71,6 +71,17 @@ async def serve_raw(script):
     return server, "http://127.0.0.1:%d" % server.sockets[0].getsockname()[1], seen_closed
 
 
+async def raw_relay_request(upstream: Upstream, url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A streamed request relayed to the backend at `url`, sent to the relay as mitmproxy sends it."""
+    await upstream.running()
+    context = context_for(backend(1, url), stream=True)
+    upstream.relayed[context.request_id] = context
+    host, port = upstream.relay_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"POST /relay HTTP/1.1\r\nHost: relay\r\n%s: req-1\r\n\r\n" % RELAY_HEADER.encode())
+    return reader, writer
+
+
 def relay_once(script, idle_s: int = 5):
     """One streamed request relayed from a raw backend running `script`: (status, raw body bytes, the
     context, the registry's failed backends)."""
@@ -118,12 +129,7 @@ def test_chunks_that_arrive_together_are_relayed_as_one():
     async def scenario():
         server, url, _ = await serve_raw(script)
         with taddons.context(upstream):
-            await upstream.running()
-            context = context_for(backend(1, url), stream=True)
-            upstream.relayed[context.request_id] = context
-            host, port = upstream.relay_url.removeprefix("http://").split(":")
-            reader, writer = await asyncio.open_connection(host, int(port))
-            writer.write(b"POST /relay HTTP/1.1\r\nHost: relay\r\n%s: req-1\r\n\r\n" % RELAY_HEADER.encode())
+            reader, writer = await raw_relay_request(upstream, url)
             relayed = await asyncio.wait_for(reader.read(), 5)  # until the relay closes
             writer.close()
             await upstream.done()
@@ -193,12 +199,7 @@ def test_a_caller_who_leaves_mid_stream_closes_the_backend_connection():
     async def scenario():
         server, url, backend_saw_close = await serve_raw(script)
         with taddons.context(upstream):
-            await upstream.running()
-            context = context_for(backend(1, url), stream=True)
-            upstream.relayed[context.request_id] = context
-            host, port = upstream.relay_url.removeprefix("http://").split(":")
-            reader, writer = await asyncio.open_connection(host, int(port))
-            writer.write(b"POST /relay HTTP/1.1\r\nHost: relay\r\n%s: req-1\r\n\r\n" % RELAY_HEADER.encode())
+            reader, writer = await raw_relay_request(upstream, url)
             first = await reader.readuntil(b"\n\n")
             writer.close()
             await asyncio.wait_for(backend_saw_close.wait(), 5)
