@@ -28,6 +28,7 @@ from Redis (`TIME`), one clock for every gateway; tests pass a virtual clock ins
 from __future__ import annotations
 
 import datetime as dt
+import sys
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, NamedTuple
@@ -246,11 +247,11 @@ return redis.call('HMGET', KEYS[1], 'budget', 'used', 'reserved')
 def shared_failures() -> tuple[type[BaseException], ...]:
     """What a Redis failure looks like from redis-py: its own errors, socket errors, our deadline.
 
-    redis-py (6 MB of a gateway's memory) is imported by `connect` and here, so only by a gateway given a
-    REDIS_URL, or when a failure is caught."""
-    from redis import RedisError
-
-    return RedisError, OSError, TimeoutError
+    redis-py (6 MB of a gateway's memory) is imported only by `connect`, so only by a gateway given a
+    REDIS_URL; where it never was, none of its errors can have been raised, and catching a failure does
+    not import it (an import would stall the event loop)."""
+    redis = sys.modules.get("redis")
+    return (OSError, TimeoutError) if redis is None else (redis.RedisError, OSError, TimeoutError)
 
 
 def connect(url: str, timeout_s: float) -> aioredis.Redis:

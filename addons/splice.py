@@ -122,7 +122,7 @@ class ChunkedBody:
                 break
             position = body_end + len(HEAD_END)
             self.ended = True
-        return contents[0] if len(contents) == 1 else b"".join(contents), position
+        return b"".join(contents), position
 
 
 class BackendStream(asyncio.Protocol):

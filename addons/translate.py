@@ -53,7 +53,7 @@ def stream_translator(context: RequestContext):
             return []  # never b"": mitmproxy would send it as the chunk that ends the caller's stream
         if context.first_byte_at is None:
             context.first_byte_at = time.monotonic()
-        out = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        out = b"".join(chunks)  # one chunk is passed on as it is, not copied
         context.delivered.append(out)
         return [out]
 

@@ -10,6 +10,7 @@ import httpx
 import pytest
 from mitmproxy.test import taddons
 
+from addons.context import RequestContext
 from addons.splice import ChunkedBody, dechunk
 from addons.upstream import RELAY_HEADER, Upstream
 from tests.support.upstream_fakes import Gate, Registry, backend, context_for
@@ -71,11 +72,17 @@ async def serve_raw(script):
     return server, "http://127.0.0.1:%d" % server.sockets[0].getsockname()[1], seen_closed
 
 
-async def raw_relay_request(upstream: Upstream, url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A streamed request relayed to the backend at `url`, sent to the relay as mitmproxy sends it."""
+async def relayed_request(upstream: Upstream, url: str = "") -> RequestContext:
+    """The relay started, and a streamed request to the backend at `url` waiting for it."""
     await upstream.running()
     context = context_for(backend(1, url), stream=True)
     upstream.relayed[context.request_id] = context
+    return context
+
+
+async def raw_relay_request(upstream: Upstream, url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A streamed request relayed to the backend at `url`, sent to the relay as mitmproxy sends it."""
+    await relayed_request(upstream, url)
     host, port = upstream.relay_url.removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
     writer.write(b"POST /relay HTTP/1.1\r\nHost: relay\r\n%s: req-1\r\n\r\n" % RELAY_HEADER.encode())
@@ -92,9 +99,7 @@ def relay_once(script, idle_s: int = 5):
         server, url, _ = await serve_raw(script)
         with taddons.context(upstream) as tctx:
             tctx.configure(upstream, upstream_stream_idle_s=idle_s)
-            await upstream.running()
-            context = context_for(backend(1, url), stream=True)
-            upstream.relayed[context.request_id] = context
+            context = await relayed_request(upstream, url)
             async with httpx.AsyncClient() as client:  # raises on a malformed or cut-off chunked body
                 relayed = await client.post(f"{upstream.relay_url}/relay", headers={RELAY_HEADER: "req-1"}, timeout=10)
             await upstream.done()
@@ -220,9 +225,7 @@ def test_a_fault_of_the_relay_itself_answers_an_error_instead_of_a_hang(monkeypa
 
     async def scenario():
         with taddons.context(upstream):
-            await upstream.running()
-            context = context_for(backend(1), stream=True)
-            upstream.relayed[context.request_id] = context
+            context = await relayed_request(upstream)
             async with httpx.AsyncClient() as client:
                 relayed = await client.post(f"{upstream.relay_url}/relay", headers={RELAY_HEADER: "req-1"}, timeout=10)
             await upstream.done()
