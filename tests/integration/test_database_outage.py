@@ -16,7 +16,7 @@ import time
 import httpx
 import pytest
 
-from sim.stack import free_port, wait_until
+from sim.stack import wait_until
 from store import api_keys
 from store.db import open_database
 from store.models import ApiKey, Request, RequestBody, User
@@ -74,7 +74,7 @@ def rows_with(marker: str, since: dt.datetime | None = None) -> int:
 @pytest.mark.mariadb
 @requires_mariadbd
 def test_mariadb_restarted_under_load_loses_no_row_and_service_resumes(tmp_path):
-    with private_mariadb(tmp_path / "mariadb", free_port()) as server:
+    with private_mariadb(tmp_path / "mariadb") as server:
         server.create_database("mindrouter")
         url = server.url("mindrouter")
         stack = start_cluster(tmp_path, url, gateway_options=NO_LIMITS)

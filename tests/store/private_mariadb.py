@@ -3,6 +3,8 @@
 The shared server on 127.0.0.1:3306 (`.ci/prepare`) serves every other test on both xdist workers,
 so a test about a database restart starts its own `mariadbd` from the same Debian binaries, in a
 temporary data directory, on a free port; `--skip-grant-tables` lets root in without a password.
+A port that another process takes before `mariadbd` binds it is given up for another, and a server
+that answers on the port is trusted only once it names this test's data directory.
 """
 
 from __future__ import annotations
@@ -18,12 +20,18 @@ from pathlib import Path
 import pymysql
 import pytest
 
+from sim.stack import free_port
+
 MARIADBD = shutil.which("mariadbd") or "/usr/sbin/mariadbd"
 INSTALL_DB = shutil.which("mariadb-install-db")
 
 requires_mariadbd = pytest.mark.skipif(
     not (Path(MARIADBD).exists() and INSTALL_DB), reason="needs mariadbd and mariadb-install-db (Debian mariadb-server)"
 )
+
+
+class PortTaken(RuntimeError):
+    """Another process holds the port this server was to listen on."""
 
 
 class PrivateMariaDB:
@@ -55,13 +63,27 @@ class PrivateMariaDB:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                pymysql.connect(host="127.0.0.1", port=self.port, user="root", connect_timeout=1).close()
-                return
+                answering = self.answering_datadir()
             except pymysql.err.OperationalError as exc:
                 if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"mariadbd did not start:\n{self.log.read_text(errors='replace')[-3000:]}") from exc
+                    log = self.log.read_text(errors="replace") if self.log.exists() else ""
+                    failure = PortTaken if "Address already in use" in log else RuntimeError
+                    raise failure(f"mariadbd did not start on port {self.port}:\n{log[-3000:]}") from exc
                 time.sleep(0.05)
+                continue
+            if answering != f"{self.datadir}/":
+                self.stop()
+                raise PortTaken(f"port {self.port} is answered by another server, of {answering}")
+            return
+
+    def answering_datadir(self) -> str:
+        connection = pymysql.connect(host="127.0.0.1", port=self.port, user="root", connect_timeout=1, read_timeout=2)
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT @@datadir")
+                return cursor.fetchone()[0]
+        finally:
+            connection.close()
 
     def stop(self, timeout: float = 30) -> None:
         """A clean shutdown (SIGTERM), as an operator's restart does."""
@@ -82,11 +104,18 @@ class PrivateMariaDB:
 
 
 @contextmanager
-def private_mariadb(directory: Path, port: int):
-    """A freshly installed server on `port`, stopped (and its files removed) afterwards."""
-    server = PrivateMariaDB(directory, port)
+def private_mariadb(directory: Path):
+    """A freshly installed server on a free port (`server.port`), stopped (and its files removed) afterwards."""
+    server = PrivateMariaDB(directory, free_port())
     server.install()
-    server.start()
+    for attempt in range(3):
+        try:
+            server.start()
+            break
+        except PortTaken:
+            if attempt == 2:
+                raise
+            server.port = free_port()
     try:
         yield server
     finally:

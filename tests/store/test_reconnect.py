@@ -6,12 +6,13 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import peewee
 import pytest
 
 import migrations
-from sim.stack import free_port
+from sim.stack import wait_until
 from store.db import open_database
 from store.models import User
 from tests.store.private_mariadb import private_mariadb, requires_mariadbd
@@ -33,7 +34,7 @@ def test_timeouts_in_the_url_win_over_the_defaults():
 def test_every_thread_gets_the_database_back_after_a_restart(tmp_path):
     """The gateway reads from worker threads and writes from its writer thread: each keeps a
     connection of its own, and each must reconnect once the server is back."""
-    with private_mariadb(tmp_path / "mariadb", free_port()) as server:
+    with private_mariadb(tmp_path / "mariadb") as server:
         server.create_database("mindrouter")
         db = open_database(server.url("mindrouter"))
         migrations.upgrade(db)
@@ -65,13 +66,20 @@ def test_every_thread_gets_the_database_back_after_a_restart(tmp_path):
             assert worker_results == [2]
 
 
+def every_thread_stopped(pid: int) -> bool:
+    """SIGSTOP is only sent when kill() returns; the threads stop as each next runs."""
+    tasks = Path(f"/proc/{pid}/task")
+    return all((task / "stat").read_text().rsplit(")", 1)[1].split()[0] == "T" for task in tasks.iterdir())
+
+
 def test_a_hung_server_fails_a_query_within_the_read_timeout(tmp_path):
-    with private_mariadb(tmp_path / "mariadb", free_port()) as server:
+    with private_mariadb(tmp_path / "mariadb") as server:
         server.create_database("mindrouter")
         db = open_database(server.url("mindrouter") + "?read_timeout=1")
         db.execute_sql("SELECT 1")
         os.kill(server.process.pid, signal.SIGSTOP)
         try:
+            wait_until(lambda: every_thread_stopped(server.process.pid), 5, "mariadbd stopped")
             started = time.monotonic()
             with pytest.raises(peewee.OperationalError):
                 db.execute_sql("SELECT 1")
