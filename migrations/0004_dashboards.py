@@ -22,5 +22,4 @@ def upgrade(db, migrator):
         existing = {index.name for index in db.get_indexes(table)}
         for name, columns in indexes.items():
             if name not in existing:
-                columns_sql = ", ".join(db.quote(column) for column in columns)
-                db.execute_sql(f"CREATE INDEX {db.quote(name)} ON {db.quote(table)} ({columns_sql})")
+                migrator.add_index(table, columns).run()  # named `<table>_<columns>`, as `name` is
