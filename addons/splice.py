@@ -334,7 +334,8 @@ class RelayConnection(asyncio.Protocol):
         self.serve, self.header, self.open_connections = serve, header.lower() + b":", open_connections
         self.transport: asyncio.Transport | None = None
         self.head = bytearray()
-        self.task: asyncio.Task | None = None
+        self.served = False  # the request's head is in: any byte after it is ignored
+        self.task: asyncio.Task | None = None  # serving, until it is done (the splice then runs on its own)
         self.splice: Splice | None = None
 
     def answer(self, status: int, body: bytes, media_type: str | None) -> None:
@@ -346,7 +347,7 @@ class RelayConnection(asyncio.Protocol):
         self.open_connections.add(self)
 
     def data_received(self, data: bytes) -> None:
-        if self.task is not None:
+        if self.served:
             return  # the relayed request has no body
         self.head += data
         end = self.head.find(HEAD_END)
@@ -358,7 +359,14 @@ class RelayConnection(asyncio.Protocol):
         for line in bytes(self.head[:end]).split(b"\r\n")[1:]:
             if line.lower().startswith(self.header):
                 request_id = line[len(self.header):].strip().decode("latin-1")
+        self.served = True
         self.task = asyncio.get_running_loop().create_task(self.serve(request_id, self))
+        self.task.add_done_callback(self.forget_task)
+
+    def forget_task(self, task: asyncio.Task) -> None:
+        """A finished task would keep its coroutine for as long as the stream lasts (0.7 KB a stream)."""
+        if self.task is task:
+            self.task = None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.open_connections.discard(self)
