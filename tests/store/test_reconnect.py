@@ -67,7 +67,7 @@ def test_every_thread_gets_the_database_back_after_a_restart(tmp_path):
 
 
 def every_thread_stopped(pid: int) -> bool:
-    """SIGSTOP is only sent when kill() returns; the threads stop as each next runs."""
+    """kill() returns once SIGSTOP is sent; each thread stops only when it next runs."""
     tasks = Path(f"/proc/{pid}/task")
     return all((task / "stat").read_text().rsplit(")", 1)[1].split()[0] == "T" for task in tasks.iterdir())
 
