@@ -389,7 +389,10 @@ def fallback_share(max_concurrent: int, backend_id: int, me: str, gateways: Iter
     that backend); `mine` this gateway's running requests when Redis failed; `given_unseen` the slots its
     releases gave to others' requests since, of which the others can hold no more than Redis left free
     beside `mine`. (Slots that passed between other gateways, or that they took from free ones, since that
-    last word are not seen.)"""
+    last word are not seen.) Redis kept the backend within `max_concurrent` until it failed, so the others
+    then ran at most what `mine` left: no more than that is left free for them, however stale the counts
+    Redis last gave this gateway (two gateways whose last words came at different moments may each have
+    been told the other held every slot)."""
     alive = sorted({*gateways, me})
 
     def split(gateway: str) -> int:
@@ -403,4 +406,5 @@ def fallback_share(max_concurrent: int, backend_id: int, me: str, gateways: Iter
     gained = min(given_unseen, max(0, max_concurrent - mine - sum(others.values())))
     # ... at worst all by the gateway with the least room below its split.
     room = min((max(0, split(gateway) - slots) for gateway, slots in others.items()), default=0)
-    return max(0, split(me) - excess - max(0, gained - room))
+    ran_by_others = max(0, max_concurrent - mine)
+    return max(0, split(me) - min(excess + max(0, gained - room), ran_by_others))

@@ -181,6 +181,16 @@ def test_a_gateway_deciding_alone_leaves_free_what_the_others_ran_beyond_their_s
             for me in ("a", "b")} == shares
 
 
+def test_gateways_told_of_each_other_at_different_moments_do_not_both_wait():
+    """a's last word from Redis said b held both slots, b's (a moment later) that a held both; when Redis
+    failed a ran both. Each leaving the other's supposed excess free would leave the node idle for the whole
+    outage; b cannot have run more than a left it, so a keeps its split and b waits for a's to end."""
+    a = fallback_share(2, 2, "a", ["a", "b"], {"b": 2}, mine=2, given_unseen=0)
+    b = fallback_share(2, 2, "b", ["a", "b"], {"a": 2}, mine=0, given_unseen=0)
+    assert (a, b) == (1, 0)
+    assert max(2, a) + max(0, b) <= 2
+
+
 def test_gateways_deciding_alone_never_run_more_than_max_concurrent_together():
     """Every way 5 gateways could hold up to 7 slots when Redis fails, and every slot one of them then gave
     to another before the failure: each runs its requests on and grants up to its fallback share; together
