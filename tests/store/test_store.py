@@ -112,19 +112,25 @@ def test_the_waiting_bound_override_is_added_to_a_database_made_before_it(any_da
     assert [m.version for m in migrations.upgrade(db)] == []  # and only once
 
 
+INDEXES_OF_0004 = {"request": {"request_user_id_created_at", "request_model_created_at",
+                                 "request_backend_id_created_at", "request_status_created_at"},
+                   "usage_hour": {"usage_hour_user_id_hour"}}
+
+
+def index_names(db, table: str) -> set[str]:
+    return {index.name for index in db.get_indexes(table)}
+
+
 def test_the_audit_tables_single_column_indexes_are_dropped_from_a_database_made_before(any_database_url):
     """Each dropped index's column leads a composite index that stays (on MariaDB it serves the foreign key)."""
     db = init_database(any_database_url)
     migrations.upgrade(db)
 
-    def indexes() -> set[str]:
-        return {index.name for index in db.get_indexes("request")}
-
-    made_by_0004 = {"request_user_id_created_at", "request_model_created_at", "request_backend_id_created_at",
-                    "request_status_created_at"}
+    made_by_0004 = INDEXES_OF_0004["request"]
     redundant = {"request_user_id": "user_id", "request_model": "model", "request_backend_id": "backend_id",
                  "request_status": "status"}
-    assert made_by_0004 <= indexes() and not set(redundant) & indexes()  # a new database never has them
+    present = index_names(db, "request")
+    assert made_by_0004 <= present and not set(redundant) & present  # a new database never has them
     migrator = migrations.migrator_for(db)
     for column in redundant.values():  # as an older 0001 made them
         migrator.add_index("request", (column,)).run()
@@ -132,7 +138,8 @@ def test_the_audit_tables_single_column_indexes_are_dropped_from_a_database_made
     migrations.SchemaMigration.delete().where(migrations.SchemaMigration.version >= 8).execute()
 
     assert [m.version for m in migrations.upgrade(db)][:1] == [8]
-    assert made_by_0004 <= indexes() and not set(redundant) & indexes()
+    present = index_names(db, "request")
+    assert made_by_0004 <= present and not set(redundant) & present
     user = User.create(username="audited", role="student")
     Request.create(request_id="after-0008", endpoint="/api/chat", client_dialect="ollama", user=user, status=200)
     assert Request.select().where(Request.user == user, Request.status == 200).count() == 1
@@ -141,18 +148,15 @@ def test_the_audit_tables_single_column_indexes_are_dropped_from_a_database_made
 def test_the_dashboards_indexes_are_added_to_a_database_made_before_them(any_database_url):
     db = init_database(any_database_url)
     migrations.upgrade(db)
-    made_by_0004 = {"request": ["request_user_id_created_at", "request_model_created_at",
-                                "request_backend_id_created_at", "request_status_created_at"],
-                    "usage_hour": ["usage_hour_user_id_hour"]}
     migrator = migrations.migrator_for(db)
     for column in ("user_id", "backend_id"):  # MariaDB keeps an index under each foreign key
         migrator.add_index("request", (column,)).run()
-    for table, names in made_by_0004.items():
+    for table, names in INDEXES_OF_0004.items():
         for name in names:
             migrator.drop_index(table, name).run()
     migrations.SchemaMigration.bind(db)
     migrations.SchemaMigration.delete().where(migrations.SchemaMigration.version >= 4).execute()
 
     migrations.upgrade(db)
-    for table, names in made_by_0004.items():
-        assert set(names) <= {index.name for index in db.get_indexes(table)}
+    for table, names in INDEXES_OF_0004.items():
+        assert names <= index_names(db, table)
