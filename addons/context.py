@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from addons.auth import Principal
     from addons.policy import Admission
     from addons.registry import BackendView
+    from addons.splice import Splice
     from translators.canonical import CanonicalRequest
     from translators.pipeline import ResponseTranslator
 
@@ -54,6 +55,7 @@ class RequestContext:
     error: str = ""
     client_body: bytes = b""  # the request as the caller sent it, for the audit log
     delivered: list[bytes] = field(default_factory=list)  # streamed bytes as the caller got them
+    splice: Splice | None = None  # a streamed answer's way from its backend, once one answers
     recorded: bool = False
     # Policy: what admission took (rate, slot, reservation), so settling gives it back exactly once.
     admission: Admission | None = None

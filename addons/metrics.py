@@ -21,6 +21,10 @@ REFUSALS = Counter(
     "Requests refused before they ran, by reason (rate_limit_exceeded, insufficient_quota, too_many_waiting) "
     "and user role.", ["reason", "role"],
 )
+STREAMS = Counter(
+    "mindrouter_streams_total", "Streamed answers, by the way their pieces took to the caller: straight (written onto "
+    "its connection by the gateway) or relayed (through mitmproxy's HTTP layers: callers other than HTTP/1.1).", ["path"],
+)
 FAILOVERS = Counter("mindrouter_failovers_total", "Requests moved to another backend before the first byte.", ["model"])
 TOKENS = Counter(
     "mindrouter_tokens_total", "Tokens the backends reported, by model, user role and direction (prompt, completion).",

@@ -28,6 +28,7 @@ from addons.routing import Routing
 from addons.settings import Settings
 from addons.translate import Translate
 from addons.upstream import Upstream
+from addons.write_through import WriteThrough
 from addons.writer import StoreWriter
 
 settings = Settings()
@@ -53,5 +54,6 @@ addons = [Chain(
     ImageFetch(),  # image URLs fetched, only for requests Policy admitted
     gate,  # fair-share wait for a backend slot
     Upstream(registry, gate),  # to the backend in its dialect, failing over before the first byte
+    WriteThrough(),  # a stream's pieces straight onto the caller's connection, past the relay
     Record(writer, settings.environment.artifact_storage_path),  # audit row, bodies, images
 )]

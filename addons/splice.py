@@ -6,7 +6,8 @@ backend answers, the content of its body is written onto the relay connection as
 being parsed into events: the splice only takes the content out of the whole chunks of each read
 (a chunk cut short by a backend that breaks off is never passed on half-written, and the response
 translator closes the stream with an error event) and sends it on as one chunk. What arrived together
-thus crosses mitmproxy's HTTP layers once and reaches the caller in one write, not chunk by chunk.
+thus crosses mitmproxy's HTTP layers once and reaches the caller in one write, not chunk by chunk. Once
+the caller has the answer's head, the pieces skip the relay and go to a `Caller` (addons/write_through.py).
 Flow control is passed through: a slow caller pauses the reading of its backend.
 
 The relay's answer keeps the chunked encoding and its last chunk rather than ending with its
@@ -28,7 +29,7 @@ import functools
 import ssl
 from collections.abc import Callable
 from http import HTTPStatus
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 from urllib.parse import urlsplit
 
 HEAD_END = b"\r\n\r\n"
@@ -222,8 +223,20 @@ class BackendStream(asyncio.Protocol):
         self.head_ready.exception()  # marked as seen: whoever waited may have gone (a timeout, a caller who left)
 
 
+class Caller(Protocol):
+    """The caller's end of a stream (addons/write_through.py); `open` once mitmproxy has sent it the answer's
+    head and a first piece."""
+
+    open: bool
+
+    def write(self, content: bytes) -> None: ...
+
+    def finish(self) -> None: ...
+
+
 class Splice:
-    """A backend's streamed answer written onto the relay connection as it arrives, in chunked encoding."""
+    """A backend's streamed answer written onto the relay connection as it arrives, in chunked encoding; or,
+    once a `caller` is set and what was relayed has passed mitmproxy, straight to the caller."""
 
     def __init__(self, backend: BackendStream, relay: asyncio.Transport, idle_timeout_s: float,
                  on_broken: Callable[[str], None]) -> None:
@@ -236,6 +249,9 @@ class Splice:
         self.last_data_at = asyncio.get_running_loop().time()
         self.idle_check: asyncio.TimerHandle | None = None
         self.finished = False
+        self.caller: Caller | None = None  # set once the caller's head is out: content then goes straight to it
+        self.in_flight = 0  # content bytes written onto the relay that mitmproxy has not yet passed to the caller
+        self.waiting: list[bytes] = []  # content for the caller, behind those bytes
 
     def start(self) -> None:
         """Send the head, then what the backend sent already, then the rest as it comes."""
@@ -291,10 +307,39 @@ class Splice:
             self.idle_check = asyncio.get_running_loop().call_later(self.idle_timeout_s - silent_for, self.check_idle)
 
     def send(self, content: bytes) -> None:
-        if content:
-            self.relay.write(b"%x\r\n%s\r\n" % (len(content), content))
+        if not content:
+            return
+        if self.caller is None or not self.caller.open:
+            self.relay_content(content)
+        elif self.in_flight or self.waiting:
+            self.waiting.append(content)
+        else:
+            self.caller.write(content)
+
+    def relay_content(self, content: bytes) -> None:
+        self.in_flight += len(content)
+        self.relay.write(b"%x\r\n%s\r\n" % (len(content), content))
+
+    def passed(self, size: int) -> None:
+        """mitmproxy has handed `size` relayed bytes on to the caller: once all have passed, what waited for
+        them goes straight to the caller (after mitmproxy's own write of them, on the loop's next turn)."""
+        self.in_flight -= size
+        if not self.in_flight and self.waiting:
+            asyncio.get_running_loop().call_soon(self.send_waiting)
+
+    def send_waiting(self) -> None:
+        if self.caller is not None and self.waiting and not self.in_flight:
+            waiting, self.waiting = b"".join(self.waiting), []
+            self.caller.write(waiting)
 
     def finish(self) -> None:
+        if self.caller is not None and self.caller.open and not self.in_flight and not self.waiting:
+            self.caller.finish()
+        else:  # the end goes the relay's way, behind what is still on it
+            if self.waiting:
+                waiting, self.waiting = b"".join(self.waiting), []
+                self.relay_content(waiting)
+            self.caller = None
         self.relay.write(LAST_CHUNK)
         self.end()
 

@@ -248,8 +248,8 @@ class Upstream:
             if isinstance(answer, tuple):
                 connection.answer(*answer)
                 return
-            connection.splice = Splice(answer, connection.transport, ctx.options.upstream_stream_idle_s,
-                                       lambda reason: self.broke_off(context, reason))
+            connection.splice = context.splice = Splice(answer, connection.transport, ctx.options.upstream_stream_idle_s,
+                                                        lambda reason: self.broke_off(context, reason))
             connection.splice.start()
         except Exception:  # a fault of the gateway's own: the caller gets an error in its dialect, not a hang
             log.exception("request %s: the stream relay failed", context.request_id)

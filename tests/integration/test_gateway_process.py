@@ -197,13 +197,23 @@ def test_a_caller_that_keeps_its_connection_streams_again_and_again(cluster):
     headers = {"Authorization": f"Bearer {cluster.keys['faculty1']}"}
     body = {"model": "llama3.2", "prompt": "a short story", "stream": True, "options": {"num_predict": 4}}
     caller_ports = set()
+    straight_before = streams_written_straight(cluster)
     with httpx.Client(timeout=10, limits=httpx.Limits(max_connections=1)) as client:
         for _ in range(8):
             with client.stream("POST", f"{cluster.gateway_url}/api/generate", json=body, headers=headers) as response:
                 lines = list(response.iter_lines())
                 caller_ports.add(response.extensions["network_stream"].get_extra_info("client_addr")[1])
-            assert response.status_code == 200 and json.loads(lines[-1])["done"] is True
+            assert response.status_code == 200 and [json.loads(line)["response"] for line in lines[:-1]] != []
+            assert json.loads(lines[-1])["done"] is True
     assert len(caller_ports) == 1  # one connection carried all eight: the relay's close did not close it
+    assert streams_written_straight(cluster) == straight_before + 8  # past the relay, on the caller's connection
+
+
+def streams_written_straight(cluster) -> float:
+    for line in httpx.get(f"{cluster.gateway_url}/metrics").text.splitlines():
+        if line.startswith('mindrouter_streams_total{path="straight"}'):
+            return float(line.split()[-1])
+    return 0.0
 
 
 def test_requests_from_the_moment_the_lean_gateway_listens_are_answered(tmp_path):
