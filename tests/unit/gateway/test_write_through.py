@@ -4,8 +4,9 @@ carried, in order, and its end goes the relay's way behind anything still on it.
 from __future__ import annotations
 
 import asyncio
+import socket
 
-from addons.splice import LAST_CHUNK, BackendStream, ResponseHead, Splice
+from addons.splice import LAST_CHUNK, BackendStream, ResponseHead, Splice, dechunk
 from addons.write_through import CALLER_BUFFER_HIGH, CallerWriter
 
 HEAD = ResponseHead(200, {"content-type": "text/event-stream", "transfer-encoding": "chunked"})
@@ -158,3 +159,39 @@ def test_nothing_is_written_to_a_caller_that_has_left():
         return connection.writes
 
     assert asyncio.run(scenario()) == []
+
+
+def test_a_caller_that_stops_reading_holds_its_backend_back_then_gets_every_piece_in_order():
+    """Over a real connection: its kernel buffers fill, then the writer's, and the backend is paused until the
+    caller reads again."""
+    pieces = [b"%07d;" % number for number in range(60_000)]  # 480 kB, far beyond the buffers
+
+    async def scenario():
+        backend, relay, splice, _, _, _ = streaming()
+        callers_end, ours = socket.socketpair()
+        for end, option in ((callers_end, socket.SO_RCVBUF), (ours, socket.SO_SNDBUF)):
+            end.setsockopt(socket.SOL_SOCKET, option, 16 * 2**10)
+        reader, writer = await asyncio.open_connection(sock=ours)
+        caller = CallerWriter(translated, writer, lambda: None, splice)
+        splice.caller = caller
+        backend.data_received(chunk(pieces[0]))
+        caller.through_mitmproxy(pieces[0])  # the head is out: the rest goes straight
+        fed, paused_at = 1, None
+        callers_reader, _ = await asyncio.open_connection(sock=callers_end)
+        received = bytearray()
+        while fed < len(pieces) or not received.endswith(chunk(b"END")):
+            if fed < len(pieces) and backend.transport.reading:  # a paused transport delivers nothing
+                backend.data_received(chunk(pieces[fed]))
+                fed += 1
+                if fed == len(pieces):
+                    backend.data_received(b"0\r\n\r\n")
+                await asyncio.sleep(0)
+                continue
+            paused_at = paused_at or fed
+            received += await callers_reader.read(2**16)  # the caller reads again
+        writer.close()
+        return paused_at, bytes(received)
+
+    paused_at, received = asyncio.run(scenario())
+    assert paused_at is not None and paused_at < len(pieces) // 2
+    assert dechunk(received + b"0\r\n\r\n") == b"".join(piece.upper() for piece in pieces[1:]) + b"END"
