@@ -19,7 +19,6 @@ its connection has drained.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable
 
 from mitmproxy import ctx, http
@@ -27,8 +26,6 @@ from mitmproxy import ctx, http
 from addons.context import context_of
 from addons.metrics import STREAMS
 from addons.splice import Splice
-
-log = logging.getLogger(__name__)
 
 CALLER_BUFFER_HIGH = 64 * 2**10  # bytes waiting in the caller's connection before the backend is paused
 
@@ -84,12 +81,13 @@ class WriteThrough:
         if context is None or context.splice is None or not callable(flow.response.stream):
             return
         handler = ctx.master.addons.get("proxyserver").connections.get(flow.client_conn.id)
-        if (handler is None or flow.request.http_version != "HTTP/1.1"
+        callers_end = handler.transports.get(handler.client) if handler else None  # gone if the caller has left
+        if (callers_end is None or callers_end.writer is None or flow.request.http_version != "HTTP/1.1"
                 or flow.response.headers.get("Transfer-Encoding") != "chunked"):
             STREAMS.labels("relayed").inc()
             return
-        caller = CallerWriter(flow.response.stream, handler.transports[handler.client].writer,
-                              handler.timeout_watchdog.register_activity, context.splice)
+        caller = CallerWriter(flow.response.stream, callers_end.writer, handler.timeout_watchdog.register_activity,
+                              context.splice)
         flow.response.stream = caller.through_mitmproxy
         context.splice.caller = caller
         STREAMS.labels("straight").inc()
