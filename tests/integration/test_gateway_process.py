@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 import migrations
+from addons.splice import dechunk
 from sim.stack import GATEWAY, MITMDUMP, PYTHON, REPO_ROOT, Service, free_port, wait_until
 from store import init_database
 from store.models import ApiKey, User
@@ -207,6 +208,66 @@ def test_a_caller_that_keeps_its_connection_streams_again_and_again(cluster):
             assert json.loads(lines[-1])["done"] is True
     assert len(caller_ports) == 1  # one connection carried all eight: the relay's close did not close it
     assert streams_written_straight(cluster) == straight_before + 8  # past the relay, on the caller's connection
+
+
+@pytest.fixture
+def unpaced_backend(cluster, tmp_path):
+    """One more vLLM node that writes its tokens as fast as it can, under a model only it serves."""
+    port = free_port()
+    node = Service("vllm-unpaced", [PYTHON, "-m", "sim", "vllm", "--port", str(port), "--models", "fast-qwen",
+                                    "--tokens-per-s", "0"], {}, tmp_path)
+    node.wait_http(f"http://127.0.0.1:{port}/v1/models")
+    admin = {"Authorization": f"Bearer {cluster.keys['admin']}"}
+    registered = httpx.post(f"{cluster.gateway_url}/admin/backends/register", headers=admin, json={
+        "name": f"unpaced-{port}", "url": f"http://127.0.0.1:{port}", "engine": "vllm", "max_concurrent": 4})
+    assert registered.status_code == 201, registered.text
+    wait_until(lambda: "fast-qwen" in httpx.get(f"{cluster.gateway_url}/v1/models", headers=admin).text,
+               15, "the new backend's model in /v1/models")
+    yield
+    httpx.post(f"{cluster.gateway_url}/admin/backends/{registered.json()['id']}/disable", headers=admin)
+    node.stop()
+
+
+def test_a_caller_that_reads_slowly_gets_a_long_fast_stream_whole_and_in_order(cluster, unpaced_backend):
+    """The node is done long before a caller with a small receive window has read the stream, which the gateway
+    writes straight onto that caller's connection: it arrives whole and in order, as for a caller that reads at
+    once. (The kernel's buffers here hold the whole 1.2 MB stream; tests/unit/gateway/test_write_through.py
+    fills them, and shows the backend paused.)"""
+    key = cluster.keys["faculty1"]
+    body = json.dumps({"model": "fast-qwen", "messages": [{"role": "user", "content": "a very long story"}],
+                       "max_tokens": 6000, "ignore_eos": True, "stream": True,
+                       "stream_options": {"include_usage": True}}).encode()
+    with httpx.Client(timeout=60) as client:
+        quick = client.post(f"{cluster.gateway_url}/v1/chat/completions", content=body,
+                            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    host, port = cluster.gateway_url.removeprefix("http://").split(":")
+    with socket.socket() as caller:
+        caller.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        caller.connect((host, int(port)))
+        caller.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer %s\r\n"
+                       b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (key.encode(), len(body), body))
+        time.sleep(1)  # the node is done generating long before the caller reads on
+        received = bytearray()
+        while not received.endswith(b"\r\n0\r\n\r\n"):
+            piece = caller.recv(4096)
+            assert piece, "the gateway closed the connection before the stream's end"
+            received += piece
+            time.sleep(0.001)
+    head, _, chunked = bytes(received).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"transfer-encoding: chunked" in head.lower()
+    slow_events, quick_events = sse_payloads(dechunk(chunked)), sse_payloads(quick.content)
+    assert quick_events[-1] == slow_events[-1] == "[DONE]"
+    assert json.loads(slow_events[-2])["usage"]["completion_tokens"] == 6000
+    assert streamed_text(slow_events) == streamed_text(quick_events) != ""
+
+
+def sse_payloads(body: bytes) -> list[str]:
+    return [line.removeprefix("data: ") for line in body.decode().split("\n") if line.startswith("data: ")]
+
+
+def streamed_text(payloads: list[str]) -> str:
+    return "".join(choice["delta"].get("content") or "" for payload in payloads[:-1]
+                   for choice in json.loads(payload)["choices"])
 
 
 def streams_written_straight(cluster) -> float:
