@@ -44,7 +44,7 @@ from addons.registry import BackendRegistry, BackendView, model_aliases
 from addons.replies import reply_error
 from addons.writer import StoreWriter
 from scheduler import BackendState, NoBackend, QueueFull, Scheduler, SchedulerConfig, expected_cost
-from scheduler.backends import preference
+from scheduler.backends import Slot, preference
 from scheduler.breaker import HALF_OPEN
 from scheduler.limits import limit_for, parse_role_limits
 from store.models import ROLES, QueueSnapshot, utcnow
@@ -550,13 +550,22 @@ class Gate:
 
     async def renew(self) -> int:
         """Re-assert the slots of this gateway's running requests; Redis's clock (ms) when it did."""
-        missing, now_ms = await self.queue.renew([(s.request_id, s.backend_id, s.user_id)
-                                                  for s in self.scheduler.slots()])
+        running = self.scheduler.slots()
+        missing, now_ms = await self.queue.renew([(s.request_id, s.backend_id, s.user_id) for s in running])
         self.renewed_at = time.monotonic()
         if missing and self.shared:
             log.warning("%d slot leases of running requests had expired in Redis (a stall longer than "
                         "policy_lease_ttl_s, or Redis lost them); asserted again", missing)
+        self.release_ended(running)
         return now_ms
+
+    def release_ended(self, renewed: list[Slot]) -> None:
+        """A request that ended while its lease was being renewed may have had it put back after its release
+        (or before this gateway shared again, when it released nothing there): give those leases back, or
+        their slots stay taken for every gateway until they expire."""
+        for slot in renewed:
+            if self.scheduler.slot_of(slot.request_id) is None:
+                self.spawn(self.shared_release(slot.request_id, slot.user_id, slot.model, 0.0, slot.backend_id))
 
     async def rejoin(self) -> None:
         """Register this gateway afresh: a new epoch, its running requests' slots, then its waiting requests

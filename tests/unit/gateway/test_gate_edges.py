@@ -7,6 +7,7 @@ import dataclasses
 import json
 import time
 
+import pytest
 import redis.asyncio as aioredis
 from mitmproxy.test import taddons, tflow
 
@@ -214,5 +215,35 @@ def test_once_redis_answers_again_the_gate_grants_nothing_alone_and_shares_once_
         assert gate.shared
         await asyncio.wait_for(waiting, 2)
         assert context.backend is node and len(await leases_of(gate)) == 1
+
+    run_shared(node, scenario)
+
+
+@requires_redis
+@pytest.mark.parametrize("sharing", [False, True], ids=["reconnecting", "sharing"])
+def test_a_request_that_ends_while_its_lease_is_renewed_gives_the_lease_back(sharing):
+    """The renewal carries the running requests as they were when it was sent: one that ends meanwhile gets its
+    lease put back (after its release reached Redis, or, reconnecting, when it released nothing there). Its
+    slot must not stay taken for every gateway until the lease expires."""
+    node = backend(1)
+    flow, context = chat_flow()
+
+    async def scenario(gate: Gate, other: SharedQueue):
+        await gate.request(flow)
+        assert context.backend is node and len(await leases_of(gate)) == 1
+        if not sharing:
+            gate.shared_failed("a test", ConnectionError("Redis went away"))
+        renew = gate.queue.renew
+
+        async def request_ends_first(leases):
+            gate.response(flow)
+            await asyncio.gather(*gate.tasks)  # its release, if it sent one, is through before this renewal
+            return await renew(leases)
+
+        gate.queue.renew = request_ends_first
+        await (gate.renew() if sharing else gate.heartbeat())
+        gate.queue.renew = renew
+        await asyncio.gather(*gate.tasks)
+        assert await leases_of(gate) == []
 
     run_shared(node, scenario)
