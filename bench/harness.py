@@ -167,10 +167,22 @@ def gateway_pid(stack: Stack) -> int:
     return stack.service("gateway").process.pid
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, all its threads, in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """User + system CPU time of a process, all its threads (or only its OS thread `thread`), in seconds."""
+    stat = Path(f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat")
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime (fields 14, 15)
+
+
+def thread_id(pid: int, name: str) -> int:
+    """The OS thread id of the Python thread called `name` in process `pid` (read by py-spy: Python 3.12
+    does not give its threads' names to the OS)."""
+    dump = subprocess.run([str(Path(sys.executable).parent / "py-spy"), "dump", "--pid", str(pid)],
+                          capture_output=True, text=True, check=True).stdout
+    for line in dump.splitlines():
+        if line.startswith("Thread ") and line.rstrip().endswith(f'"{name}"'):
+            return int(line.split()[1])
+    raise LookupError(f"no thread {name!r} in process {pid}")
 
 
 def rss_mb(pid: int) -> float:

@@ -296,10 +296,16 @@ async def streaming(stack: Stack, tap: Tap, args) -> dict:
     return results
 
 
+def cpu_seconds(source: int | tuple[int, int]) -> float:
+    return harness.cpu_seconds(*source) if isinstance(source, tuple) else harness.cpu_seconds(source)
+
+
 async def closed_loop(
-    stack: Stack, url: str, body: dict, headers: dict, clients: int, seconds: float, pids: dict[str, int]
+    stack: Stack, url: str, body: dict, headers: dict, clients: int, seconds: float,
+    pids: dict[str, int | tuple[int, int]],
 ) -> dict:
-    """`clients` clients, each sending its next request as soon as the last one is answered."""
+    """`clients` clients, each sending its next request as soon as the last one is answered; the CPU of each
+    of `pids` (a process, or a (process, OS thread) pair) is measured over the run."""
     exchanges: list[Exchange] = []
     stop = False
     async with aiohttp.ClientSession(
@@ -313,10 +319,10 @@ async def closed_loop(
         tasks = [asyncio.create_task(client()) for _ in range(clients)]
         await asyncio.sleep(1.0)  # warm-up: connections open, everyone busy
         counted_from = len(exchanges)
-        cpu_before = {name: harness.cpu_seconds(pid) for name, pid in pids.items()}
+        cpu_before = {name: cpu_seconds(source) for name, source in pids.items()}
         own_before, started = time.process_time(), time.perf_counter()
         await asyncio.sleep(seconds)
-        cpu_after = {name: harness.cpu_seconds(pid) for name, pid in pids.items()}
+        cpu_after = {name: cpu_seconds(source) for name, source in pids.items()}
         own_after, ended = time.process_time(), time.perf_counter()
         counted = exchanges[counted_from:]
         stop = True
