@@ -96,9 +96,9 @@ def test_audit_search_finds_words_that_a_stream_split_across_events(cluster):
 
     # Other tests' answers on this cluster come from the same small vocabulary and may hold the phrase
     # too; the audit writer keeps order, so every row before ours is stored by now.
-    holding_phrase = {body.request.request_id for body in RequestBody.select(RequestBody, Request).join(Request)
+    holding_phrase = {stored.request.request_id for stored in RequestBody.select(RequestBody, Request).join(Request)
                       if any(phrase.lower() in (text or "").lower()
-                             for text in (body.prompt, body.response, body.response_text))}
+                             for text in (stored.prompt, stored.response, stored.response_text))}
     assert row.request_id in holding_phrase
     found = httpx.get(f"{cluster.gateway_url}/admin/audit/search",
                       params={"q": phrase.upper(), "per_page": 100},
