@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import math
 import os
@@ -37,6 +38,7 @@ CHAT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"  # served by the simulated vLLM node o
 PROMPT = "Tell me about the river in the morning light."
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+PY_SPY = str(Path(sys.executable).parent / "py-spy")
 
 
 def raise_fd_limit(wanted: int) -> int:
@@ -174,11 +176,11 @@ def cpu_seconds(pid: int, thread: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime (fields 14, 15)
 
 
+@functools.cache
 def thread_id(pid: int, name: str) -> int:
     """The OS thread id of the Python thread called `name` in process `pid` (read by py-spy: Python 3.12
     does not give its threads' names to the OS)."""
-    dump = subprocess.run([str(Path(sys.executable).parent / "py-spy"), "dump", "--pid", str(pid)],
-                          capture_output=True, text=True, check=True).stdout
+    dump = subprocess.run([PY_SPY, "dump", "--pid", str(pid)], capture_output=True, text=True, check=True).stdout
     for line in dump.splitlines():
         if line.startswith("Thread ") and line.rstrip().endswith(f'"{name}"'):
             return int(line.split()[1])

@@ -41,7 +41,6 @@ from sim.stack import GATEWAY
 SLOTS = 256
 SHIPPED = "gateway (uvloop)"
 STOCK_STREAMING = "stock mitmdump, streaming"
-PY_SPY = str(Path(sys.executable).parent / "py-spy")
 CONCURRENCIES = (1, 16, 64)
 WRITER, WRITER_THREAD = "store writer", "mindrouter-store-writer"  # the thread that writes the audit rows
 
@@ -84,7 +83,7 @@ async def measure(ways: list[tuple], node_pid: int, body: dict, clients: int, se
         if profile and label == SHIPPED:
             name = f"{'streams' if body['stream'] else 'requests'}-{clients}"
             sampling = [await asyncio.create_subprocess_exec(
-                PY_SPY, "record", "--pid", str(proxy_pid), "--duration", str(int(seconds)), "--format", "raw",
+                harness.PY_SPY, "record", "--pid", str(proxy_pid), "--duration", str(int(seconds)), "--format", "raw",
                 "--nonblocking", *flags, "--output", str(profile / f"{name}-{kind}.txt"),
                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
                 for kind, flags in (("cpu", ()), ("gil", ("--gil",)))]
