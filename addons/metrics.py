@@ -25,6 +25,11 @@ STREAMS = Counter(
     "mindrouter_streams_total", "Streamed answers, by the way their pieces took to the caller: straight (written onto "
     "its connection by the gateway) or relayed (through mitmproxy's HTTP layers: callers other than HTTP/1.1).", ["path"],
 )
+BACKEND_CONNECTIONS = Counter(
+    "mindrouter_backend_connections_total", "Requests sent to a backend, by the connection each went on: new, or "
+    "kept from an earlier whole answer; stale counts kept ones the backend had closed (the request then goes on a new one).",
+    ["connection"],
+)
 FAILOVERS = Counter("mindrouter_failovers_total", "Requests moved to another backend before the first byte.", ["model"])
 TOKENS = Counter(
     "mindrouter_tokens_total", "Tokens the backends reported, by model, user role and direction (prompt, completion).",

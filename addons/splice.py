@@ -17,9 +17,9 @@ whose answer ended with the close half-open for as long as its caller's connecti
 most five to one address for one caller, so a caller that keeps its connection would wait for ever
 from its sixth stream on (tests/integration/test_gateway_process.py).
 
-Every backend request here is `Connection: close`: a stream holds its connection for seconds, so a
+A stream's backend request is `Connection: close`: a stream holds its connection for seconds, so a
 connection per stream costs nothing that counts, and the end of the backend's answer is the end of its
-connection.
+connection. A whole answer's request keeps its connection for the next (addons/backend_pool.py).
 """
 
 from __future__ import annotations
@@ -126,41 +126,73 @@ class ChunkedBody:
         return b"".join(contents), position
 
 
-class BackendStream(asyncio.Protocol):
-    """One `Connection: close` request to a backend; its answer's head, then its body read whole or spliced."""
+class Address(NamedTuple):
+    """Where a backend listens, parsed once per URL."""
 
-    def __init__(self) -> None:
+    host: str
+    port: int
+    tls: bool
+    host_header: bytes
+    base_path: bytes
+
+
+@functools.lru_cache(maxsize=1024)
+def backend_address(url: str) -> Address:
+    target = urlsplit(url)
+    tls = target.scheme == "https"
+    host = target.hostname if target.port is None else f"{target.hostname}:{target.port}"
+    return Address(target.hostname, target.port or (443 if tls else 80), tls, host.encode(),
+                   target.path.rstrip("/").encode())
+
+
+class BackendStream(asyncio.Protocol):
+    """One request to a backend: its answer's head, then its body read whole or spliced.
+
+    A stream's request is `Connection: close`: its answer ends with its connection. A whole answer's ends by
+    its framing (Content-Length or the last chunk) where it has one, and its connection may be kept
+    (`keep_alive`): its pool (addons/backend_pool.py) then gives it to the next request."""
+
+    def __init__(self, whole: bool = False, keep_alive: bool = False) -> None:
         loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
+        self.address: Address | None = None  # where the request went
+        self.whole = whole  # read whole, not spliced
+        self.keep_alive = keep_alive  # asked for, and still possible once the head is in
         self.received = bytearray()  # the head, then the body while nobody takes it
         self.head: ResponseHead | None = None
         self.head_ready = loop.create_future()
-        self.closed = loop.create_future()  # the backend's answer is over, or the connection broke: its error or None
+        # The answer is over: a whole one's body by its framing, or the connection closed or broke (its error or None).
+        self.ended = loop.create_future()
+        self.body_length: int | None = None  # a whole answer's Content-Length
+        self.body_chunks: ChunkedBody | None = None  # a whole answer's chunked body, read up to `scanned`
+        self.scanned = 0
         self.splice: Splice | None = None
 
     @classmethod
-    async def open(cls, url: str, path: str, body: bytes, connect_timeout_s: float) -> BackendStream:
-        """Connect to the backend at `url` and send it `body` as a POST to `path` (OSError, TimeoutError)."""
-        target = urlsplit(url)
-        tls = target.scheme == "https"
-        port = target.port or (443 if tls else 80)
+    async def connect(cls, address: Address, connect_timeout_s: float, whole: bool, keep_alive: bool) -> BackendStream:
+        """A new connection to the backend at `address` (OSError, TimeoutError)."""
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(connect_timeout_s):
-            _, stream = await loop.create_connection(cls, target.hostname, port, ssl=tls_context() if tls else None)
-        host = target.hostname if target.port is None else f"{target.hostname}:{target.port}"
-        # The gateway reads every answer (and rewrites most): a compressed one would only cost CPU twice.
-        stream.transport.write(
-            b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nAccept-Encoding: identity\r\n"
-            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
-            % ((target.path.rstrip("/") + path).encode(), host.encode(), len(body), body))
+            _, stream = await loop.create_connection(lambda: cls(whole, keep_alive), address.host, address.port,
+                                                     ssl=tls_context() if address.tls else None)
         return stream
+
+    def send(self, address: Address, path: str, body: bytes) -> None:
+        """POST `body` to `path` (the backend's base path before it)."""
+        self.address = address
+        # The gateway reads every answer (and rewrites most): a compressed one would only cost CPU twice.
+        self.transport.write(
+            b"POST %s%s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nAccept-Encoding: identity\r\n"
+            b"Content-Length: %d\r\n%s\r\n%s"
+            % (address.base_path, path.encode(), address.host_header, len(body),
+               b"" if self.keep_alive else b"Connection: close\r\n", body))
 
     async def response_head(self) -> ResponseHead:
         return await asyncio.shield(self.head_ready)
 
     async def read_body(self) -> bytes:
-        """The rest of the answer, once the backend has closed the connection after it (BackendClosed: cut short)."""
-        if error := await asyncio.shield(self.closed):
+        """The rest of the answer, once it has ended (BackendClosed: cut short)."""
+        if error := await asyncio.shield(self.ended):
             raise BackendClosed(f"{error!r} before the answer's end")
         body = bytes(self.received)
         if self.chunked:
@@ -174,9 +206,20 @@ class BackendStream(asyncio.Protocol):
     def chunked(self) -> bool:
         return self.head is not None and "chunked" in self.head.headers.get("transfer-encoding", "").lower()
 
+    @property
+    def silent(self) -> bool:
+        """Not a byte of an answer came."""
+        return self.head is None and not self.received
+
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+    @property
+    def reusable(self) -> bool:
+        """The answer ended by its framing, and the backend keeps the connection open for another."""
+        return (self.keep_alive and self.ended.done() and self.ended.result() is None
+                and self.transport is not None and not self.transport.is_closing())
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
 
@@ -187,18 +230,24 @@ class BackendStream(asyncio.Protocol):
         if self.splice is not None:
             self.splice.forward(data)
             return
+        if self.ended.done():  # bytes after a whole answer: nothing to trust its connection with
+            self.keep_alive = False
+            return
         self.received += data
         if self.head is None:
             self.read_head()
+        if self.head is not None and (self.body_length is not None or self.body_chunks is not None):
+            self.find_body_end()
 
     def eof_received(self) -> bool:
-        return False  # close: every request here is the connection's last
+        return False  # close: an answer still due will not come
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.keep_alive = False
         if not self.head_ready.done():
             self.fail_head(f"{exc!r}" if exc else "the connection closed")
-        if not self.closed.done():
-            self.closed.set_result(exc)
+        if not self.ended.done():
+            self.ended.set_result(exc)
         if self.splice is not None:
             self.splice.backend_closed(exc)
 
@@ -215,8 +264,40 @@ class BackendStream(asyncio.Protocol):
             self.fail_head(str(error))
             self.transport.abort()
             return
+        if self.whole:
+            self.frame_body(self.received.startswith(b"HTTP/1.1 "))
         del self.received[:end + len(HEAD_END)]
         self.head_ready.set_result(self.head)
+
+    def frame_body(self, http_11: bool) -> None:
+        """How a whole answer ends; a connection whose answer ends only with it is not kept."""
+        length = self.head.headers.get("content-length", "")
+        if self.head.status in (204, 304):
+            self.body_length = 0
+        elif self.chunked:
+            self.body_chunks = ChunkedBody()
+        elif length.isdigit():
+            self.body_length = int(length)
+        self.keep_alive = (self.keep_alive and http_11 and "close" not in self.head.headers.get("connection", "").lower()
+                           and (self.body_length is not None or self.body_chunks is not None))
+
+    def find_body_end(self) -> None:
+        if self.body_chunks is not None:
+            try:
+                _, taken = self.body_chunks.whole_chunks(self.received[self.scanned:])
+            except ValueError:  # malformed: read to the close (and kept by nobody)
+                self.keep_alive, self.body_chunks = False, None
+                return
+            self.scanned += taken
+            end = self.scanned if self.body_chunks.ended else None
+        else:
+            end = self.body_length if len(self.received) >= self.body_length else None
+        if end is None:
+            return
+        if len(self.received) > end:  # bytes after the answer
+            self.keep_alive = False
+            del self.received[end:]
+        self.ended.set_result(None)
 
     def fail_head(self, reason: str) -> None:
         self.head_ready.set_exception(BackendClosed(f"{reason} before the answer's head"))
@@ -262,8 +343,8 @@ class Splice:
         early, self.backend.received = bytes(self.backend.received), bytearray()
         if early:
             self.forward(early)
-        if self.backend.closed.done() and not self.finished:
-            self.backend_closed(self.backend.closed.result())
+        if self.backend.ended.done() and not self.finished:
+            self.backend_closed(self.backend.ended.result())
         elif not self.finished:
             self.idle_check = asyncio.get_running_loop().call_later(self.idle_timeout_s, self.check_idle)
 

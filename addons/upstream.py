@@ -1,8 +1,8 @@
 """Upstream: send a granted request to its backend, in the engine's dialect, failing over before the first byte.
 
 mitmproxy answers a failed upstream connection with its own HTML 502 and cannot retry, so the
-gateway talks to the backends itself (`addons/splice.py`: one `Connection: close` request per
-attempt) and keeps the choice of backend open until the response headers arrive: an engine fault
+gateway talks to the backends itself (`addons/splice.py`: raw HTTP/1.1 per attempt, on a connection
+kept from an earlier whole answer where there is one, `addons/backend_pool.py`) and keeps the choice of backend open until the response headers arrive: an engine fault
 (connection refused or reset, a timeout before the headers, 502, 503 or 504) moves the request to
 another backend that serves the model (bounded attempts, none after the last) and counts toward the
 backend's breaker. What the caller's request caused counts against no backend and is not replayed: a
@@ -29,8 +29,9 @@ import logging
 import time
 from typing import NamedTuple
 
-from mitmproxy import ctx, http
+from mitmproxy import ctx, exceptions, http
 
+from addons.backend_pool import BackendPool
 from addons.context import RequestContext, client_left, context_of, drop
 from addons.gate import Gate
 from addons.metrics import FAILOVERS, REQUESTS
@@ -62,6 +63,7 @@ class Upstream:
     def __init__(self, registry: BackendRegistry, gate: Gate) -> None:
         self.registry = registry
         self.gate = gate
+        self.pool = BackendPool()
         self.relayed: dict[str, RequestContext] = {}  # streamed requests on their way to the relay
         self.relay_connections: set[RelayConnection] = set()
         self.fetching: dict[str, set[asyncio.Future]] = {}  # client connection id → whole answers being fetched
@@ -90,6 +92,17 @@ class Upstream:
             "Longest a streamed answer may go without a byte from its backend (a model load included) before "
             "the gateway ends it with an error event, frees its slot and counts a backend failure.",
         )
+        loader.add_option(
+            "upstream_keepalive_s", int, 4,
+            "Longest a connection to a backend stays open between whole answers, for the next request to take "
+            "(0: a connection per request). Below vLLM's own 5 s, so the gateway closes it first.",
+        )
+
+    def configure(self, updated):
+        if "upstream_keepalive_s" in updated:
+            if ctx.options.upstream_keepalive_s < 0:
+                raise exceptions.OptionsError("upstream_keepalive_s must be 0 or more")
+            self.pool.idle_s = ctx.options.upstream_keepalive_s
 
     async def running(self):
         self.relay_server = await asyncio.get_running_loop().create_server(
@@ -97,6 +110,7 @@ class Upstream:
         self.relay_url = "http://127.0.0.1:%d" % self.relay_server.sockets[0].getsockname()[1]
 
     async def done(self):
+        self.pool.close()
         if self.relay_server:
             self.relay_server.close()
             for relay_connection in list(self.relay_connections):
@@ -154,7 +168,7 @@ class Upstream:
             self.registry.failed(context.backend, repr(exc))
             return 502, engine_error(f"backend {context.backend.name} broke off: {exc!r}"), None
         finally:
-            answer.close()
+            self.pool.release(answer)
 
     def client_disconnected(self, client) -> None:
         """A caller that leaves while its whole answer is being generated stops the generation: closing
@@ -222,8 +236,9 @@ class Upstream:
         answer, answered = None, False
         try:
             async with asyncio.timeout(ctx.options.upstream_header_timeout_s):
-                answer = await BackendStream.open(backend.url, path, payload, ctx.options.upstream_connect_timeout_s)
-                head = await answer.response_head()
+                answer = await self.pool.exchange(backend.url, path, payload, ctx.options.upstream_connect_timeout_s,
+                                                  whole=not context.stream)
+                head = answer.head
                 if head.status not in ENGINE_FAULT_STATUSES and head.status != 500:
                     answered = True
                     return answer
@@ -232,8 +247,8 @@ class Upstream:
             reason = f"{exc.__class__.__name__}: {exc}" if str(exc) else exc.__class__.__name__
             return Failure(reason, (502, engine_error(f"backend {backend.name} failed: {reason}"), None), ENGINE)
         finally:
-            if answer is not None and not answered:  # a failure, or the caller left: the engine stops
-                answer.close()
+            if answer is not None and not answered:  # kept if its error answer was read; else the engine stops
+                self.pool.release(answer)
         blame = UNCLEAR if head.status == 500 else ENGINE
         return Failure(f"answered {head.status}", (head.status, body, head.media_type), blame)
 

@@ -155,6 +155,9 @@ def limited_backend(cluster, tmp_path):
                15, "the new backend's model in /api/tags")
     yield f"http://127.0.0.1:{port}"
     httpx.post(f"{cluster.gateway_url}/admin/backends/{registered.json()['id']}/disable", headers=admin)
+    # Gone from the catalog before the node stops: the next test's node is then the only one with the model.
+    wait_until(lambda: "tinyllama:latest" not in httpx.get(f"{cluster.gateway_url}/api/tags", headers=admin).text,
+               15, "the disabled backend's model gone from /api/tags")
     node.stop()
 
 
@@ -189,6 +192,27 @@ def test_a_backend_never_runs_more_than_its_max_concurrent(cluster, limited_back
     results = asyncio.run(scenario())
     assert len(results) == 8 and all(count > 2 for count in results)
     assert peak == 2  # the node had room for 8; the gateway held the rest back
+
+
+def test_whole_answers_from_one_backend_go_on_one_kept_connection(cluster, limited_backend):
+    """The gateway keeps its connection to a backend between whole answers: of six answered one after
+    another by the one node that serves the model, only the first opens a connection."""
+    headers = {"Authorization": f"Bearer {cluster.keys['faculty1']}"}
+    body = {"model": "tinyllama", "prompt": "hi", "stream": False, "options": {"num_predict": 3}}
+    before = backend_connections(cluster)
+    for _ in range(6):
+        answer = httpx.post(f"{cluster.gateway_url}/api/generate", json=body, headers=headers, timeout=10)
+        assert answer.status_code == 200 and answer.json()["done"] is True and answer.json()["eval_count"] == 3
+    after = backend_connections(cluster)
+    assert (after["new"] - before["new"], after["kept"] - before["kept"], after["stale"] - before["stale"]) == (1, 5, 0)
+
+
+def backend_connections(cluster) -> dict[str, float]:
+    counts = dict.fromkeys(("new", "kept", "stale"), 0.0)
+    for line in httpx.get(f"{cluster.gateway_url}/metrics").text.splitlines():
+        if line.startswith("mindrouter_backend_connections_total{"):
+            counts[line.split('"')[1]] = float(line.split()[-1])
+    return counts
 
 
 def test_a_caller_that_keeps_its_connection_streams_again_and_again(cluster):
