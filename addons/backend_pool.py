@@ -1,7 +1,7 @@
 """Connections to the backends kept open between whole answers.
 
-A whole answer takes a millisecond or less of the gateway's time, and a connection of its own (connect, the
-backend's accept, close) cost about a tenth of it (docs/benchmarks.md). So a whole answer's request
+A whole answer takes about a millisecond of the gateway's CPU, and a connection of its own (connect,
+close) cost 4 to 7 % of it, and more of its latency (docs/benchmarks.md). So a whole answer's request
 leaves its connection open, and the next request to that backend takes it. A stream holds its connection
 for seconds and keeps one of its own (addons/splice.py).
 
@@ -41,6 +41,8 @@ class IdleConnection(asyncio.Protocol):
 
 
 class BackendPool:
+    """The kept connections of each backend address; a request takes the one kept last."""
+
     def __init__(self) -> None:
         self.idle_s = 0.0  # 0: every request has a connection of its own
         self.idle: dict[Address, list[IdleConnection]] = {}

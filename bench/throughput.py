@@ -3,7 +3,9 @@
 Four ways to the same simulated vLLM node, measured one after the other under the same load:
 `direct`; `stock mitmdump` (a plain reverse proxy, no addons: mitmproxy's own floor); the gateway as
 shipped (`python -m addons`, uvloop); and the same gateway on Python's asyncio loop (`--asyncio-loop`),
-which shows what uvloop gives. The gateways run with the shipped defaults except the per-user limits,
+which shows what uvloop gives. Non-streamed requests also take a fifth: the shipped gateway with
+`upstream_keepalive_s=0` (a connection to the node per request), which shows what kept connections give.
+The gateways run with the shipped defaults except the per-user limits,
 switched off (one user makes all the requests); `--with-limits` keeps the shipped limits instead.
 
 (a) streams at saturation: `--streams` clients, each opening its next stream of `--stream-tokens`
@@ -45,11 +47,13 @@ CONCURRENCIES = (1, 16, 64)
 WRITER, WRITER_THREAD = "store writer", "mindrouter-store-writer"  # the thread that writes the audit rows
 
 
-def start_asyncio_gateway(stack: Stack, options: tuple[str, ...]) -> str:
-    """One more gateway process on the same database, on Python's own event loop; its URL."""
+KEEPALIVE_OFF = "gateway, no kept connection"
+
+
+def start_gateway(stack: Stack, name: str, options: tuple[str, ...], *flags: str) -> str:
+    """One more gateway process on the same database; its URL."""
     port = free_port()
-    gateway = Service("gateway-asyncio", [*GATEWAY, "--asyncio-loop", "-p", str(port),
-                                          *(arg for option in options for arg in ("--set", option))],
+    gateway = Service(name, [*GATEWAY, *flags, "-p", str(port), *(arg for option in options for arg in ("--set", option))],
                       stack.env, stack.work_dir)  # type: ignore[attr-defined]
     stack.services.append(gateway)  # stopped first, before the nodes
     url = f"http://127.0.0.1:{port}"
@@ -101,7 +105,7 @@ async def run_all(args) -> dict:
         paced_url = harness.start_vllm_node(stack, "paced-node", [PACED_MODEL],
                                             ["--tokens-per-s", str(args.stream_tokens_per_s), "--slots", str(SLOTS)])
         await asyncio.to_thread(harness.register_vllm_node, stack, "sim-vllm-paced", paced_url, [PACED_MODEL], SLOTS)
-        asyncio_url = start_asyncio_gateway(stack, options)
+        asyncio_url = start_gateway(stack, "gateway-asyncio", options, "--asyncio-loop")
         paced_pid = stack.service("paced-node").process.pid
         streams = await measure(targets(stack, paced_url, asyncio_url),
                                 paced_pid, chat_body(args.stream_tokens, stream=True, model=PACED_MODEL),
@@ -113,6 +117,8 @@ async def run_all(args) -> dict:
         fast = await measure(ways, node_pid, chat_body(args.stream_tokens, stream=True), args.fast_streams, args.seconds)
         results["fast_streams"] = {label: run | {"tokens_per_s": run["requests_per_s"] * run["chunks_per_request"]}
                                    for label, run in fast.items()}
+        no_keepalive_url = start_gateway(stack, "gateway-no-keepalive", (*options, "upstream_keepalive_s=0"))
+        ways.append((KEEPALIVE_OFF, no_keepalive_url, ways[-1][2], stack.service("gateway-no-keepalive").process.pid))
         results["non_streamed"] = {
             str(clients): await measure(ways, node_pid, chat_body(args.max_tokens, stream=False), clients, args.seconds,
                                         args.profile if clients == 16 else None)
