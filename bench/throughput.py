@@ -118,7 +118,8 @@ async def run_all(args) -> dict:
         results["fast_streams"] = {label: run | {"tokens_per_s": run["requests_per_s"] * run["chunks_per_request"]}
                                    for label, run in fast.items()}
         no_keepalive_url = start_gateway(stack, "gateway-no-keepalive", (*options, "upstream_keepalive_s=0"))
-        ways.append((KEEPALIVE_OFF, no_keepalive_url, ways[-1][2], stack.service("gateway-no-keepalive").process.pid))
+        ways.append((KEEPALIVE_OFF, no_keepalive_url, auth(stack.keys["student1"]),
+                     stack.service("gateway-no-keepalive").process.pid))
         results["non_streamed"] = {
             str(clients): await measure(ways, node_pid, chat_body(args.max_tokens, stream=False), clients, args.seconds,
                                         args.profile if clients == 16 else None)

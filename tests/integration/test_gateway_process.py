@@ -13,6 +13,7 @@ import time
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 import migrations
 from addons.splice import dechunk
@@ -199,20 +200,13 @@ def test_whole_answers_from_one_backend_go_on_one_kept_connection(cluster, limit
     another by the one node that serves the model, only the first opens a connection."""
     headers = {"Authorization": f"Bearer {cluster.keys['faculty1']}"}
     body = {"model": "tinyllama", "prompt": "hi", "stream": False, "options": {"num_predict": 3}}
-    before = backend_connections(cluster)
+    before = counts_by_label(cluster, "mindrouter_backend_connections_total", "connection")
     for _ in range(6):
         answer = httpx.post(f"{cluster.gateway_url}/api/generate", json=body, headers=headers, timeout=10)
         assert answer.status_code == 200 and answer.json()["done"] is True and answer.json()["eval_count"] == 3
-    after = backend_connections(cluster)
-    assert (after["new"] - before["new"], after["kept"] - before["kept"], after["stale"] - before["stale"]) == (1, 5, 0)
-
-
-def backend_connections(cluster) -> dict[str, float]:
-    counts = dict.fromkeys(("new", "kept", "stale"), 0.0)
-    for line in httpx.get(f"{cluster.gateway_url}/metrics").text.splitlines():
-        if line.startswith("mindrouter_backend_connections_total{"):
-            counts[line.split('"')[1]] = float(line.split()[-1])
-    return counts
+    after = counts_by_label(cluster, "mindrouter_backend_connections_total", "connection")
+    assert {kind: after.get(kind, 0.0) - before.get(kind, 0.0) for kind in ("new", "kept", "stale")} == {
+        "new": 1, "kept": 5, "stale": 0}
 
 
 def test_a_caller_that_keeps_its_connection_streams_again_and_again(cluster):
@@ -295,10 +289,14 @@ def streamed_text(payloads: list[str]) -> str:
 
 
 def streams_written_straight(cluster) -> float:
-    for line in httpx.get(f"{cluster.gateway_url}/metrics").text.splitlines():
-        if line.startswith('mindrouter_streams_total{path="straight"}'):
-            return float(line.split()[-1])
-    return 0.0
+    return counts_by_label(cluster, "mindrouter_streams_total", "path").get("straight", 0.0)
+
+
+def counts_by_label(cluster, sample_name: str, label: str) -> dict[str, float]:
+    """The gateway's `sample_name` samples, by the value of their `label`."""
+    return {sample.labels[label]: sample.value
+            for family in text_string_to_metric_families(httpx.get(f"{cluster.gateway_url}/metrics").text)
+            for sample in family.samples if sample.name == sample_name}
 
 
 def test_requests_from_the_moment_the_lean_gateway_listens_are_answered(tmp_path):

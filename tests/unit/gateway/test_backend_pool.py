@@ -4,6 +4,7 @@ its next answer could not be trusted, and one the backend closed meanwhile costs
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import Callable
 
@@ -77,20 +78,30 @@ async def fetch(pool: BackendPool, url: str) -> bytes:
         pool.release(stream)
 
 
+@contextlib.asynccontextmanager
+async def pooled(raw: RawBackend, idle_s: float = 4.0):
+    """`raw` serving, and a pool that keeps connections for `idle_s`: (the pool, raw's URL). On the way out the
+    pool closes what it kept, and the backend sees it before it stops."""
+    url = await raw.start()
+    pool = BackendPool()
+    pool.idle_s = idle_s
+    try:
+        yield pool, url
+    finally:
+        pool.close()
+        await asyncio.sleep(0.05)
+        raw.server.close()
+
+
 def run_requests(reply: Callable[[int, int], bytes | None], requests: int, idle_s: float = 4.0,
                  close_after: Callable[[int], bool] = lambda request: False) -> RawBackend:
     """`requests` whole answers fetched one after another from a RawBackend answering with `reply`."""
     raw = RawBackend(reply, close_after)
 
     async def scenario():
-        url = await raw.start()
-        pool = BackendPool()
-        pool.idle_s = idle_s
-        for _ in range(requests):
-            assert await fetch(pool, url) == ANSWER
-        pool.close()
-        await asyncio.sleep(0.05)  # the backend sees the pool's close
-        raw.server.close()
+        async with pooled(raw, idle_s) as (pool, url):
+            for _ in range(requests):
+                assert await fetch(pool, url) == ANSWER
 
     asyncio.run(scenario())
     return raw
@@ -141,14 +152,10 @@ def test_a_kept_connection_that_broke_off_mid_answer_is_not_retried():
                      close_after=lambda request: request == 2)
 
     async def scenario():
-        url = await raw.start()
-        pool = BackendPool()
-        pool.idle_s = 4
-        assert await fetch(pool, url) == ANSWER
-        with pytest.raises(BackendClosed):
-            await fetch(pool, url)
-        pool.close()
-        raw.server.close()
+        async with pooled(raw) as (pool, url):
+            assert await fetch(pool, url) == ANSWER
+            with pytest.raises(BackendClosed):
+                await fetch(pool, url)
 
     asyncio.run(scenario())
     assert raw.connections == 1 and len(raw.requests) == 2
@@ -158,15 +165,11 @@ def test_a_connection_idle_past_the_keepalive_is_closed_by_the_gateway():
     raw = RawBackend(lambda connection, request: WHOLE)
 
     async def scenario():
-        url = await raw.start()
-        pool = BackendPool()
-        pool.idle_s = 0.05
-        assert await fetch(pool, url) == ANSWER
-        await asyncio.sleep(0.2)
-        closed_while_idle = raw.closed_by_gateway
-        assert await fetch(pool, url) == ANSWER
-        pool.close()
-        raw.server.close()
+        async with pooled(raw, idle_s=0.05) as (pool, url):
+            assert await fetch(pool, url) == ANSWER
+            await asyncio.sleep(0.2)
+            closed_while_idle = raw.closed_by_gateway
+            assert await fetch(pool, url) == ANSWER
         return closed_while_idle
 
     assert asyncio.run(scenario()) == 1
@@ -178,19 +181,14 @@ def test_a_caller_who_leaves_mid_answer_closes_the_connection_instead_of_keeping
     raw = RawBackend(lambda connection, request: WHOLE[:-5])  # the rest of the answer never comes
 
     async def scenario():
-        url = await raw.start()
-        pool = BackendPool()
-        pool.idle_s = 4
-        reading = asyncio.create_task(fetch(pool, url))
-        await asyncio.sleep(0.1)
-        reading.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await reading
-        await asyncio.sleep(0.05)
-        kept = sum(len(idle) for idle in pool.idle.values())
-        pool.close()
-        raw.server.close()
-        return kept
+        async with pooled(raw) as (pool, url):
+            reading = asyncio.create_task(fetch(pool, url))
+            await asyncio.sleep(0.1)
+            reading.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await reading
+            await asyncio.sleep(0.05)
+            return sum(len(idle) for idle in pool.idle.values())
 
     assert asyncio.run(scenario()) == 0
     assert raw.closed_by_gateway == 1
