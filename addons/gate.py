@@ -39,7 +39,7 @@ from mitmproxy import ctx, exceptions, http
 from addons.cluster import Backend, Grant, Heartbeat, SharedQueue, fallback_share
 from addons.context import RequestContext, client_left, context_of, drop
 from addons.limits import connect, shared_failures
-from addons.metrics import IN_FLIGHT, QUEUE_WAIT, QUEUED, REFUSALS
+from addons.metrics import IN_FLIGHT, QUEUE_WAIT, QUEUED, REFUSALS, series
 from addons.registry import BackendRegistry, BackendView, model_aliases
 from addons.replies import reply_error
 from addons.writer import StoreWriter
@@ -291,7 +291,7 @@ class Gate:
         self.queued_by_client[waiter.client_id].discard(request_id)
         if not self.queued_by_client[waiter.client_id]:
             del self.queued_by_client[waiter.client_id]
-        QUEUED.labels(waiter.context.model).dec()
+        series(QUEUED, waiter.context.model).dec()
         return waiter
 
     async def request(self, flow: http.HTTPFlow) -> None:
@@ -332,7 +332,7 @@ class Gate:
         waiter = Waiter(context, flow.client_conn.id, cost, cap)
         self.waiters[context.request_id] = waiter
         self.queued_by_client.setdefault(waiter.client_id, set()).add(context.request_id)
-        QUEUED.labels(context.model).inc()
+        series(QUEUED, context.model).inc()
         if self.shared:
             self.spawn(self.enqueue(context.request_id, waiter))
         else:
@@ -384,12 +384,12 @@ class Gate:
     def occupy(backend: BackendView) -> None:
         backend.in_flight += 1
         backend.breaker.dispatched()
-        IN_FLIGHT.labels(backend.name).inc()
+        series(IN_FLIGHT, backend.name).inc()
 
     @staticmethod
     def vacate(backend: BackendView) -> None:
         backend.in_flight -= 1
-        IN_FLIGHT.labels(backend.name).dec()
+        series(IN_FLIGHT, backend.name).dec()
 
     async def transfer(self, context: RequestContext, exclude: frozenset[int]) -> BackendView | None:
         """Move a request whose backend failed before answering to another backend that serves its model.

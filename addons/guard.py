@@ -21,7 +21,6 @@ gateway, as mitmproxy makes it.
 
 from __future__ import annotations
 
-import functools
 import inspect
 import logging
 from collections.abc import Callable
@@ -53,54 +52,41 @@ def answer_internal_error(flow: http.HTTPFlow, hook: str, addon: object) -> None
                                                 code="internal_error"))
 
 
-def guarded_hook(addon: object, hook: str, method):
-    def failed(args) -> None:
-        if hook in REQUEST_HOOKS:
-            answer_internal_error(args[0], hook, addon)
-        else:
-            log.exception("%s.%s failed; the next addons still run", type(addon).__name__, hook)
-
-    if inspect.iscoroutinefunction(method):
-        @functools.wraps(method)
-        async def guard(*args):
-            try:
-                return await method(*args)
-            except Exception:
-                failed(args)
+def failed(addon: object, hook: str, args: tuple) -> None:
+    """What a flow hook's exception becomes: a 500 answer from a request hook, a log line from any other."""
+    if hook in REQUEST_HOOKS:
+        answer_internal_error(args[0], hook, addon)
     else:
-        @functools.wraps(method)
-        def guard(*args):
-            try:
-                return method(*args)
-            except Exception:
-                failed(args)
-    return guard
+        log.exception("%s.%s failed; the next addons still run", type(addon).__name__, hook)
 
 
-def guarded_methods(addon: object) -> dict[str, Callable]:
-    """`addon`'s methods for the hooks mitmproxy dispatches, each flow hook under its own guard."""
-    methods = {}
-    for hook in HOOKS:
-        if method := getattr(addon, hook, None):
-            methods[hook] = guarded_hook(addon, hook, method) if hook in FLOW_HOOKS else method
-    return methods
-
-
-def in_turn(methods: list[Callable]) -> Callable:
-    """Several addons' methods for one hook, called in the addons' order (a coroutine's awaited before the next)."""
-    if len(methods) == 1:
-        return methods[0]
-    if not any(inspect.iscoroutinefunction(method) for method in methods):
+def in_turn(hook: str, members: list[tuple[object, Callable]]) -> Callable:
+    """Several addons' methods for one hook, called in the addons' order (a coroutine's awaited before the
+    next); for a flow hook, each under its own guard."""
+    if hook not in FLOW_HOOKS and len(members) == 1:
+        return members[0][1]
+    guarded = hook in FLOW_HOOKS
+    if not any(inspect.iscoroutinefunction(method) for _, method in members):
         def call(*args):
-            for method in methods:
-                method(*args)
+            for addon, method in members:
+                try:
+                    method(*args)
+                except Exception:
+                    if not guarded:
+                        raise
+                    failed(addon, hook, args)
         return call
 
     async def call_async(*args):
-        for method in methods:
-            result = method(*args)
-            if inspect.isawaitable(result):
-                await result
+        for addon, method in members:
+            try:
+                result = method(*args)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                if not guarded:
+                    raise
+                failed(addon, hook, args)
     return call_async
 
 
@@ -111,7 +97,6 @@ class Chain:
     name = "mindrouter"
 
     def __init__(self, *members: object) -> None:
-        methods = [guarded_methods(member) for member in members]
         for hook in HOOKS:
-            found = [of_member[hook] for of_member in methods if hook in of_member]
-            setattr(self, hook, in_turn(found) if found else None)
+            found = [(member, method) for member in members if (method := getattr(member, hook, None))]
+            setattr(self, hook, in_turn(hook, found) if found else None)

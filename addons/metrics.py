@@ -4,6 +4,8 @@ Each is updated by the code path its name says: Upstream counts requests and att
 the queue and slots, Record the timings and tokens, the registry the backends' state.
 """
 
+import functools
+
 from prometheus_client import Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -64,3 +66,12 @@ GPU_MEMORY_USED = Gauge("mindrouter_gpu_memory_used_bytes", "GPU memory in use f
 CLIENT_CONNECTIONS = Gauge("mindrouter_client_connections", "Client connections this gateway process holds open.")
 REFUSED_CONNECTIONS = Counter("mindrouter_refused_connections_total",
                               "Client connections closed at once for being over max_client_connections.")
+
+
+@functools.cache
+def series(metric: Counter | Gauge | Histogram, *labels: str):
+    """One labelled series of `metric`, looked up once: prometheus_client's `labels` converts every value and
+    takes a lock on each call, several times a request. Label values are bounded (models served, backends,
+    roles, statuses), so is this cache."""
+    return metric.labels(*labels)
+

@@ -73,15 +73,15 @@ def observe(context: RequestContext, finished: float) -> None:
     """The request's timings and tokens as Prometheus metrics."""
     model = context.model_label  # a served model or "unknown": never the caller's own string
     if context.first_byte_at is not None:
-        metrics.TIME_TO_FIRST_TOKEN.labels(model).observe(context.first_byte_at - context.received_at)
-    metrics.TOTAL_TIME.labels(model).observe(finished - context.received_at)
+        metrics.series(metrics.TIME_TO_FIRST_TOKEN, model).observe(context.first_byte_at - context.received_at)
+    metrics.series(metrics.TOTAL_TIME, model).observe(finished - context.received_at)
     if context.sent_at is not None:
         waited = context.granted_at - context.queued_at if context.granted_at and context.queued_at else 0.0
         metrics.OVERHEAD.observe(max(0.0, context.sent_at - context.received_at - waited))
     usage = context.translator.usage if context.translator else None
     if usage and context.principal:
-        metrics.TOKENS.labels(model, context.principal.role, "prompt").inc(usage.prompt_tokens)
-        metrics.TOKENS.labels(model, context.principal.role, "completion").inc(usage.completion_tokens)
+        metrics.series(metrics.TOKENS, model, context.principal.role, "prompt").inc(usage.prompt_tokens)
+        metrics.series(metrics.TOKENS, model, context.principal.role, "completion").inc(usage.completion_tokens)
 
 
 class Record:

@@ -319,7 +319,7 @@ class BackendRegistry:
         was not resident before, the node has just loaded it and may have evicted another, so its residency
         is re-read now rather than at the next poll, and the next choice of backend knows what it holds."""
         view.breaker.succeeded()
-        metrics.UPSTREAM_ATTEMPTS.labels(view.name, "ok").inc()
+        metrics.series(metrics.UPSTREAM_ATTEMPTS, view.name, "ok").inc()
         served = view.models.get(view.served_name(model) or model)
         if view.engine != "ollama" or (served is not None and served.resident):
             return

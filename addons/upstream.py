@@ -34,7 +34,7 @@ from mitmproxy import ctx, exceptions, http
 from addons.backend_pool import BackendPool
 from addons.context import RequestContext, client_left, context_of, drop
 from addons.gate import Gate
-from addons.metrics import FAILOVERS, REQUESTS
+from addons.metrics import FAILOVERS, REQUESTS, series
 from addons.registry import BackendRegistry, BackendView
 from addons.replies import point_at_backend, reply_error
 from addons.splice import BackendStream, RelayConnection, Splice
@@ -185,7 +185,7 @@ class Upstream:
         another one then answers; a second 500 ends the request without blaming either."""
         tried: set[int] = set()
         answered_500: list[BackendView] = []
-        failure: Answer = (502, engine_error("no backend answered"), None)
+        failure: Answer = NO_BACKEND_ANSWERED
         attempts = 1 + ctx.options.failover_attempts
         for attempt in range(1, attempts + 1):
             backend = context.backend
@@ -300,9 +300,12 @@ class Upstream:
         if self.registry.serves(context.model):
             context.model_label = context.model
         backend = context.backend.name if context.backend else ""
-        REQUESTS.labels(context.route.endpoint, context.model_label, backend, status).inc()
+        series(REQUESTS, context.route.endpoint, context.model_label, backend, status).inc()
 
 
 def engine_error(message: str) -> bytes:
     """An error body every engine error translator reads."""
     return json.dumps({"error": message}).encode()
+
+
+NO_BACKEND_ANSWERED: Answer = (502, engine_error("no backend answered"), None)

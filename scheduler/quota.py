@@ -19,8 +19,9 @@ def budget_for(role: str, override: int | None, default_budget: int) -> int:
 
 
 def period_of(moment: dt.datetime) -> str:
-    """The monthly period ("YYYY-MM", UTC) a moment falls in."""
-    return moment.strftime("%Y-%m")
+    """The monthly period ("YYYY-MM", UTC) a moment falls in (asked for every request: formatted without strftime,
+    which takes three times as long)."""
+    return f"{moment.year:04d}-{moment.month:02d}"
 
 
 def next_period_start(moment: dt.datetime) -> dt.datetime:

@@ -111,6 +111,23 @@ def test_a_burst_of_connections_while_the_gateway_is_busy_waits_to_be_accepted(t
         gateway.stop()
 
 
+@pytest.mark.parametrize(("flags", "optimized"), [((), True), (("--debug-checks",), False)],
+                         ids=["shipped", "--debug-checks"])
+def test_the_lean_launcher_runs_itself_under_python_O_unless_asked_for_debug_checks(tmp_path, flags, optimized):
+    """Started as `python -m addons`, the gateway runs again under `-O` in the same process (the pid a
+    supervisor started is the one that serves), without mitmproxy's debug-only checks; `--debug-checks`
+    keeps them, and is not passed on to mitmproxy's command line."""
+    port = free_port()
+    gateway = Service("gateway", [*GATEWAY, *flags, "-p", str(port)], {"DATABASE_URL": migrated(tmp_path)}, tmp_path)
+    try:
+        gateway.wait_http(f"http://127.0.0.1:{port}/healthz", accept=lambda r: r.status_code == 200)
+        command_line = open(f"/proc/{gateway.process.pid}/cmdline", "rb").read().split(b"\0")
+        assert ("-O" in [part.decode() for part in command_line]) is optimized
+        assert command_line[-3:-1] == [b"-p", str(port).encode()]
+    finally:
+        gateway.stop()
+
+
 def test_keys_are_not_stored_in_plaintext(cluster):
     database_file = cluster.env["DATABASE_URL"].removeprefix("sqlite:///")
     raw = open(database_file, "rb").read() + open(database_file + "-wal", "rb").read()
