@@ -63,9 +63,9 @@ def failed(addon: object, hook: str, args: tuple) -> None:
 def in_turn(hook: str, members: list[tuple[object, Callable]]) -> Callable:
     """Several addons' methods for one hook, called in the addons' order (a coroutine's awaited before the
     next); for a flow hook, each under its own guard."""
-    if hook not in FLOW_HOOKS and len(members) == 1:
-        return members[0][1]
     guarded = hook in FLOW_HOOKS
+    if not guarded and len(members) == 1:
+        return members[0][1]
     if not any(inspect.iscoroutinefunction(method) for _, method in members):
         def call(*args):
             for addon, method in members:

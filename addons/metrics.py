@@ -74,4 +74,3 @@ def series(metric: Counter | Gauge | Histogram, *labels: str):
     takes a lock on each call, several times a request. Label values are bounded (models served, backends,
     roles, statuses), so is this cache."""
     return metric.labels(*labels)
-

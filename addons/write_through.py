@@ -24,7 +24,7 @@ from collections.abc import Callable
 from mitmproxy import ctx, http
 
 from addons.context import context_of
-from addons.metrics import STREAMS
+from addons.metrics import STREAMS, series
 from addons.splice import Splice
 
 CALLER_BUFFER_HIGH = 64 * 2**10  # bytes waiting in the caller's connection before the backend is paused
@@ -84,10 +84,10 @@ class WriteThrough:
         callers_end = handler.transports.get(handler.client) if handler else None  # gone if the caller has left
         if (callers_end is None or callers_end.writer is None or flow.request.http_version != "HTTP/1.1"
                 or flow.response.headers.get("Transfer-Encoding") != "chunked"):
-            STREAMS.labels("relayed").inc()
+            series(STREAMS, "relayed").inc()
             return
         caller = CallerWriter(flow.response.stream, callers_end.writer, handler.timeout_watchdog.register_activity,
                               context.splice)
         flow.response.stream = caller.through_mitmproxy
         context.splice.caller = caller
-        STREAMS.labels("straight").inc()
+        series(STREAMS, "straight").inc()
